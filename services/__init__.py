@@ -1,0 +1,1 @@
+"""Flywheel's services, one package each: ``python -m services.<name>``."""

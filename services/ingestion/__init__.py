@@ -1,0 +1,1 @@
+"""The ingestion service: data events -> deduplicated, batched, immutable raw batches."""

@@ -1,0 +1,1 @@
+"""The monitoring service: predictions and feedback -> live quality, drift, metrics, retrain and rollback."""

@@ -1,0 +1,1 @@
+"""The training service: dataset versions and retrain requests -> trained, evaluated, exported, registered, promoted models."""

@@ -1,0 +1,1 @@
+"""The validation service: raw batches -> validated dataset versions or quarantine, with reports."""

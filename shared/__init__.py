@@ -1,0 +1,1 @@
+"""Flywheel's shared library: settings, contracts, events, Kafka wiring, stores, metrics, logging."""

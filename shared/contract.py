@@ -1,0 +1,236 @@
+"""The data contract: one YAML file per model, the source every service derives from.
+
+Loading validates the file and reports mistakes as ``<file>: <field>: <what is wrong>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FeatureType = Literal["float", "int", "category", "bool"]
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+
+
+class ContractError(ValueError):
+    """A contract file that cannot be used; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Feature(_Strict):
+    """One input feature."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    type: FeatureType
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
+    """Allowed values of a category (kept as strings: ``1`` and ``"1"`` are the same)."""
+    nullable: bool = False
+    description: str | None = None
+    owner: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _values_as_strings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("values"), list):
+            data = {**data, "values": [str(v) for v in data["values"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Feature:
+        if self.type == "category":
+            if not self.values:
+                raise ValueError("a category feature needs a non-empty 'values' list")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError("'values' has duplicates")
+            if self.min is not None or self.max is not None:
+                raise ValueError("'min'/'max' apply to numeric features, not categories")
+        elif self.values is not None:
+            raise ValueError(f"'values' applies to category features, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        """Float, int and bool features are numeric to the model; categories are not."""
+        return self.type != "category"
+
+
+class Label(_Strict):
+    """The target: classes for classification, a numeric type for regression."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    classes: list[int | str] | None = None
+    type: Literal["float", "int"] | None = None
+
+
+class TrainingPolicy(_Strict):
+    """When training runs."""
+
+    min_rows: int = Field(1000, ge=10)
+    """Rows needed for a first model."""
+    min_new_rows: int = Field(10_000, ge=1)
+    """New rows since the last model that trigger a retrain."""
+    retrain_on_drift: bool = True
+    """Retrain when validation reports drift on an accepted batch."""
+    schedule_seconds: float | None = Field(None, gt=0)
+    """Periodic retraining interval; none by default."""
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
+    """Latest share of event time kept out for the honest holdout."""
+    search_time_budget_s: float = Field(60.0, gt=0)
+    """Time box of the hyperparameter search."""
+    seed: int = 42
+
+
+class PromotionPolicy(_Strict):
+    """Gates a challenger must pass, and how it is deployed."""
+
+    strategy: Literal["direct", "shadow", "canary", "manual"] = "direct"
+    canary_percent: float = Field(10.0, gt=0, le=100)
+    primary_metric: str = "roc_auc"
+    min_improvement: float = 0.0
+    """The challenger must beat the champion by at least this on the primary metric."""
+    max_fairness_gap: float = Field(0.25, ge=0)
+    """Largest allowed gap between groups (selection rate, FPR, FNR)."""
+    max_group_regression: float = Field(0.05, ge=0)
+    """Largest allowed drop of the primary metric on any group versus the champion."""
+    parity_tolerance: float = Field(1e-5, gt=0)
+    """Largest allowed |sklearn - onnxruntime| probability difference."""
+
+
+class ValidationPolicy(_Strict):
+    """Thresholds of the validation service."""
+
+    max_row_failure_rate: float = Field(0.05, ge=0, le=1)
+    """Share of failing rows above which a batch is quarantined."""
+    max_outlier_share: float = Field(0.05, ge=0, le=1)
+    """Share of values beyond the reference's robust range allowed per numeric feature."""
+    psi_threshold: float = Field(0.2, ge=0)
+    ks_threshold: float = Field(0.1, ge=0)
+    js_threshold: float = Field(0.1, ge=0)
+    min_label_share: float = Field(0.01, ge=0, le=1)
+    """Smallest share any class may have in a batch before label balance fails."""
+
+
+class MonitoringPolicy(_Strict):
+    """Thresholds of the monitoring service's actions."""
+
+    window_rows: int = Field(2000, ge=10)
+    """Rows per sliding window for live quality and drift."""
+    min_labelled_rows: int = Field(200, ge=1)
+    """Labelled rows needed before quality can trigger an action."""
+    min_quality: float | None = None
+    """Retrain when the live primary metric falls below this (none: no quality trigger)."""
+    drift_psi_threshold: float = Field(0.2, ge=0)
+    rollback_margin: float = Field(0.02, ge=0)
+    """Roll back when a new champion or canary is worse than the previous one by this."""
+    cooldown_s: float = Field(300.0, ge=0)
+    """Quiet time after an action before the same action may fire again."""
+    consecutive_windows: int = Field(2, ge=1)
+    """Windows in a row above threshold before acting (hysteresis)."""
+
+
+class Contract(_Strict):
+    """A data contract: the model's features, label, groups and policies."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    task: Literal["classification", "regression"]
+    id: str
+    """Event id field, used to deduplicate."""
+    event_time: str | None = None
+    """Event time field; ingestion time when absent."""
+    label: Label
+    features: list[Feature] = Field(min_length=1)
+    groups: list[str] = Field(default_factory=list)
+    description: str | None = None
+    owner: str | None = None
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
+
+    @model_validator(mode="after")
+    def _check(self) -> Contract:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features: duplicate names {dupes}")
+        for group in self.groups:
+            if group not in names:
+                raise ValueError(f"groups: {group!r} is not a feature")
+        if self.label.name in names:
+            raise ValueError(f"label: {self.label.name!r} is also a feature")
+        if self.task == "classification":
+            if not self.label.classes or len(self.label.classes) < 2:
+                raise ValueError("label.classes: classification needs at least two classes")
+        elif self.label.classes:
+            raise ValueError("label.classes: a regression label has no classes")
+        if self.task == "regression" and self.promotion.primary_metric == "roc_auc":
+            raise ValueError("promotion.primary_metric: roc_auc is for classification")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature names in contract order (the column order of a 2-D input tensor)."""
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> Feature:
+        """The feature called ``name``; KeyError if the contract has none."""
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{path}: {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_contract(data: Any, source: str | Path = "<contract>") -> Contract:
+    """Validate an already-parsed contract mapping."""
+    path = Path(source)
+    if not isinstance(data, dict):
+        raise ContractError(f"{path}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        return Contract.model_validate(data)
+    except ValidationError as err:
+        raise ContractError(_format_error(path, err)) from None
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Load and validate one contract file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ContractError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ContractError(f"{path}: (yaml): {err}") from None
+    contract = parse_contract(data, path)
+    if contract.name != path.stem:
+        raise ContractError(f"{path}: name: {contract.name!r} must match the file name")
+    return contract
+
+
+def load_contracts(folder: str | Path) -> dict[str, Contract]:
+    """Load every ``*.yaml``/``*.yml`` in ``folder``, keyed by contract name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ContractError(f"{root}: not a folder of contracts")
+    files = sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
+    contracts = [load_contract(f) for f in files]
+    return {c.name: c for c in contracts}

@@ -1,0 +1,145 @@
+"""The feature pipeline built from the contract: one code path for training and serving.
+
+Training fits ``build_pipeline(contract, estimator)`` on a frame from :func:`to_frame`
+and exports the *whole* pipeline (imputation, scaling, one-hot, estimator) to ONNX with
+:func:`to_onnx`. The ONNX graph takes one input per feature, named after it:
+numeric features (float, int, bool) as ``tensor(float)`` ``[N, 1]``, categories as
+``tensor(string)`` ``[N, 1]``. Serving builds its feeds with :func:`onnx_feeds`, so
+both sides run the same transformation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from shared.contract import Contract
+
+MISSING_CATEGORY = "__missing__"
+"""What a null category becomes before one-hot encoding."""
+
+
+def numeric_names(contract: Contract) -> list[str]:
+    """Names of the numeric features (float, int, bool) in contract order."""
+    return [f.name for f in contract.features if f.is_numeric]
+
+
+def category_names(contract: Contract) -> list[str]:
+    """Names of the category features in contract order."""
+    return [f.name for f in contract.features if not f.is_numeric]
+
+
+def _numeric(values: Any) -> np.ndarray:
+    arr = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _category(values: Any) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = MISSING_CATEGORY if v is None or (isinstance(v, float) and np.isnan(v)) else (
+            str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+        )
+    return out
+
+
+def to_frame(contract: Contract, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> pd.DataFrame:
+    """A model-ready frame in contract order from per-feature columns.
+
+    Numeric features become float64 (bools 0/1, nulls NaN); categories become strings
+    (``1`` and ``"1"`` are the same value, nulls :data:`MISSING_CATEGORY`).
+    """
+    data: dict[str, np.ndarray] = {}
+    for f in contract.features:
+        values = columns[f.name]
+        data[f.name] = _numeric(values) if f.is_numeric else _category(values)
+    return pd.DataFrame(data, columns=contract.feature_names)
+
+
+def table_to_frame(contract: Contract, table: pa.Table) -> pd.DataFrame:
+    """:func:`to_frame` for a pyarrow table holding (at least) the contract's features."""
+    cols: dict[str, Any] = {}
+    for f in contract.features:
+        col = table.column(f.name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(pa.string())
+        cols[f.name] = col.to_numpy(zero_copy_only=False)
+    return to_frame(contract, cols)
+
+
+def build_preprocessor(contract: Contract) -> ColumnTransformer:
+    """Imputation + scaling for numeric features, one-hot (contract vocabulary) for categories."""
+    parts: list[tuple[str, Any, list[str]]] = []
+    numeric = numeric_names(contract)
+    if numeric:
+        steps: list[tuple[str, Any]] = []
+        if any(contract.feature(n).nullable for n in numeric):
+            # ONNX's Imputer runs on float32 only, so it is added only where nulls can occur.
+            steps.append(("impute", SimpleImputer(strategy="median")))
+        steps.append(("scale", StandardScaler()))
+        parts.append(("num", Pipeline(steps), numeric))
+    cats = [contract.feature(n) for n in category_names(contract)]
+    if cats:
+        vocab = [[*(f.values or []), MISSING_CATEGORY] for f in cats]
+        onehot = OneHotEncoder(categories=vocab, handle_unknown="ignore", sparse_output=False)
+        parts.append(("cat", onehot, [f.name for f in cats]))
+    return ColumnTransformer(parts, remainder="drop")
+
+
+def build_pipeline(contract: Contract, estimator: BaseEstimator) -> Pipeline:
+    """The whole model: the contract's preprocessing followed by ``estimator``."""
+    return Pipeline([("prep", build_preprocessor(contract)), ("model", estimator)])
+
+
+def onnx_initial_types(contract: Contract) -> list[tuple[str, Any]]:
+    """skl2onnx input declarations: one ``[None, 1]`` tensor per feature."""
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    return [
+        (f.name, FloatTensorType([None, 1]) if f.is_numeric else StringTensorType([None, 1]))
+        for f in contract.features
+    ]
+
+
+def to_onnx(pipeline: Pipeline, contract: Contract) -> bytes:
+    """Convert a fitted pipeline to ONNX bytes.
+
+    Classifiers output ``label`` [N] and ``probabilities`` [N, C] (no ZipMap);
+    regressors output ``variable`` [N, 1].
+    """
+    from skl2onnx import to_onnx as _to_onnx
+
+    options: dict[Any, Any] = {}
+    if contract.task == "classification":
+        options = {"zipmap": False}
+        options = {id(pipeline.steps[-1][1]): options}
+        # Voting/stacking ensembles convert their members too: no ZipMap anywhere.
+        for est in getattr(pipeline.steps[-1][1], "estimators_", []) or []:
+            options[id(est)] = {"zipmap": False}
+    onx = _to_onnx(
+        pipeline,
+        initial_types=onnx_initial_types(contract),
+        options=options,
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    return bytes(onx.SerializeToString())
+
+
+def onnx_feeds(contract: Contract, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds (``[N, 1]`` per feature) from a frame made by :func:`to_frame`."""
+    feeds: dict[str, np.ndarray] = {}
+    for f in contract.features:
+        col = frame[f.name].to_numpy()
+        feeds[f.name] = (
+            col.astype(np.float32).reshape(-1, 1) if f.is_numeric else col.astype(object).reshape(-1, 1)
+        )
+    return feeds

@@ -1,0 +1,173 @@
+"""Kafka wiring: one place builds every client from :class:`KafkaSettings`.
+
+Only standard Kafka client features are used, so the same code runs against the
+embedded Tansu broker and a real Apache Kafka cluster. Tansu-specific limits are
+handled by settings (short session timeouts in tests) and by recreating topics on
+(re)connect, never by special-casing the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from faststream.security import (
+    BaseSecurity,
+    SASLPlaintext,
+    SASLScram256,
+    SASLScram512,
+)
+
+from shared.settings import KafkaSettings
+from shared.topics import (
+    HEADER_CONTENT_TYPE,
+    HEADER_SCHEMA_VERSION,
+    HEADER_TRACE_ID,
+)
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    """A TLS context for SSL/SASL_SSL protocols, or None for plaintext."""
+    if not settings.security_protocol.endswith("SSL"):
+        return None
+    ctx = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.ssl_certfile:
+        ctx.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    return ctx
+
+
+def client_kwargs(settings: KafkaSettings, client: str) -> dict[str, Any]:
+    """Keyword arguments shared by every aiokafka client (producer, consumer, admin).
+
+    Args:
+        settings: the Kafka settings.
+        client: a short name appended to the client id (e.g. ``ingestion-consumer``).
+    """
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.servers,
+        "client_id": f"{settings.client_id_prefix}-{client}",
+        "request_timeout_ms": settings.request_timeout_ms,
+        "security_protocol": settings.security_protocol,
+    }
+    ctx = ssl_context(settings)
+    if ctx is not None:
+        kwargs["ssl_context"] = ctx
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return kwargs
+
+
+def consumer_kwargs(settings: KafkaSettings, client: str, group_id: str | None) -> dict[str, Any]:
+    """aiokafka consumer arguments: manual commits, group timeouts from settings."""
+    return {
+        **client_kwargs(settings, client),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+    }
+
+
+def faststream_security(settings: KafkaSettings) -> BaseSecurity | None:
+    """The FastStream security object matching the settings (None for PLAINTEXT)."""
+    ctx = ssl_context(settings)
+    use_ssl = ctx is not None
+    if settings.security_protocol.startswith("SASL"):
+        user = settings.sasl_username or ""
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        cls: type[SASLPlaintext] | type[SASLScram256] | type[SASLScram512] = {
+            "PLAIN": SASLPlaintext,
+            "SCRAM-SHA-256": SASLScram256,
+            "SCRAM-SHA-512": SASLScram512,
+        }[settings.sasl_mechanism or "PLAIN"]
+        return cls(username=user, password=password, ssl_context=ctx, use_ssl=use_ssl)
+    if use_ssl:
+        return BaseSecurity(ssl_context=ctx, use_ssl=True)
+    return None
+
+
+def make_broker(settings: KafkaSettings, client: str, **kwargs: Any) -> KafkaBroker:
+    """A FastStream Kafka broker built from settings (security passed through).
+
+    Args:
+        settings: the Kafka settings.
+        client: client id suffix.
+        kwargs: extra ``KafkaBroker`` arguments (e.g. ``linger_ms``).
+    """
+    return KafkaBroker(
+        settings.servers,
+        client_id=f"{settings.client_id_prefix}-{client}",
+        request_timeout_ms=settings.request_timeout_ms,
+        security=faststream_security(settings),
+        **kwargs,
+    )
+
+
+def headers(trace_id: str, content_type: str = "application/json") -> dict[str, str]:
+    """Standard headers for a message Flywheel publishes."""
+    from shared.events import SCHEMA_VERSION
+
+    return {
+        HEADER_TRACE_ID: trace_id,
+        HEADER_CONTENT_TYPE: content_type,
+        HEADER_SCHEMA_VERSION: str(SCHEMA_VERSION),
+    }
+
+
+async def ensure_topics(
+    settings: KafkaSettings,
+    topics: Iterable[str],
+    *,
+    attempts: int = 30,
+    retry_delay_s: float = 0.5,
+) -> list[str]:
+    """Create any of ``topics`` that do not exist yet; returns the ones created.
+
+    Idempotent, and retried while the broker is not reachable yet, so a service can
+    call it on every (re)connect: Tansu loses its topics when it restarts.
+    """
+    wanted = list(dict.fromkeys(topics))
+    last: Exception | None = None
+    for _ in range(attempts):
+        admin = AIOKafkaAdminClient(**client_kwargs(settings, "admin"))
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [t for t in wanted if t not in existing]
+            if missing:
+                new = [
+                    NewTopic(t, settings.partitions, settings.replication_factor) for t in missing
+                ]
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass  # a concurrent service created it first
+            return missing
+        except (KafkaConnectionError, OSError) as err:
+            last = err
+            await asyncio.sleep(retry_delay_s)  # broker not up yet: back off and retry
+        finally:
+            await admin.close()
+    raise ConnectionError(f"cannot reach Kafka at {settings.servers}: {last}")
+
+
+async def describe_topics(settings: KafkaSettings) -> dict[str, int]:
+    """Topic name -> partition count, for every non-internal topic."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings, "admin"))
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if not t.startswith("__")]
+        described = await admin.describe_topics(names)
+        return {d["topic"]: len(d["partitions"]) for d in described}
+    finally:
+        await admin.close()
