@@ -1,1 +1,1 @@
-"""Flywheel's shared library: settings, contracts, events, Kafka wiring, stores, metrics, logging."""
+"""Flywheel's shared library: settings, contracts, events, Kafka, stores, metrics, logs."""

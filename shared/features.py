@@ -46,8 +46,10 @@ def _numeric(values: Any) -> np.ndarray:
 def _category(values: Any) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
-        out[i] = MISSING_CATEGORY if v is None or (isinstance(v, float) and np.isnan(v)) else (
-            str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+        out[i] = (
+            MISSING_CATEGORY
+            if v is None or (isinstance(v, float) and np.isnan(v))
+            else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
         )
     return out
 
@@ -140,6 +142,8 @@ def onnx_feeds(contract: Contract, frame: pd.DataFrame) -> dict[str, np.ndarray]
     for f in contract.features:
         col = frame[f.name].to_numpy()
         feeds[f.name] = (
-            col.astype(np.float32).reshape(-1, 1) if f.is_numeric else col.astype(object).reshape(-1, 1)
+            col.astype(np.float32).reshape(-1, 1)
+            if f.is_numeric
+            else col.astype(object).reshape(-1, 1)
         )
     return feeds

@@ -9,6 +9,7 @@ handled by settings (short session timeouts in tests) and by recreating topics o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -85,12 +86,11 @@ def faststream_security(settings: KafkaSettings) -> BaseSecurity | None:
     if settings.security_protocol.startswith("SASL"):
         user = settings.sasl_username or ""
         password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
-        cls: type[SASLPlaintext] | type[SASLScram256] | type[SASLScram512] = {
-            "PLAIN": SASLPlaintext,
-            "SCRAM-SHA-256": SASLScram256,
-            "SCRAM-SHA-512": SASLScram512,
-        }[settings.sasl_mechanism or "PLAIN"]
-        return cls(username=user, password=password, ssl_context=ctx, use_ssl=use_ssl)
+        if settings.sasl_mechanism == "SCRAM-SHA-256":
+            return SASLScram256(username=user, password=password, ssl_context=ctx, use_ssl=use_ssl)
+        if settings.sasl_mechanism == "SCRAM-SHA-512":
+            return SASLScram512(username=user, password=password, ssl_context=ctx, use_ssl=use_ssl)
+        return SASLPlaintext(username=user, password=password, ssl_context=ctx, use_ssl=use_ssl)
     if use_ssl:
         return BaseSecurity(ssl_context=ctx, use_ssl=True)
     return None
@@ -148,10 +148,9 @@ async def ensure_topics(
                 new = [
                     NewTopic(t, settings.partitions, settings.replication_factor) for t in missing
                 ]
-                try:
+                # A concurrent service may have created it first: that is fine.
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
-                except TopicAlreadyExistsError:
-                    pass  # a concurrent service created it first
             return missing
         except (KafkaConnectionError, OSError) as err:
             last = err

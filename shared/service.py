@@ -103,7 +103,9 @@ async def serve(name: str, settings: S, build: Builder[S], log: Any) -> int:
             try:
                 await component.stop()
             except Exception as exc:  # keep stopping the rest
-                log.error("component.stop_failed", component=type(component).__name__, error=repr(exc))
+                log.error(
+                    "component.stop_failed", component=type(component).__name__, error=repr(exc)
+                )
         await runtime.cancel_tasks()
         log.info("service.stopped")
     return 1 if runtime.failure else 0

@@ -42,7 +42,8 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     """Replication factor for topics Flywheel creates (3 on a production cluster)."""
     session_timeout_ms: int = Field(10_000, ge=1_000)
-    """Consumer group session timeout. Tansu joins a group in about half of it: keep it short in tests."""
+    """Consumer group session timeout. Tansu joins a group in about half of it:
+    keep it short in tests."""
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     """Consumer heartbeat interval; must be well under the session timeout."""
     request_timeout_ms: int = Field(30_000, ge=1_000)
@@ -63,7 +64,9 @@ class ServiceSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     """Kafka connection (``KAFKA_*`` variables)."""
-    store: str = Field("file://./var/store", validation_alias=AliasChoices("store", "FLYWHEEL_STORE"))
+    store: str = Field(
+        "file://./var/store", validation_alias=AliasChoices("store", "FLYWHEEL_STORE")
+    )
     """Artifact store URI: ``file://PATH`` or ``s3://bucket/prefix``."""
     contracts: str = Field(
         "./contracts", validation_alias=AliasChoices("contracts", "FLYWHEEL_CONTRACTS")

@@ -8,7 +8,11 @@ from shared.service import Component, Runtime
 
 from .settings import IngestionSettings
 
-TOPICS = (topics.DATA_EVENTS, topics.DATA_EVENTS_DLQ, topics.DATA_BATCHES,)
+TOPICS = (
+    topics.DATA_EVENTS,
+    topics.DATA_EVENTS_DLQ,
+    topics.DATA_BATCHES,
+)
 
 
 async def build(settings: IngestionSettings, runtime: Runtime) -> list[Component]:

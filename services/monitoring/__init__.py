@@ -1,1 +1,1 @@
-"""The monitoring service: predictions and feedback -> live quality, drift, metrics, retrain and rollback."""
+"""The monitoring service: predictions + feedback -> live quality, drift, retrain, rollback."""

@@ -8,7 +8,16 @@ from shared.service import Component, Runtime
 
 from .settings import MonitoringSettings
 
-TOPICS = (topics.PREDICTIONS, topics.FEEDBACK, topics.DATA_VALIDATED, topics.MODELS_REGISTERED, topics.MODELS_DEPLOYMENTS, topics.DATA_EVENTS_DLQ, topics.DATA_QUARANTINED, topics.RETRAIN_REQUESTS,)
+TOPICS = (
+    topics.PREDICTIONS,
+    topics.FEEDBACK,
+    topics.DATA_VALIDATED,
+    topics.MODELS_REGISTERED,
+    topics.MODELS_DEPLOYMENTS,
+    topics.DATA_EVENTS_DLQ,
+    topics.DATA_QUARANTINED,
+    topics.RETRAIN_REQUESTS,
+)
 
 
 async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Component]:

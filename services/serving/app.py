@@ -8,7 +8,10 @@ from shared.service import Component, Runtime
 
 from .settings import ServingSettings
 
-TOPICS = (topics.MODELS_DEPLOYMENTS, topics.PREDICTIONS,)
+TOPICS = (
+    topics.MODELS_DEPLOYMENTS,
+    topics.PREDICTIONS,
+)
 
 
 async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:

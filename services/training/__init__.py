@@ -1,1 +1,1 @@
-"""The training service: dataset versions and retrain requests -> trained, evaluated, exported, registered, promoted models."""
+"""The training service: dataset versions -> trained, evaluated, registered, promoted models."""

@@ -8,7 +8,12 @@ from shared.service import Component, Runtime
 
 from .settings import TrainingSettings
 
-TOPICS = (topics.DATA_VALIDATED, topics.RETRAIN_REQUESTS, topics.MODELS_REGISTERED, topics.MODELS_DEPLOYMENTS,)
+TOPICS = (
+    topics.DATA_VALIDATED,
+    topics.RETRAIN_REQUESTS,
+    topics.MODELS_REGISTERED,
+    topics.MODELS_DEPLOYMENTS,
+)
 
 
 async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]:

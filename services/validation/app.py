@@ -8,7 +8,11 @@ from shared.service import Component, Runtime
 
 from .settings import ValidationSettings
 
-TOPICS = (topics.DATA_BATCHES, topics.DATA_VALIDATED, topics.DATA_QUARANTINED,)
+TOPICS = (
+    topics.DATA_BATCHES,
+    topics.DATA_VALIDATED,
+    topics.DATA_QUARANTINED,
+)
 
 
 async def build(settings: ValidationSettings, runtime: Runtime) -> list[Component]:

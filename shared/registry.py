@@ -1,0 +1,212 @@
+"""The model registry in the artifact store: numbered versions, manifests, aliases.
+
+Layout (keys below the store root)::
+
+    models/<name>/versions/<version:06d>.json   manifest (created once; the key is the claim)
+    models/<name>/onnx/<sha256>.onnx            the exported model (content-addressed)
+    models/<name>/aliases/<seq:08d>.json        append-only alias history
+
+Aliases (``champion``, ``challenger``) are derived from the history: the latest entry
+for each alias wins. One writer (training) by design; every change needs a reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import utcnow
+from shared.store import ArtifactStore, sha256_hex
+
+ALIASES = ("champion", "challenger")
+
+
+class TamperedArtifactError(ValueError):
+    """An artifact's bytes do not match the sha256 its manifest records."""
+
+
+class Parity(BaseModel):
+    """The sklearn-vs-ONNX Runtime parity check on the holdout."""
+
+    passed: bool
+    rows: int
+    label_agreement: float
+    max_abs_diff: float
+    tolerance: float
+
+
+class Gate(BaseModel):
+    """One promotion gate's outcome."""
+
+    passed: bool
+    detail: str
+
+
+class ModelManifest(BaseModel):
+    """Everything needed to trust, explain and reproduce a model version.
+
+    Training may add fields (``extra="allow"``); these are the ones other services read.
+    """
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: str
+    version: int
+    created: datetime = Field(default_factory=utcnow)
+    task: str
+    dataset_version: str
+    code_version: str
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    features: list[str]
+    classes: list[Any] | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    group_metrics: dict[str, Any] = Field(default_factory=dict)
+    parity: Parity
+    onnx_uri: str
+    onnx_sha256: str
+    training_time_s: float
+    reason: str
+    gates: dict[str, Gate] = Field(default_factory=dict)
+    promoted: bool = False
+
+
+class AliasChange(BaseModel):
+    """One entry of the append-only alias history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    alias: str
+    version: int | None
+    """The version the alias points at afterwards (None: removed)."""
+    previous: int | None
+    actor: str
+    reason: str
+    at: datetime = Field(default_factory=utcnow)
+    detail: dict[str, Any] = Field(default_factory=dict)
+    """e.g. ``{"mode": "canary", "canary_percent": 10}`` for a challenger."""
+
+
+class Registry:
+    """Reads (everyone) and writes (training) the registry.
+
+    Args:
+        store: the artifact store.
+    """
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+
+    # --- reading ---------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Models with at least one version."""
+        return sorted({k.split("/")[1] for k in self.store.list("models") if "/versions/" in k})
+
+    def version_numbers(self, model: str) -> list[int]:
+        """Registered versions of ``model``, ascending."""
+        keys = self.store.list(f"models/{model}/versions")
+        return sorted(int(k.rsplit("/", 1)[1].removesuffix(".json")) for k in keys)
+
+    def get(self, model: str, version: int) -> ModelManifest:
+        """The manifest of one version (KeyError if unknown)."""
+        key = f"models/{model}/versions/{version:06d}.json"
+        if not self.store.exists(key):
+            raise KeyError(f"{model} has no version {version}")
+        return ModelManifest.model_validate_json(self.store.get(key))
+
+    def versions(self, model: str) -> list[ModelManifest]:
+        """Every manifest of ``model``, oldest first."""
+        return [self.get(model, v) for v in self.version_numbers(model)]
+
+    def onnx_bytes(self, manifest: ModelManifest) -> bytes:
+        """The model's ONNX bytes, verified against the manifest's sha256."""
+        data = self.store.get(manifest.onnx_uri)
+        if sha256_hex(data) != manifest.onnx_sha256:
+            raise TamperedArtifactError(
+                f"{manifest.model} v{manifest.version}: ONNX sha256 {sha256_hex(data)[:12]} "
+                f"does not match the manifest's {manifest.onnx_sha256[:12]}"
+            )
+        return data
+
+    def history(self, model: str) -> list[AliasChange]:
+        """The alias history of ``model``, oldest first."""
+        keys = self.store.list(f"models/{model}/aliases")
+        return [AliasChange.model_validate_json(self.store.get(k)) for k in keys]
+
+    def aliases(self, model: str) -> dict[str, int | None]:
+        """Current alias -> version (None when unset)."""
+        current: dict[str, int | None] = dict.fromkeys(ALIASES)
+        for change in self.history(model):
+            current[change.alias] = change.version
+        return current
+
+    def alias_detail(self, model: str, alias: str) -> dict[str, Any]:
+        """The ``detail`` of the latest change of ``alias`` (e.g. canary share)."""
+        for change in reversed(self.history(model)):
+            if change.alias == alias:
+                return dict(change.detail)
+        return {}
+
+    def champion(self, model: str) -> ModelManifest | None:
+        """The champion's manifest, or None."""
+        version = self.aliases(model)["champion"]
+        return self.get(model, version) if version is not None else None
+
+    # --- writing (training only) -----------------------------------------------------
+
+    def put_onnx(self, model: str, data: bytes) -> tuple[str, str]:
+        """Store ONNX bytes; returns (sha256, uri)."""
+        return self.store.put_content(f"models/{model}/onnx", data, ".onnx")
+
+    def register(self, manifest: ModelManifest) -> ModelManifest:
+        """Write a new version's manifest; FileExistsError if the number is taken."""
+        if not manifest.reason.strip():
+            raise ValueError("a model version needs the reason it was trained")
+        key = f"models/{manifest.model}/versions/{manifest.version:06d}.json"
+        self.store.create(key, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    def next_version(self, model: str) -> int:
+        """The number the next registered version gets."""
+        numbers = self.version_numbers(model)
+        return (numbers[-1] + 1) if numbers else 1
+
+    def set_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int | None,
+        *,
+        actor: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> AliasChange:
+        """Point ``alias`` at ``version`` (None removes it); appended to the history."""
+        if alias not in ALIASES:
+            raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
+        if not reason.strip():
+            raise ValueError("an alias change needs a reason")
+        if not actor.strip():
+            raise ValueError("an alias change needs an actor")
+        if version is not None:
+            self.get(model, version)  # must exist
+        history = self.history(model)
+        change = AliasChange(
+            seq=len(history),
+            alias=alias,
+            version=version,
+            previous=self.aliases(model)[alias],
+            actor=actor,
+            reason=reason,
+            detail=detail or {},
+        )
+        self.store.create(
+            f"models/{model}/aliases/{change.seq:08d}.json", change.model_dump_json().encode()
+        )
+        return change
