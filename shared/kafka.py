@@ -170,3 +170,29 @@ async def describe_topics(settings: KafkaSettings) -> dict[str, int]:
         return {d["topic"]: len(d["partitions"]) for d in described}
     finally:
         await admin.close()
+
+
+async def consumer_lag(settings: KafkaSettings) -> dict[str, dict[str, int]]:
+    """Consumer group -> topic -> lag (end offset minus committed offset, summed)."""
+    from aiokafka import AIOKafkaConsumer
+
+    admin = AIOKafkaAdminClient(**client_kwargs(settings, "admin"))
+    consumer = AIOKafkaConsumer(**client_kwargs(settings, "lag"))
+    await admin.start()
+    await consumer.start()
+    try:
+        lag: dict[str, dict[str, int]] = {}
+        for group, _protocol in await admin.list_consumer_groups():
+            committed = await admin.list_consumer_group_offsets(group)
+            if not committed:
+                continue
+            ends = await consumer.end_offsets(list(committed))
+            per_topic: dict[str, int] = {}
+            for tp, meta in committed.items():
+                behind = max(0, ends.get(tp, 0) - max(meta.offset, 0))
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + behind
+            lag[group] = per_topic
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
