@@ -118,6 +118,7 @@ def up(
     ] = None,
     log_dir: Annotated[Path, typer.Option(help="Folder for service logs.")] = Path("var/logs"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
+    broker_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
 ) -> None:
     """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and every service."""
     stop = _stop_event()
@@ -125,7 +126,7 @@ def up(
     broker: EmbeddedBroker | None = None
     env: dict[str, str] = {}
     if not kafka.bootstrap_servers:
-        broker = EmbeddedBroker(9092, log=log_dir / "broker.log")
+        broker = EmbeddedBroker(broker_port, log=log_dir / "broker.log")
         broker.start()
         env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)

@@ -1,0 +1,116 @@
+"""The data contract loader: shipped contracts load; mistakes name file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.contract import ContractError, load_contract, load_contracts
+from tests.conftest import CONTRACTS
+
+GOOD = {
+    "name": "toy",
+    "task": "classification",
+    "id": "id",
+    "event_time": "ts",
+    "label": {"name": "y", "classes": [0, 1]},
+    "features": [
+        {"name": "age", "type": "float", "min": 0, "max": 120, "description": "age", "owner": "me"},
+        {"name": "n", "type": "int", "nullable": True},
+        {"name": "sex", "type": "category", "values": [1, 2]},
+        {"name": "flag", "type": "bool"},
+    ],
+    "groups": ["sex"],
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "toy") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_shipped_contracts_load() -> None:
+    contracts = load_contracts(CONTRACTS)
+    assert set(contracts) == {"census_employment", "car_loan"}
+    census = contracts["census_employment"]
+    assert len(census.features) == 16
+    assert census.groups == ["SEX", "RAC1P"]
+    assert census.feature("SEX").values == ["1", "2"]
+    assert census.label.classes == [0, 1]
+
+
+def test_good_contract_defaults(tmp_path: Path) -> None:
+    contract = load_contract(write(tmp_path, GOOD))
+    assert contract.feature_names == ["age", "n", "sex", "flag"]
+    assert contract.feature("sex").values == ["1", "2"]  # values normalised to strings
+    assert contract.promotion.strategy == "direct"
+    assert contract.feature("age").owner == "me"
+
+
+def mutate(**changes: object) -> dict[str, object]:
+    data = {**GOOD, **changes}
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        (mutate(task="clustering"), "task", "classification"),
+        (mutate(id=None), "id", "Field required"),
+        (
+            mutate(features=[{"name": "c", "type": "category"}]),
+            "features.0",
+            "non-empty 'values'",
+        ),
+        (
+            mutate(features=[{"name": "a", "type": "float", "min": 5, "max": 1}]),
+            "features.0",
+            "greater than max",
+        ),
+        (
+            mutate(features=[{"name": "a", "type": "float", "colour": "red"}]),
+            "features.0.colour",
+            "Extra",
+        ),
+        (mutate(features=[{"name": "a", "type": "text"}]), "features.0.type", "float"),
+        (mutate(groups=["nope"]), "(top level)", "'nope' is not a feature"),
+        (mutate(label={"name": "y", "classes": [1]}), "(top level)", "at least two classes"),
+        (mutate(features=[]), "features", "at least 1"),
+        (mutate(promotion={"strategy": "yolo"}), "promotion.strategy", "direct"),
+    ],
+)
+def test_bad_contract_names_file_and_field(
+    tmp_path: Path, data: dict[str, object], field: str, words: str
+) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(ContractError) as err:
+        load_contract(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}"), message
+    assert words in message
+
+
+def test_name_must_match_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD, name="other")
+    with pytest.raises(ContractError, match=r"other\.yaml: name: 'toy' must match"):
+        load_contract(path)
+
+
+def test_broken_yaml_and_non_mapping(tmp_path: Path) -> None:
+    broken = tmp_path / "toy.yaml"
+    broken.write_text("name: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ContractError, match=r"toy\.yaml: \(yaml\)"):
+        load_contract(broken)
+    broken.write_text("- a list\n", encoding="utf-8")
+    with pytest.raises(ContractError, match=r"toy\.yaml: \(top level\): expected a mapping"):
+        load_contract(broken)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="cannot read"):
+        load_contract(tmp_path / "absent.yaml")
+    with pytest.raises(ContractError, match="not a folder"):
+        load_contracts(tmp_path / "absent")

@@ -1,0 +1,102 @@
+"""The shared feature pipeline's ONNX parity and the drift statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from shared.contract import parse_contract
+from shared.drift import (
+    StreamingHistogram,
+    bin_counts,
+    build_profile,
+    compare,
+    ks_binned,
+    psi,
+)
+from shared.features import build_pipeline, onnx_feeds, to_frame, to_onnx
+
+CONTRACT = parse_contract(
+    {
+        "name": "toy",
+        "task": "classification",
+        "id": "id",
+        "label": {"name": "y", "classes": [0, 1]},
+        "features": [
+            {"name": "x", "type": "float"},
+            {"name": "k", "type": "int", "nullable": True},
+            {"name": "c", "type": "category", "values": ["a", "b", "c"]},
+            {"name": "f", "type": "bool"},
+        ],
+    }
+)
+
+
+def sample(n: int, shift: float = 0.0, seed: int = 0) -> tuple[dict[str, list[object]], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(shift, 1, n)
+    k = rng.integers(0, 5, n).astype(float)
+    k[:5] = np.nan
+    c = rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2] if shift == 0 else [0.2, 0.3, 0.5])
+    f = rng.random(n) > 0.5
+    y = ((x + (c == "a") + f + rng.normal(0, 0.5, n)) > 1).astype(int)
+    return {"x": list(x), "k": list(k), "c": list(c), "f": list(f)}, y
+
+
+def test_pipeline_exports_whole_with_parity() -> None:
+    cols, y = sample(400)
+    frame = to_frame(CONTRACT, cols)
+    pipe = build_pipeline(CONTRACT, LogisticRegression(max_iter=200)).fit(frame, y)
+    sess = ort.InferenceSession(to_onnx(pipe, CONTRACT), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x", "k", "c", "f"]
+    labels, probs = sess.run(None, onnx_feeds(CONTRACT, frame))
+    assert (labels == pipe.predict(frame)).all()
+    assert np.abs(probs - pipe.predict_proba(frame)).max() < 1e-5
+
+
+def test_to_frame_normalises_types() -> None:
+    frame = to_frame(
+        CONTRACT, {"x": ["1.5", None], "k": [1, None], "c": ["a", None], "f": [True, 0]}
+    )
+    assert frame["x"].tolist()[0] == 1.5
+    assert np.isnan(frame["x"].tolist()[1])
+    assert frame["c"].tolist() == ["a", "__missing__"]
+    assert frame["f"].tolist() == [1.0, 0.0]
+
+
+def test_drift_scores_separate_shift_from_noise() -> None:
+    ref_cols, ref_y = sample(5000)
+    profile = build_profile(CONTRACT, to_frame(CONTRACT, ref_cols), ref_y)
+    same_cols, _ = sample(5000, seed=1)
+    shifted_cols, _ = sample(5000, shift=1.0, seed=2)
+    same = compare(CONTRACT, profile, to_frame(CONTRACT, same_cols))
+    shifted = compare(CONTRACT, profile, to_frame(CONTRACT, shifted_cols))
+    assert not same.drifted, same
+    assert set(shifted.drifted_features) >= {"x", "c"}
+    assert shifted.features["x"]["psi"] > 0.2 > same.features["x"]["psi"]
+    assert shifted.features["c"]["js"] > 0.1 > same.features["c"]["js"]
+
+
+def test_streaming_histogram_equals_batch_counts() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=1000)
+    edges = list(np.linspace(-2, 2, 9))
+    hist = StreamingHistogram(edges=edges)
+    for chunk in np.array_split(values, 7):
+        hist.update(chunk)
+    assert (hist.counts == bin_counts(edges, values)).all()
+    cats = StreamingHistogram(vocab=["a", "b"])
+    cats.update(["a", "b", "b", "zzz"])
+    assert cats.counts.tolist() == [1, 2, 1]  # unseen values land in the 'other' slot
+    with pytest.raises(ValueError, match="edges"):
+        StreamingHistogram()
+
+
+def test_psi_and_ks_basics() -> None:
+    ref = np.array([10, 20, 30, 40])
+    assert psi(ref, ref) == pytest.approx(0.0)
+    assert ks_binned(ref, ref) == pytest.approx(0.0)
+    assert psi(ref, ref[::-1]) > 0.2
+    assert ks_binned(ref, np.array([40, 30, 20, 10])) == pytest.approx(0.4)
