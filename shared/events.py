@@ -31,7 +31,7 @@ def utcnow() -> datetime:
 class Event(BaseModel):
     """Base of every internal event: schema version, unique id, creation time."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     schema_version: int = SCHEMA_VERSION
     id: str = Field(default_factory=new_id)
@@ -44,7 +44,7 @@ class Event(BaseModel):
 class DataEvent(BaseModel):
     """One labelled record on ``data.events`` (the user-facing wire format)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
     dataset: str
     event_id: str
@@ -56,7 +56,7 @@ class DataEvent(BaseModel):
 class Feedback(BaseModel):
     """A delayed true label on ``feedback``: prediction id -> label."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
     prediction_id: str
     label: Scalar
@@ -85,7 +85,7 @@ class DeadLetter(Event):
 class PartitionOffsets(BaseModel):
     """Offset range of one source partition that went into a batch (inclusive)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     topic: str
     partition: int
@@ -113,7 +113,7 @@ class BatchCreated(Event):
 class DriftSummary(BaseModel):
     """Per-feature drift scores of a batch against the reference profile."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     drifted: bool = False
     features: dict[str, dict[str, float]] = Field(default_factory=dict)
