@@ -1,21 +1,137 @@
-"""Assembles the serving service from its settings."""
+"""Assembles the serving service from its settings.
+
+Start order: prediction producer and publisher, then the model manager (watcher
+positioned at the end of ``models.deployments``, then the registry's champions and
+challengers loaded, then the watcher applying events), then the gRPC server - so the
+port only opens once the models are loaded.
+"""
 
 from __future__ import annotations
 
-from shared import topics
-from shared.kafka import ensure_topics
-from shared.service import Component, Runtime
+from typing import Any
 
+from shared.contract import load_contracts
+from shared.registry import Registry
+from shared.service import Component, Runtime
+from shared.store import ArtifactStore
+
+from .dataplane import DataPlane
+from .events import PredictionPublisher
+from .grpc.server import GrpcServer
+from .kafka import TOPICS, DeploymentWatcher, PredictionSink
+from .metrics import ServingMetrics
+from .repository import ModelRepository
 from .settings import ServingSettings
 
-TOPICS = (
-    topics.MODELS_DEPLOYMENTS,
-    topics.PREDICTIONS,
-)
+
+class ModelManager:
+    """Start-up loading and deployment watching, as one component.
+
+    Args:
+        repository: the loaded models.
+        watcher: the ``models.deployments`` consumer.
+        runtime: the service runtime (task supervision).
+    """
+
+    def __init__(self, repository: ModelRepository, watcher: DeploymentWatcher, runtime: Runtime):
+        self.repository = repository
+        self.watcher = watcher
+        self.runtime = runtime
+
+    async def start(self) -> None:
+        """Pin the deployment offsets, load from the registry, then follow deployments."""
+        await self.watcher.position()
+        await self.repository.load_from_registry()
+        self.runtime.spawn(self.watcher.run(), "deployment-watcher")
+
+    async def stop(self) -> None:
+        """Stop following deployments and drain the batchers."""
+        await self.watcher.stop()
+        await self.repository.close()
+
+
+class Publisher:
+    """The prediction producer and the buffer that feeds it, as one component."""
+
+    def __init__(self, sink: PredictionSink, publisher: PredictionPublisher):
+        self.sink = sink
+        self.publisher = publisher
+
+    async def start(self) -> None:
+        """Connect the producer, then start publishing."""
+        await self.sink.start()
+        await self.publisher.start()
+
+    async def stop(self) -> None:
+        """Publish what is buffered, then disconnect."""
+        await self.publisher.stop()
+        await self.sink.stop()
 
 
 async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
     """The service's components, in start order."""
-    created = await ensure_topics(settings.kafka, TOPICS)
-    runtime.info["topics_created"] = created
-    return []
+    log = runtime.log
+    metrics = ServingMetrics(runtime.registry)
+    contracts = load_contracts(settings.contracts)
+    registry = Registry(ArtifactStore(settings.store))
+    repository = ModelRepository(
+        contracts,
+        registry,
+        metrics,
+        log,
+        max_batch_size=settings.max_batch_size,
+        batch_max_delay_s=settings.batch_max_delay_ms / 1000.0,
+        intra_op_threads=settings.ort_intra_op_threads,
+        canary_percent=settings.canary_percent,
+        challenger_mode="canary" if settings.challenger_mode == "canary" else "shadow",
+    )
+    sink = PredictionSink(settings.kafka, settings.producer_linger_ms)
+
+    def dropped(model: str, rows: int) -> None:
+        metrics.events_dropped.labels(model).inc(rows)
+
+    def published(model: str, rows: int) -> None:
+        metrics.events_published.labels(model).inc(rows)
+
+    publisher = PredictionPublisher(
+        sink.send,
+        buffer_rows=settings.event_buffer_rows,
+        batch_rows=settings.event_batch_rows,
+        dropped=dropped,
+        published=published,
+        log=log,
+    )
+
+    def invalid() -> None:
+        metrics.deployments.labels("_unknown", "_unknown", "invalid").inc()
+
+    watcher = DeploymentWatcher(settings.kafka, repository.apply, invalid, log)
+    dataplane = DataPlane(repository, publisher, metrics, settings.server_name)
+    server = GrpcServer(dataplane, settings, log)
+    runtime.info["topics"] = list(TOPICS)
+    components: list[Any] = [Publisher(sink, publisher), ModelManager(repository, watcher, runtime)]
+    components.append(_Announce(server, settings, runtime))
+    return components
+
+
+class _Announce:
+    """Starts the gRPC server and puts its address in the ready record."""
+
+    def __init__(self, server: GrpcServer, settings: ServingSettings, runtime: Runtime):
+        self.server = server
+        self.settings = settings
+        self.runtime = runtime
+
+    async def start(self) -> None:
+        await self.server.start()
+        host = self.settings.grpc_host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = self.settings.advertised_host
+        self.runtime.info["grpc_address"] = f"{host}:{self.server.port}"
+        self.runtime.info["models"] = {
+            name: [s.model.version for s in slot.versions()]
+            for name, slot in self.server.dataplane.repository.slots.items()
+        }
+
+    async def stop(self) -> None:
+        await self.server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,3 +15,42 @@ class ServingSettings(ServiceSettings):
 
     metrics_port: int = 9104
     """Port of the Prometheus metrics endpoint."""
+    grpc_host: str = "0.0.0.0"
+    """Interface the OIP v2 gRPC server listens on."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """Port of the OIP v2 gRPC server (0 picks a free one)."""
+    advertised_host: str = "127.0.0.1"
+    """Host put in the ready record's ``grpc_address`` when listening on all interfaces."""
+    max_batch_size: int = Field(1024, ge=1)
+    """Largest number of rows one request may carry, and the adaptive batcher's cap."""
+    batch_max_delay_ms: float = Field(0.0, ge=0)
+    """Adaptive batching: how long the first queued request may wait for others to join
+    one ONNX Runtime call. 0 turns batching off (no added latency)."""
+    ort_intra_op_threads: int = Field(1, ge=0)
+    """ONNX Runtime intra-op threads per session (0: ORT's default, all cores). One
+    thread suits small batches and leaves the other cores to gRPC."""
+    canary_percent: float = Field(10.0, gt=0, le=100)
+    """Share of rows a canary answers when its deployment event does not say."""
+    challenger_mode: str = Field("shadow", pattern="^(shadow|canary)$")
+    """How a registry ``challenger`` with no recorded mode is deployed at start-up."""
+    event_buffer_rows: int = Field(100_000, ge=1)
+    """Bound of the prediction-event buffer, in rows; beyond it events are dropped and
+    counted, so a Kafka outage never grows memory or delays responses."""
+    event_batch_rows: int = Field(2_000, ge=1)
+    """Most prediction events serialised and sent in one publishing round."""
+    producer_linger_ms: int = Field(20, ge=0)
+    """Kafka producer linger for prediction events (bigger batches, fewer requests)."""
+    tls_cert_file: str | None = None
+    """Server certificate (PEM). Set with ``tls_key_file`` to serve gRPC over TLS."""
+    tls_key_file: str | None = None
+    """Server private key (PEM)."""
+    tls_client_ca_file: str | None = None
+    """CA bundle for client certificates; when set, clients must present one (mTLS)."""
+    auth_tokens_file: str | None = None
+    """File of accepted bearer tokens, one per line (``#`` starts a comment)."""
+    auth_tokens: str | None = None
+    """Comma-separated accepted bearer tokens (e.g. from a secret in the environment).
+    With tokens configured, inference and metadata calls need ``authorization: Bearer
+    <token>``; liveness, readiness and health stay open."""
+    server_name: str = "flywheel"
+    """Name reported by ServerMetadata."""

@@ -1,0 +1,164 @@
+"""The data plane: decode-free inference logic every transport adapter delegates to.
+
+``infer`` routes a request (pinned version, canary share, champion + shadow), turns its
+tensors into ONNX feeds, runs the model (directly or through the adaptive batcher),
+assigns prediction ids, hands the answered rows to the prediction publisher and builds
+the response. Nothing here knows gRPC or Kafka.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .errors import invalid
+from .events import Answered, PredictionPublisher
+from .inputs import TensorSpec
+from .metrics import ServingMetrics
+from .model import PREDICTION_ID, output_specs
+from .repository import ModelRepository
+from .types import InferRequest, InferResponse, OutputTensor
+
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("model_repository_metadata", "flywheel_prediction_events")
+PLATFORM = "onnxruntime_onnx"
+
+
+class DataPlane:
+    """Answers inference and metadata requests.
+
+    Args:
+        repository: the loaded models.
+        publisher: where answered rows go (prediction events).
+        metrics: the service's metrics.
+        server_name: the name ServerMetadata reports.
+    """
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        publisher: PredictionPublisher,
+        metrics: ServingMetrics,
+        server_name: str = "flywheel",
+    ):
+        self.repository = repository
+        self.publisher = publisher
+        self.metrics = metrics
+        self.server_name = server_name
+        self.outputs = {
+            name: {s.name: s for s in output_specs(c)} for name, c in repository.contracts.items()
+        }
+
+    # --- health and metadata -----------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether the server takes requests: models load before the port opens, so always."""
+        return True
+
+    def model_ready(self, name: str, version: str) -> bool:
+        """Whether ``name`` (at ``version``, or its champion) can answer now."""
+        slot = self.repository.slots.get(name)
+        if slot is None:
+            return False
+        if version:
+            return slot.find(version) is not None
+        return slot.champion is not None
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        """(name, version, extensions)."""
+        return self.server_name, SERVER_VERSION, EXTENSIONS
+
+    def model_metadata(
+        self, name: str, version: str
+    ) -> tuple[list[str], list[TensorSpec], list[TensorSpec], dict[str, str]]:
+        """(versions, inputs, outputs, parameters) of a model; NOT_FOUND when unknown."""
+        served, _, _ = self.repository.route(name, version, "")
+        slot = self.repository.slots[name]
+        contract = self.repository.contracts[name]
+        params = {
+            "task": contract.task,
+            "model_version": served.model.version_str,
+            "data_version": served.model.data_version,
+            "input_styles": (
+                "one FP32/FP64 tensor 'input' [N, F] in contract order, or one tensor per feature"
+            ),
+            "max_batch_size": str(self.repository.max_batch_size),
+        }
+        for s in slot.versions():
+            params[f"role.{s.model.version_str}"] = slot.role_of(s)
+        if slot.mode == "canary":
+            params["canary_percent"] = str(slot.canary_percent)
+        if contract.description:
+            params["description"] = contract.description
+        versions = [s.model.version_str for s in slot.versions()]
+        spec = self.repository.specs[name]
+        return versions, spec.tensors, list(self.outputs[name].values()), params
+
+    # --- inference ---------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Answer one inference request (raises :class:`ServingError` on bad input)."""
+        start = time.perf_counter()
+        prefix = os.urandom(8).hex()
+        request_id = request.id or prefix
+        served, role, shadow = self.repository.route(
+            request.model_name, request.model_version, request_id
+        )
+        model = served.model
+        available = self.outputs[model.name]
+        for name in request.outputs:
+            if name not in available:
+                raise invalid(f"output {name!r}: unknown; available: {list(available)}")
+        feeds, rows = model.spec.feeds(request.inputs)
+        if served.batcher is not None:
+            results = await served.batcher.predict(feeds, rows)
+        else:
+            results = model.predict(feeds)
+            self.metrics.batch_size.labels(model.name).observe(rows)
+        ids = [f"{prefix}-{i}" for i in range(rows)]
+        elapsed = time.perf_counter() - start
+        self.publisher.submit(
+            Answered(
+                model,
+                role,
+                request_id,
+                feeds,
+                results,
+                ids,
+                shadow.model if shadow is not None else None,
+                elapsed * 1000.0,
+                time.time(),
+            )
+        )
+        outputs: list[OutputTensor] = []
+        wanted = request.outputs or list(available)
+        for name in wanted:
+            spec = available[name]
+            if name == PREDICTION_ID:
+                outputs.append(OutputTensor(name, "BYTES", (rows,), [i.encode() for i in ids]))
+                continue
+            values = results[name]
+            if spec.datatype == "BYTES":
+                outputs.append(
+                    OutputTensor(name, "BYTES", values.shape, [str(v).encode() for v in values])
+                )
+            else:
+                outputs.append(
+                    OutputTensor(name, spec.datatype, values.shape, _typed(values, spec))
+                )
+        self.metrics.served(model.name, model.version_str, elapsed)
+        parameters: dict[str, str] = {
+            "model_version": model.version_str,
+            "data_version": model.data_version,
+            "role": role,
+        }
+        return InferResponse(
+            model.name, model.version_str, request.id, parameters, outputs, request.raw
+        )
+
+
+def _typed(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    dtype = np.int64 if spec.datatype == "INT64" else np.float32
+    return values if values.dtype == dtype else values.astype(dtype)

@@ -1,0 +1,109 @@
+"""The gRPC server component: OIP v2, health, reflection, optional TLS and token auth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from shared.protogen import inference_pb2 as pb
+from shared.protogen import inference_pb2_grpc as pb_grpc
+
+from ..dataplane import DataPlane
+from ..settings import ServingSettings
+from .auth import TokenAuthInterceptor, load_tokens
+from .servicer import InferenceServicer
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def server_credentials(settings: ServingSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings (mTLS with a client CA), or None for plaintext."""
+    if not settings.tls_cert_file and not settings.tls_key_file:
+        return None
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+    key = Path(settings.tls_key_file).read_bytes()
+    cert = Path(settings.tls_cert_file).read_bytes()
+    ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """The generated code's private pool (see tools/gen_proto.py), plus the health and
+    reflection protos so reflection can describe every service it lists."""
+    pool: descriptor_pool.DescriptorPool = pb.DESCRIPTOR.pool
+    for module in (health_pb2, reflection_pb2):
+        try:
+            pool.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
+
+
+class GrpcServer:
+    """Serves the data plane over gRPC; ``port`` holds the bound port after start.
+
+    Args:
+        dataplane: the transport-free core.
+        settings: the service settings.
+        log: a structlog logger.
+    """
+
+    def __init__(self, dataplane: DataPlane, settings: ServingSettings, log: Any):
+        self.dataplane = dataplane
+        self.settings = settings
+        self.log = log
+        self.port = settings.grpc_port
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        interceptors = []
+        tokens = load_tokens(self.settings.auth_tokens_file, self.settings.auth_tokens)
+        if tokens:
+            metric = self.dataplane.metrics.auth_failures
+            interceptors.append(TokenAuthInterceptor(tokens, metric.inc))
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(self.dataplane, self.log), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+            pool=reflection_pool(),
+        )
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        creds = server_credentials(self.settings)
+        self.port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        self.log.info(
+            "grpc.listening", port=self.port, tls=creds is not None, token_auth=bool(tokens)
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting calls; in-flight ones get a grace period."""
+        if self._server is not None:
+            await self._server.stop(grace=5)
+            self._server = None

@@ -1,0 +1,136 @@
+"""Kafka adapters: the prediction-event producer and the deployment watcher.
+
+The watcher consumes ``models.deployments`` *without* a consumer group (every serving
+replica must see every event) from all partitions. :meth:`DeploymentWatcher.position`
+fixes the end offsets before the registry is read at start-up, so no deployment
+published in between is missed; :meth:`DeploymentWatcher.run` then applies events from
+there in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from shared import topics
+from shared.events import Deployment
+from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.settings import KafkaSettings
+
+from .events import Message
+
+TOPICS = (topics.MODELS_DEPLOYMENTS, topics.PREDICTIONS)
+
+
+class PredictionSink:
+    """Publishes prediction events on ``predictions``, keyed by model name.
+
+    Args:
+        settings: Kafka settings.
+        linger_ms: producer linger (bigger batches).
+    """
+
+    def __init__(self, settings: KafkaSettings, linger_ms: int):
+        self.settings = settings
+        self.producer = AIOKafkaProducer(
+            **client_kwargs(settings, "serving-predictions"),
+            linger_ms=linger_ms,
+            acks=1,
+            max_batch_size=1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        """Connect."""
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        await self.producer.stop()
+
+    async def send(self, messages: list[Message]) -> None:
+        """Send every record, then wait for all acknowledgements."""
+        futures = [
+            await self.producer.send(
+                topics.PREDICTIONS,
+                value=value,
+                key=key,
+                headers=[(k, v.encode()) for k, v in headers(trace).items()],
+            )
+            for key, value, trace in messages
+        ]
+        await asyncio.gather(*futures)
+
+
+class DeploymentWatcher:
+    """Applies every ``models.deployments`` event, in order, to the repository.
+
+    Args:
+        settings: Kafka settings.
+        apply: applies one event (the repository's ``apply``).
+        invalid: called for each record that is not a valid deployment (metrics).
+        log: a structlog logger.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        apply: Callable[[Deployment], Awaitable[Any]],
+        invalid: Callable[[], None],
+        log: Any,
+    ):
+        self.settings = settings
+        self.apply = apply
+        self.invalid = invalid
+        self.log = log
+        self.consumer = AIOKafkaConsumer(**consumer_kwargs(settings, "serving-deployments", None))
+        self.partitions: list[TopicPartition] = []
+
+    async def position(self) -> None:
+        """Connect, assign every partition and pin the current end offsets."""
+        await ensure_topics(self.settings, TOPICS)
+        await self.consumer.start()
+        parts: set[int] | None = None
+        for _ in range(50):
+            await self.consumer.topics()  # refreshes metadata
+            parts = self.consumer.partitions_for_topic(topics.MODELS_DEPLOYMENTS)
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+        if not parts:
+            raise RuntimeError(f"topic {topics.MODELS_DEPLOYMENTS} has no partitions")
+        self.partitions = [TopicPartition(topics.MODELS_DEPLOYMENTS, p) for p in sorted(parts)]
+        self.consumer.assign(self.partitions)
+        await self.consumer.seek_to_end(*self.partitions)
+        for tp in self.partitions:
+            await self.consumer.position(tp)  # resolve now: seek_to_end alone is lazy
+
+    async def run(self) -> None:
+        """Apply events until cancelled."""
+        async for record in self.consumer:
+            try:
+                event = Deployment.model_validate_json(record.value)
+            except (ValidationError, ValueError, TypeError) as exc:
+                self.invalid()
+                self.log.warning(
+                    "deployment.invalid",
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=str(exc).splitlines()[0],
+                )
+                continue
+            self.log.info(
+                "deployment.received",
+                model=event.model,
+                action=event.action,
+                model_version=event.version,
+                actor=event.actor,
+            )
+            await self.apply(event)
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        await self.consumer.stop()

@@ -1,0 +1,234 @@
+"""Loaded models per contract: start-up from the registry, deployments, atomic swaps.
+
+Loading (read the manifest, verify the ONNX sha256, build and warm up the session)
+runs in a worker thread; only the final slot assignment happens on the event loop, so
+requests keep being answered during a load and in-flight requests finish on the
+versions they started with. Manifests are immutable, so a version is loaded by number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared.contract import Contract
+from shared.events import Deployment
+from shared.registry import Registry, TamperedArtifactError
+
+from .batching import AdaptiveBatcher
+from .errors import ServingError, not_found
+from .inputs import InputSpec
+from .metrics import ServingMetrics
+from .model import LoadedModel
+from .routing import ChallengerMode, Role, Served, Slot, in_canary
+
+
+class ModelRepository:
+    """Every served model's current :class:`Slot`.
+
+    Args:
+        contracts: the data contracts by name (the servable model names).
+        registry: the model registry (read only).
+        metrics: the service's metrics.
+        log: a structlog logger.
+        max_batch_size: request size limit and batcher cap.
+        batch_max_delay_s: adaptive batching window (0: off).
+        intra_op_threads: ONNX Runtime intra-op threads per session.
+        canary_percent: canary share when an event or the registry does not say.
+        challenger_mode: mode of a registry challenger whose alias carries none.
+    """
+
+    def __init__(
+        self,
+        contracts: dict[str, Contract],
+        registry: Registry,
+        metrics: ServingMetrics,
+        log: Any,
+        *,
+        max_batch_size: int,
+        batch_max_delay_s: float = 0.0,
+        intra_op_threads: int = 1,
+        canary_percent: float = 10.0,
+        challenger_mode: ChallengerMode = "shadow",
+    ):
+        self.contracts = contracts
+        self.registry = registry
+        self.metrics = metrics
+        self.log = log
+        self.max_batch_size = max_batch_size
+        self.batch_max_delay_s = batch_max_delay_s
+        self.intra_op_threads = intra_op_threads
+        self.canary_percent = canary_percent
+        self.challenger_mode: ChallengerMode = challenger_mode
+        self.specs = {name: InputSpec(c, max_batch_size) for name, c in contracts.items()}
+        self.slots: dict[str, Slot] = {name: Slot() for name in contracts}
+
+    # --- the hot path ------------------------------------------------------------------
+
+    def route(self, name: str, version: str, request_id: str) -> tuple[Served, Role, Served | None]:
+        """The version answering a request, its role, and the shadow to run (if any)."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise not_found(f"model {name!r} is unknown; served models: {sorted(self.slots)}")
+        if version:
+            pinned = slot.find(version)
+            if pinned is None:
+                loaded = [s.model.version_str for s in slot.versions()]
+                raise not_found(
+                    f"model {name!r} version {version!r} is not loaded; loaded: {loaded}"
+                )
+            return pinned, "pinned", None
+        champion = slot.champion
+        if champion is None:
+            raise ServingError("UNAVAILABLE", f"model {name!r} has no champion loaded yet")
+        challenger = slot.challenger
+        if challenger is None:
+            return champion, "champion", None
+        if slot.mode == "canary":
+            if in_canary(request_id, slot.canary_percent):
+                return challenger, "canary", None
+            return champion, "champion", None
+        return champion, "champion", challenger
+
+    def label(self, name: str) -> str:
+        """``name`` if it is a served model, else a fixed placeholder (metric cardinality)."""
+        return name if name in self.slots else "_unknown"
+
+    # --- loading -----------------------------------------------------------------------
+
+    def _load_sync(self, name: str, version: int) -> LoadedModel:
+        manifest = self.registry.get(name, version)
+        onnx = self.registry.onnx_bytes(manifest)  # raises TamperedArtifactError
+        model = LoadedModel(manifest, onnx, self.specs[name], self.intra_op_threads)
+        model.warm_up()
+        return model
+
+    async def _load(self, name: str, version: int) -> Served | None:
+        """Load ``version`` of ``name`` (reusing a loaded one); None when it cannot be."""
+        current = self.slots[name].find(str(version))
+        if current is not None:
+            return current
+        try:
+            model = await asyncio.to_thread(self._load_sync, name, version)
+        except TamperedArtifactError as exc:
+            self.metrics.load_failures.labels(name, "tampered").inc()
+            self.log.error("model.refused", model=name, model_version=version, error=str(exc))
+            return None
+        except KeyError as exc:
+            self.metrics.load_failures.labels(name, "missing").inc()
+            self.log.error("model.missing", model=name, model_version=version, error=str(exc))
+            return None
+        except Exception as exc:
+            self.metrics.load_failures.labels(name, "invalid").inc()
+            self.log.error("model.load_failed", model=name, model_version=version, error=repr(exc))
+            return None
+        batcher = None
+        if self.batch_max_delay_s > 0:
+            batch_size = self.metrics.batch_size.labels(name)
+            delay = self.metrics.queue_delay.labels(name)
+
+            def observe(rows: int, waited: float) -> None:
+                batch_size.observe(rows)
+                delay.observe(waited)
+
+            batcher = AdaptiveBatcher(model, self.max_batch_size, self.batch_max_delay_s, observe)
+        self.log.info(
+            "model.loaded", model=name, model_version=version, data_version=model.data_version
+        )
+        return Served(model, batcher)
+
+    async def _swap(self, name: str, new: Slot) -> None:
+        old = self.slots[name]
+        self.slots[name] = new
+        for served in old.versions():
+            self.metrics.model_info.remove(name, served.model.version_str, old.role_of(served))
+        for served in new.versions():
+            self.metrics.model_info.labels(name, served.model.version_str, new.role_of(served)).set(
+                1
+            )
+        old_champion = old.champion.model.version if old.champion else None
+        new_champion = new.champion.model.version if new.champion else None
+        if old.champion is not None and old_champion != new_champion:
+            self.metrics.swaps.labels(name).inc()
+        kept = {id(s) for s in new.versions()}
+        for served in old.versions():
+            if id(served) not in kept and served.batcher is not None:
+                await served.batcher.close()
+        self.log.info(
+            "model.slot",
+            model=name,
+            champion=new_champion,
+            challenger=new.challenger.model.version if new.challenger else None,
+            mode=new.mode,
+            canary_percent=new.canary_percent if new.mode == "canary" else None,
+        )
+
+    async def load_from_registry(self) -> None:
+        """Load each contract's champion and challenger as the registry's aliases say."""
+        for name in self.contracts:
+            aliases = await asyncio.to_thread(self.registry.aliases, name)
+            champion = challenger = None
+            if aliases.get("champion") is not None:
+                champion = await self._load(name, int(aliases["champion"]))  # type: ignore[arg-type]
+            mode: ChallengerMode | None = None
+            percent = self.canary_percent
+            if aliases.get("challenger") is not None:
+                detail = await asyncio.to_thread(self.registry.alias_detail, name, "challenger")
+                challenger = await self._load(name, int(aliases["challenger"]))  # type: ignore[arg-type]
+                mode = (
+                    "canary" if detail.get("mode", self.challenger_mode) == "canary" else "shadow"
+                )
+                percent = float(detail.get("canary_percent") or self.canary_percent)
+            if champion is None and challenger is not None:
+                challenger = None  # a challenger needs a champion to be compared with
+            if challenger is None:
+                mode = None
+            await self._swap(name, Slot(champion, challenger, mode, percent))
+
+    async def apply(self, event: Deployment) -> bool:
+        """Apply one deployment event; False when it was ignored or failed (logged)."""
+        name = event.model
+        if name not in self.slots:
+            self.metrics.deployments.labels("_unknown", event.action, "ignored").inc()
+            self.log.warning("deployment.unknown_model", model=name, action=event.action)
+            return False
+        slot = self.slots[name]
+        new: Slot | None = None
+        if event.action == "retire":
+            if slot.challenger is not None and slot.challenger.model.version == event.version:
+                new = Slot(slot.champion, None, None, 0.0)
+            else:
+                self.metrics.deployments.labels(name, event.action, "ignored").inc()
+                return False
+        else:
+            served = await self._load(name, event.version)
+            if served is None:
+                self.metrics.deployments.labels(name, event.action, "failed").inc()
+                return False
+            slot = self.slots[name]  # re-read: the load awaited
+            if event.action in ("promote", "rollback"):
+                keep = slot.challenger
+                if event.action == "rollback" or (
+                    keep is not None and keep.model.version == event.version
+                ):
+                    keep = None
+                new = Slot(served, keep, slot.mode if keep else None, slot.canary_percent)
+            else:
+                if slot.champion is None or slot.champion.model.version == event.version:
+                    self.metrics.deployments.labels(name, event.action, "ignored").inc()
+                    self.log.warning(
+                        "deployment.no_champion_to_challenge", model=name, version=event.version
+                    )
+                    return False
+                percent = event.canary_percent if event.canary_percent else self.canary_percent
+                new = Slot(slot.champion, served, event.action, float(percent))  # type: ignore[arg-type]
+        await self._swap(name, new)
+        self.metrics.deployments.labels(name, event.action, "applied").inc()
+        return True
+
+    async def close(self) -> None:
+        """Stop every batcher (answering what they hold)."""
+        for slot in self.slots.values():
+            for served in slot.versions():
+                if served.batcher is not None:
+                    await served.batcher.close()
