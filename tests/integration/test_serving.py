@@ -1,0 +1,402 @@
+"""The serving service as a real process, called through tritonclient (sync and aio).
+
+Each test registers tiny real models (the contract pipeline, fitted on census rows) in a
+fresh store, starts ``python -m services.serving`` against a fresh broker and checks
+what a client and the ``predictions`` topic see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from tritonclient.utils import InferenceServerException
+
+from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
+from shared import topics
+from shared.contract import Contract, load_contract
+from shared.events import Deployment, Prediction
+from shared.features import to_frame
+from shared.kafka import client_kwargs, consumer_kwargs
+from shared.protogen import inference_pb2 as pb
+from shared.protogen import inference_pb2_grpc as pb_grpc
+from shared.registry import Registry
+from shared.settings import KafkaSettings
+from shared.store import ArtifactStore
+from tests.conftest import CONTRACTS, DATA, need_data
+
+pytestmark = pytest.mark.integration
+
+MODEL = "census_employment"
+
+
+class Census:
+    """The contract, two fitted model versions and holdout rows."""
+
+    def __init__(self) -> None:
+        need_data("employment_MA_reference.pq")
+        self.contract: Contract = load_contract(CONTRACTS / f"{MODEL}.yaml")
+        self.v1, self.onnx1 = fit_model(self.contract, census_rows(DATA, 400))
+        self.v2, self.onnx2 = fit_model(self.contract, census_rows(DATA, 400, offset=400), c=0.05)
+        self.holdout = census_rows(DATA, 64, offset=5000)
+
+    def proba(self, pipeline: Any, rows: pd.DataFrame) -> np.ndarray:
+        frame = to_frame(
+            self.contract, {f: rows[f].to_numpy() for f in self.contract.feature_names}
+        )
+        return np.asarray(pipeline.predict_proba(frame))
+
+
+@pytest.fixture(scope="module")
+def census() -> Census:
+    return Census()
+
+
+def register(store_uri: str, census: Census, *versions: int, **kw: Any) -> Registry:
+    registry = Registry(ArtifactStore(store_uri))
+    for v in versions:
+        onnx = census.onnx1 if v == 1 else census.onnx2
+        register_model(registry, census.contract, onnx, dataset_version=f"dv{v}", **kw)
+    return registry
+
+
+def matrix_input(census: Census, rows: pd.DataFrame) -> list[triton.InferInput]:
+    x = feature_matrix(census.contract, rows).astype(np.float32)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return [inp]
+
+
+async def read_predictions(
+    settings: KafkaSettings, count: int, wait_s: float = 30
+) -> list[dict[str, Any]]:
+    """The first ``count`` events on ``predictions`` (every partition, from the start)."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(settings, "test-predictions", None))
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topics.PREDICTIONS) or set()
+        consumer.assign([TopicPartition(topics.PREDICTIONS, p) for p in parts])
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + wait_s
+        while len(out) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend(json.loads(r.value) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def publish_deployment(settings: KafkaSettings, event: Deployment) -> None:
+    producer = AIOKafkaProducer(**client_kwargs(settings, "test-deployments"))
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.MODELS_DEPLOYMENTS, event.model_dump_json().encode(), key=event.model.encode()
+        )
+    finally:
+        await producer.stop()
+
+
+def test_infer_matches_the_registered_model_and_publishes_events(
+    start_service: Any, store_uri: str, kafka_settings: KafkaSettings, census: Census
+) -> None:
+    register(store_uri, census, 1)
+    proc = start_service("serving")
+    client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    meta = client.get_model_metadata(MODEL)
+    assert meta.versions == ["1"]
+    assert [i.name for i in meta.inputs] == ["input", *census.contract.feature_names]
+
+    rows = census.holdout
+    result = client.infer(MODEL, matrix_input(census, rows))
+    expected = census.proba(census.v1, rows)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+    np.testing.assert_array_equal(
+        result.as_numpy("label"),
+        census.v1.predict(
+            to_frame(
+                census.contract, {f: rows[f].to_numpy() for f in census.contract.feature_names}
+            )
+        ),
+    )
+    response = result.get_response()
+    assert response.model_version == "1"
+    assert response.parameters["data_version"].string_param == "dv1"
+    assert response.parameters["model_version"].string_param == "1"
+    ids = [i.decode() for i in result.as_numpy("prediction_id")]
+    assert len(set(ids)) == len(rows)
+
+    # The columnar style (one tensor per feature, BYTES for categories) answers the same.
+    inputs = []
+    for f in census.contract.features:
+        if f.is_numeric:
+            arr = rows[f.name].to_numpy(dtype=np.float32)
+            inp = triton.InferInput(f.name, [len(rows)], "FP32")
+        else:
+            frame = to_frame(
+                census.contract, {n: rows[n].to_numpy() for n in census.contract.feature_names}
+            )
+            arr = frame[f.name].to_numpy().astype(np.object_)
+            inp = triton.InferInput(f.name, [len(rows)], "BYTES")
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    columnar = client.infer(MODEL, inputs, request_id="columnar-1")
+    np.testing.assert_allclose(columnar.as_numpy("probabilities"), expected, atol=1e-5)
+    assert columnar.get_response().id == "columnar-1"
+
+    events = asyncio.run(read_predictions(kafka_settings, 2 * len(rows)))
+    assert len(events) == 2 * len(rows)
+    by_id = {e["id"]: Prediction.model_validate(e) for e in events}
+    for i, pid in enumerate(ids):
+        event = by_id[pid]
+        assert (event.model, event.model_version, event.data_version) == (MODEL, 1, "dv1")
+        assert event.outputs["label"] == int(result.as_numpy("label")[i])
+        np.testing.assert_allclose(event.outputs["probabilities"], expected[i], atol=1e-5)
+        assert event.inputs["SCHL"] == str(int(float(rows["SCHL"].iloc[i])))
+        assert event.role == "champion"
+        assert event.latency_ms > 0
+    assert sum(e["request_id"] == "columnar-1" for e in events) == len(rows)
+
+
+BAD_CASES = [
+    ("unknown model", "nope", lambda c: matrix_input(c, c.holdout[:2]), "NOT_FOUND", "'nope'"),
+    (
+        "wrong tensor name",
+        MODEL,
+        lambda c: [_tensor("inputs", np.zeros((1, 16), np.float32))],
+        "INVALID_ARGUMENT",
+        "'inputs'",
+    ),
+    (
+        "wrong datatype",
+        MODEL,
+        lambda c: [_tensor("input", np.zeros((1, 16), np.int32))],
+        "INVALID_ARGUMENT",
+        "datatype INT32",
+    ),
+    (
+        "wrong shape",
+        MODEL,
+        lambda c: [_tensor("input", np.zeros((2, 15), np.float32))],
+        "INVALID_ARGUMENT",
+        "[2, 15]",
+    ),
+    (
+        "NaN in a non-nullable feature",
+        MODEL,
+        lambda c: [
+            _tensor("input", _with(feature_matrix(c.contract, c.holdout[:3]), 1, 0, np.nan))
+        ],
+        "INVALID_ARGUMENT",
+        "'AGEP' row 1: NaN",
+    ),
+    (
+        "category out of range",
+        MODEL,
+        lambda c: [_tensor("input", _with(feature_matrix(c.contract, c.holdout[:3]), 2, 1, 99.0))],
+        "INVALID_ARGUMENT",
+        "'SCHL' row 2",
+    ),
+    (
+        "batch over the maximum",
+        MODEL,
+        lambda c: [_tensor("input", np.zeros((9, 16), np.float32))],
+        "INVALID_ARGUMENT",
+        "over the maximum of 8",
+    ),
+]
+
+
+def _tensor(name: str, array: np.ndarray) -> triton.InferInput:
+    dtype = {
+        np.dtype(np.float32): "FP32",
+        np.dtype(np.int32): "INT32",
+        np.dtype(np.float64): "FP64",
+    }
+    inp = triton.InferInput(name, list(array.shape), dtype[array.dtype])
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+def _with(matrix: np.ndarray, row: int, col: int, value: float) -> np.ndarray:
+    out = matrix.astype(np.float32)
+    out[row, col] = value
+    return out
+
+
+def test_bad_inputs_get_their_code_and_a_message_naming_the_problem(
+    start_service: Any, store_uri: str, census: Census
+) -> None:
+    register(store_uri, census, 1)
+    proc = start_service("serving", FLYWHEEL_SERVING_MAX_BATCH_SIZE="8")
+    client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
+    for label, model, inputs, code, needle in BAD_CASES:
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(model, inputs(census))
+        assert err.value.status() == f"StatusCode.{code}", label
+        assert needle in err.value.message(), (label, err.value.message())
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(MODEL, matrix_input(census, census.holdout[:1]), model_version="7")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    # Still serving after every rejection.
+    assert client.infer(MODEL, matrix_input(census, census.holdout[:2])).as_numpy(
+        "label"
+    ).shape == (2,)
+
+
+def test_promotion_under_load_fails_no_request_and_switches_version(
+    start_service: Any, store_uri: str, kafka_settings: KafkaSettings, census: Census
+) -> None:
+    register(store_uri, census, 1)
+    register(store_uri, census, 2, alias=None)
+    proc = start_service("serving")
+    address = proc.ready_info["grpc_address"]
+    inputs = matrix_input(census, census.holdout[:4])
+
+    async def run() -> tuple[list[str], list[str]]:
+        client = triton_aio.InferenceServerClient(address)
+        versions: list[str] = []
+        failures: list[str] = []
+        switched = asyncio.Event()
+        warmed = asyncio.Event()
+
+        async def worker() -> None:
+            after = 0
+            while after < 200:
+                try:
+                    result = await client.infer(MODEL, inputs)
+                    version = result.get_response().model_version
+                    versions.append(version)
+                    if len(versions) >= 300:
+                        warmed.set()
+                    if version == "2":
+                        switched.set()
+                except InferenceServerException as exc:
+                    failures.append(str(exc))
+                if switched.is_set():
+                    after += 1
+
+        workers = [asyncio.create_task(worker()) for _ in range(8)]
+        await warmed.wait()
+        await publish_deployment(
+            kafka_settings,
+            Deployment(model=MODEL, action="promote", version=2, reason="test", actor="user:test"),
+        )
+        await asyncio.wait_for(asyncio.gather(*workers), 60)
+        await client.close()
+        return versions, failures
+
+    versions, failures = asyncio.run(run())
+    assert failures == []
+    assert versions[0] == "1"
+    assert versions[-1] == "2"
+    first_v2 = versions.index("2")
+    # After the swap, the old version only answers requests already in flight.
+    assert versions[first_v2 + 16 :].count("1") == 0
+    assert client_metric(proc, "flywheel_serving_swaps_total") == 1.0
+
+
+def client_metric(proc: Any, name: str) -> float:
+    import urllib.request
+
+    port = proc.ready_info["metrics_port"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_canary_share_and_shadow_outputs(
+    start_service: Any, store_uri: str, kafka_settings: KafkaSettings, census: Census
+) -> None:
+    register(store_uri, census, 1)
+    register(store_uri, census, 2, alias=None)
+    proc = start_service("serving")
+    client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
+    one = matrix_input(census, census.holdout[:1])
+
+    asyncio.run(
+        publish_deployment(
+            kafka_settings,
+            Deployment(
+                model=MODEL,
+                action="canary",
+                version=2,
+                canary_percent=30,
+                reason="test",
+                champion_version=1,
+            ),
+        )
+    )
+    _wait_for(lambda: client.get_model_metadata(MODEL).versions == ["1", "2"])
+    n = 800
+    answered = [
+        client.infer(MODEL, one, request_id=uuid.uuid4().hex).get_response().model_version
+        for _ in range(n)
+    ]
+    share = answered.count("2") / n
+    assert abs(share - 0.30) < 0.065, share  # > 4 sigma for n=800
+    sticky = {
+        client.infer(MODEL, one, request_id="same-id").get_response().model_version
+        for _ in range(20)
+    }
+    assert len(sticky) == 1
+
+    asyncio.run(
+        publish_deployment(
+            kafka_settings,
+            Deployment(model=MODEL, action="shadow", version=2, reason="test", champion_version=1),
+        )
+    )
+    _wait_for(lambda: model_parameters(proc)["role.2"] == "shadow")
+    rows = census.holdout[:10]
+    result = client.infer(MODEL, matrix_input(census, rows), request_id="shadow-req")
+    assert result.get_response().model_version == "1"
+    ids = [i.decode() for i in result.as_numpy("prediction_id")]
+    events = asyncio.run(read_predictions(kafka_settings, n + 20 + len(rows)))
+    shadowed = {e["id"]: e for e in events if e["request_id"] == "shadow-req"}
+    assert sorted(shadowed) == sorted(ids)
+    expected_v2 = census.proba(census.v2, rows)
+    for i, pid in enumerate(ids):
+        event = Prediction.model_validate(shadowed[pid])
+        assert event.model_version == 1
+        assert event.shadow is not None
+        assert event.shadow["model_version"] == 2
+        np.testing.assert_allclose(
+            event.shadow["outputs"]["probabilities"], expected_v2[i], atol=1e-5
+        )
+    canary_events = [e for e in events if e["role"] == "canary"]
+    assert len(canary_events) == answered.count("2") + (20 if sticky == {"2"} else 0)
+    assert all(e["model_version"] == 2 for e in canary_events)
+
+
+def model_parameters(proc: Any) -> dict[str, str]:
+    """ModelMetadata parameters (an extension tritonclient's own proto does not parse)."""
+    with grpc.insecure_channel(proc.ready_info["grpc_address"]) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
+    return {k: v.string_param for k, v in meta.parameters.items()}
+
+
+def _wait_for(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
