@@ -1,0 +1,360 @@
+"""Serving core without Kafka or gRPC: inputs, batching, routing, repository, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from services.serving.batching import AdaptiveBatcher
+from services.serving.errors import ServingError
+from services.serving.events import Answered, PredictionPublisher
+from services.serving.inputs import InputSpec
+from services.serving.metrics import ServingMetrics
+from services.serving.model import LoadedModel
+from services.serving.repository import ModelRepository
+from services.serving.routing import in_canary
+from services.serving.tensors import Tensor, decode_raw, encode_bytes
+from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
+from shared.contract import Contract, load_contract
+from shared.events import Deployment, Prediction
+from shared.features import onnx_feeds, to_frame
+from shared.registry import Registry
+from shared.store import ArtifactStore
+from tests.conftest import CONTRACTS, DATA, need_data
+
+MODEL = "census_employment"
+LOG = structlog.get_logger()
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return load_contract(CONTRACTS / f"{MODEL}.yaml")
+
+
+@pytest.fixture(scope="module")
+def models(contract: Contract) -> dict[str, Any]:
+    need_data("employment_MA_reference.pq")
+    rows = census_rows(DATA, 300)
+    _, onnx1 = fit_model(contract, rows)
+    _, onnx2 = fit_model(contract, census_rows(DATA, 300, offset=300), c=0.05)
+    return {"rows": census_rows(DATA, 20, offset=4000), "onnx1": onnx1, "onnx2": onnx2}
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(ArtifactStore(f"file://{tmp_path / 'store'}"))
+
+
+def matrix_tensor(contract: Contract, rows: Any) -> Tensor:
+    x = feature_matrix(contract, rows).astype(np.float32)
+    return Tensor("input", "FP32", x.shape, x.ravel())
+
+
+def columnar(contract: Contract, rows: Any) -> list[Tensor]:
+    frame = to_frame(contract, {f: rows[f].to_numpy() for f in contract.feature_names})
+    out = []
+    for f in contract.features:
+        col = frame[f.name].to_numpy()
+        if f.is_numeric:
+            out.append(Tensor(f.name, "FP64", (len(col),), col.astype(np.float64)))
+        else:
+            values = np.array([str(v).encode() for v in col], dtype=object)
+            out.append(Tensor(f.name, "BYTES", (len(col), 1), values))
+    return out
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+def test_matrix_and_columnar_inputs_give_the_training_feeds(
+    contract: Contract, models: dict[str, Any]
+) -> None:
+    rows = models["rows"]
+    spec = InputSpec(contract, 64)
+    expected = onnx_feeds(
+        contract, to_frame(contract, {f: rows[f].to_numpy() for f in contract.feature_names})
+    )
+    for feeds, n in (
+        spec.feeds([matrix_tensor(contract, rows)]),
+        spec.feeds(columnar(contract, rows)),
+    ):
+        assert n == len(rows)
+        for name, want in expected.items():
+            np.testing.assert_array_equal(feeds[name], want, err_msg=name)
+            assert feeds[name].shape == (len(rows), 1)
+
+
+def test_a_non_numeric_vocabulary_is_encoded_by_index() -> None:
+    contract = load_contract(CONTRACTS / "car_loan.yaml")
+    spec = InputSpec(contract, 8)
+    #        car_value salary debt  length prev  down  tenure
+    x = np.array([[10000, 1, 0.3, 36, 1, 4, 2.0]], dtype=np.float64)
+    feeds, _ = spec.feeds([Tensor("input", "FP64", x.shape, x.ravel())])
+    assert feeds["salary_range"][0, 0] == "20K - 40K €"
+    assert feeds["size_of_downpayment"][0, 0] == "40%"
+    assert "salary_range=index" in spec.tensors[0].parameters["category_encoding"]
+    x[0, 1] = 4  # only four salary bands: index 4 is out of range
+    with pytest.raises(ServingError, match="'salary_range' row 0"):
+        spec.feeds([Tensor("input", "FP64", x.shape, x.ravel())])
+
+
+def _bad(contract: Contract, rows: Any, case: str) -> list[Tensor]:
+    tensors = columnar(contract, rows)
+    if case == "unknown":
+        return [*tensors, Tensor("extra", "FP32", (len(rows),), np.zeros(len(rows)))]
+    if case == "missing":
+        return tensors[1:]
+    if case == "duplicate":
+        return [*tensors, tensors[0]]
+    if case == "rows":
+        t = tensors[0]
+        return [Tensor(t.name, t.datatype, (1,), t.values[:1]), *tensors[1:]]
+    if case == "vocab":
+        t = tensors[1]
+        return [
+            tensors[0],
+            Tensor(t.name, "BYTES", t.shape, np.array([b"99"] * len(rows))),
+            *tensors[2:],
+        ]
+    if case == "category_dtype":
+        t = tensors[1]
+        return [tensors[0], Tensor(t.name, "INT64", (len(rows),), np.ones(len(rows))), *tensors[2:]]
+    if case == "numeric_dtype":
+        t = tensors[0]
+        return [Tensor(t.name, "BYTES", t.shape, np.array([b"1"] * len(rows))), *tensors[1:]]
+    if case == "utf8":
+        t = tensors[1]
+        return [
+            tensors[0],
+            Tensor(t.name, "BYTES", t.shape, np.array([b"\xff"] * len(rows))),
+            *tensors[2:],
+        ]
+    if case == "nan":
+        t = tensors[0]
+        return [Tensor(t.name, "FP64", t.shape, np.full(len(rows), np.nan)), *tensors[1:]]
+    if case == "shape":
+        t = tensors[0]
+        return [Tensor(t.name, t.datatype, (len(rows), 2), np.zeros(2 * len(rows))), *tensors[1:]]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("unknown", "input 'extra': unknown tensor"),
+        ("missing", "input 'AGEP': missing"),
+        ("duplicate", "input 'AGEP': sent more than once"),
+        ("rows", "rows, but other inputs have"),
+        ("vocab", "input 'SCHL': row 0: '99' is not one of the category's values"),
+        ("category_dtype", "input 'SCHL': datatype INT64 is not accepted for a category"),
+        ("numeric_dtype", "input 'AGEP': datatype BYTES is not accepted"),
+        ("utf8", "input 'SCHL': row 0: not valid UTF-8"),
+        ("nan", "input 'AGEP': row 0: NaN, but 'AGEP' is not nullable"),
+        ("shape", "input 'AGEP': shape [3, 2] is not [N] or [N, 1]"),
+    ],
+)
+def test_bad_columnar_inputs_are_rejected_naming_the_tensor(
+    contract: Contract, models: dict[str, Any], case: str, needle: str
+) -> None:
+    spec = InputSpec(contract, 64)
+    with pytest.raises(ServingError) as err:
+        spec.feeds(_bad(contract, models["rows"][:3], case))
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert needle in err.value.message
+
+
+def test_raw_contents_are_checked_against_the_shape() -> None:
+    ok = decode_raw("x", "FP32", (2, 2), np.arange(4, dtype=np.float32).tobytes())
+    assert ok.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ServingError, match="raw contents hold 12 bytes, but shape \\[2, 2\\]"):
+        decode_raw("x", "FP32", (2, 2), b"\0" * 12)
+    assert decode_raw("s", "BYTES", (2,), encode_bytes([b"a", b"bc"])).tolist() == [b"a", b"bc"]
+    with pytest.raises(ServingError, match="input 's': raw BYTES element 1 runs past"):
+        decode_raw("s", "BYTES", (2,), encode_bytes([b"a", b"bc"])[:-1])
+    with pytest.raises(ServingError, match="negative dimension"):
+        decode_raw("x", "FP32", (-1, 2), b"")
+    with pytest.raises(ServingError, match="unknown datatype 'FP8'"):
+        decode_raw("x", "FP8", (1,), b"\0")
+
+
+# --- batching and routing --------------------------------------------------------------
+
+
+async def test_the_batcher_merges_concurrent_requests_and_splits_outputs(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    spec = InputSpec(contract, 64)
+    model = LoadedModel(manifest, models["onnx1"], spec, 1)
+    calls: list[tuple[int, float]] = []
+    batcher = AdaptiveBatcher(model, 64, 0.05, lambda rows, waited: calls.append((rows, waited)))
+    rows = models["rows"]
+    parts = [spec.feeds([matrix_tensor(contract, rows[i : i + 4])]) for i in range(0, 20, 4)]
+    results = await asyncio.gather(*(batcher.predict(f, n) for f, n in parts))
+    assert [c[0] for c in calls] == [20]  # one ORT call for five requests
+    for (feeds, _), got in zip(parts, results, strict=True):
+        want = model.predict(feeds)
+        np.testing.assert_array_equal(got["label"], want["label"])
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-6)
+    await batcher.close()
+    # A request reaching a closed (retired) batcher is still answered.
+    feeds, n = parts[0]
+    assert (await batcher.predict(feeds, n))["label"].shape == (4,)
+
+
+def test_canary_share_is_close_to_the_percentage_and_sticky() -> None:
+    ids = [uuid.uuid4().hex for _ in range(20_000)]
+    share = sum(in_canary(i, 25.0) for i in ids) / len(ids)
+    assert abs(share - 0.25) < 0.015  # ~5 standard deviations
+    assert all(in_canary(i, 25.0) == in_canary(i, 25.0) for i in ids[:100])
+    assert not any(in_canary(i, 0.0) for i in ids[:1000])
+    assert all(in_canary(i, 100.0) for i in ids[:1000])
+
+
+# --- repository ------------------------------------------------------------------------
+
+
+def _repository(contract: Contract, registry: Registry) -> tuple[ModelRepository, ServingMetrics]:
+    metrics = ServingMetrics(CollectorRegistry())
+    repo = ModelRepository({MODEL: contract}, registry, metrics, LOG, max_batch_size=64)
+    return repo, metrics
+
+
+def _deploy(action: str, version: int, **kw: Any) -> Deployment:
+    return Deployment(model=MODEL, action=action, version=version, reason="test", **kw)  # type: ignore[arg-type]
+
+
+async def test_deployments_change_what_answers(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    register_model(registry, contract, models["onnx2"], dataset_version="d2", alias=None)
+    repo, metrics = _repository(contract, registry)
+    await repo.load_from_registry()
+
+    def answer(request_id: str = "r", version: str = "") -> tuple[int, str, int | None]:
+        served, role, shadow = repo.route(MODEL, version, request_id)
+        return served.model.version, role, shadow.model.version if shadow else None
+
+    assert answer() == (1, "champion", None)
+    assert await repo.apply(_deploy("shadow", 2))
+    assert answer() == (1, "champion", 2)
+    assert answer(version="2") == (2, "pinned", None)
+    assert await repo.apply(_deploy("canary", 2, canary_percent=100))
+    assert answer() == (2, "canary", None)
+    assert await repo.apply(_deploy("promote", 2))
+    assert answer() == (2, "champion", None)
+    assert await repo.apply(_deploy("rollback", 1))
+    assert answer() == (1, "champion", None)
+    assert not await repo.apply(_deploy("retire", 2))  # nothing to retire
+    assert not await repo.apply(_deploy("promote", 9))  # unknown version: kept as is
+    assert answer() == (1, "champion", None)
+    assert metrics.swaps.labels(MODEL)._value.get() == 2
+    assert metrics.load_failures.labels(MODEL, "missing")._value.get() == 1
+    with pytest.raises(ServingError) as err:
+        repo.route(MODEL, "2", "r")
+    assert err.value.code == "NOT_FOUND"
+    with pytest.raises(ServingError) as err:
+        repo.route("other", "", "r")
+    assert err.value.code == "NOT_FOUND"
+
+
+async def test_a_model_whose_bytes_do_not_match_its_manifest_is_refused(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    assert _tamper(Path(registry.store.root), models["onnx2"]) == 1
+    repo, metrics = _repository(contract, registry)
+    await repo.load_from_registry()
+    assert repo.slots[MODEL].champion is None
+    assert metrics.load_failures.labels(MODEL, "tampered")._value.get() == 1
+    with pytest.raises(ServingError) as err:
+        repo.route(MODEL, "", "r")
+    assert err.value.code == "UNAVAILABLE"
+    assert manifest.version == 1
+
+
+def _tamper(root: Path, data: bytes) -> int:
+    """Overwrite every stored ONNX file (after registration); how many there were."""
+    files = list(root.rglob("*.onnx"))
+    for file in files:
+        file.chmod(0o644)
+        file.write_bytes(data)
+    return len(files)
+
+
+async def test_the_registry_challenger_starts_in_its_recorded_mode(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    register_model(
+        registry,
+        contract,
+        models["onnx2"],
+        dataset_version="d2",
+        alias="challenger",
+        detail={"mode": "canary", "canary_percent": 100},
+    )
+    repo, _ = _repository(contract, registry)
+    await repo.load_from_registry()
+    served, role, _ = repo.route(MODEL, "", "any")
+    assert (served.model.version, role) == (2, "canary")
+
+
+# --- prediction events -------------------------------------------------------------------
+
+
+async def test_events_are_batched_and_dropped_when_the_buffer_is_full(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    spec = InputSpec(contract, 64)
+    model = LoadedModel(manifest, models["onnx1"], spec, 1)
+    shadow = LoadedModel(manifest, models["onnx2"], spec, 1)
+    gate = asyncio.Event()
+    sent: list[bytes] = []
+    dropped: dict[str, int] = {}
+
+    async def send(messages: list[tuple[bytes, bytes, str]]) -> None:
+        await gate.wait()  # Kafka "down" until the gate opens
+        sent.extend(m[1] for m in messages)
+
+    publisher = PredictionPublisher(
+        send,
+        buffer_rows=10,
+        batch_rows=100,
+        dropped=lambda m, n: dropped.__setitem__(m, dropped.get(m, 0) + n),
+        published=lambda m, n: None,
+        log=LOG,
+    )
+    await publisher.start()
+    feeds, n = spec.feeds([matrix_tensor(contract, models["rows"][:4])])
+    outputs = model.predict(feeds)
+
+    def answered(tag: str) -> Answered:
+        ids = [f"{tag}-{i}" for i in range(n)]
+        return Answered(model, "champion", tag, feeds, outputs, ids, shadow, 1.5, 0.0)
+
+    # Rows count against the bound until Kafka acknowledged them: a and b fit in ten
+    # rows, c and d do not.
+    for tag in "abcd":
+        publisher.submit(answered(tag))
+    assert dropped == {MODEL: 8}
+    assert publisher.pending_rows <= 10
+    gate.set()
+    await publisher.stop()
+    events = [Prediction.model_validate(json.loads(v)) for v in sent]
+    assert sorted({e.request_id for e in events}) == ["a", "b"]
+    first = events[0]
+    assert (first.model_version, first.data_version, first.role) == (1, "d1", "champion")
+    assert first.shadow is not None
+    assert first.shadow["outputs"]["label"] in (0, 1)
+    assert set(first.inputs) == set(contract.feature_names)
