@@ -1,0 +1,264 @@
+"""The gRPC adapter in-process, called through a real stub: fuzzing, token auth, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from services.serving.dataplane import DataPlane
+from services.serving.events import PredictionPublisher
+from services.serving.grpc.server import GrpcServer
+from services.serving.metrics import ServingMetrics
+from services.serving.repository import ModelRepository
+from services.serving.settings import ServingSettings
+from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
+from shared.contract import Contract, load_contract
+from shared.protogen import inference_pb2 as pb
+from shared.protogen import inference_pb2_grpc as pb_grpc
+from shared.registry import Registry
+from shared.store import ArtifactStore
+from tests.conftest import CONTRACTS, DATA, need_data
+
+MODEL = "census_employment"
+LOG = structlog.get_logger()
+TOKEN = "s3cret-token"
+
+
+class ServerThread:
+    """A serving data plane + gRPC server on its own event loop in a thread."""
+
+    def __init__(self, store: str, contract: Contract, settings: ServingSettings):
+        self.loop = asyncio.new_event_loop()
+        self.metrics = ServingMetrics(CollectorRegistry())
+        repo = ModelRepository(
+            {MODEL: contract},
+            Registry(ArtifactStore(store)),
+            self.metrics,
+            LOG,
+            max_batch_size=settings.max_batch_size,
+        )
+
+        async def send(messages: list[Any]) -> None:
+            self.published += len(messages)
+
+        self.published = 0
+        self.publisher = PredictionPublisher(
+            send,
+            buffer_rows=10_000,
+            batch_rows=1000,
+            dropped=lambda m, n: None,
+            published=lambda m, n: None,
+            log=LOG,
+        )
+        self.server = GrpcServer(DataPlane(repo, self.publisher, self.metrics), settings, LOG)
+        self.repo = repo
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        self.call(self.publisher.start())
+        self.call(self.repo.load_from_registry())
+        self.call(self.server.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.server.stop())
+        self.call(self.publisher.stop())
+        self.call(self.repo.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return load_contract(CONTRACTS / f"{MODEL}.yaml")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, contract: Contract) -> str:
+    need_data("employment_MA_reference.pq")
+    uri = f"file://{tmp_path_factory.mktemp('store')}"
+    _, onnx = fit_model(contract, census_rows(DATA, 300))
+    register_model(Registry(ArtifactStore(uri)), contract, onnx, dataset_version="d1")
+    return uri
+
+
+def _settings(**kw: Any) -> ServingSettings:
+    return ServingSettings(grpc_host="127.0.0.1", grpc_port=0, max_batch_size=32, **kw)
+
+
+def _valid_request(contract: Contract) -> pb.ModelInferRequest:
+    x = feature_matrix(contract, census_rows(DATA, 2, offset=100)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+@pytest.fixture(scope="module")
+def server(store: str, contract: Contract) -> Iterator[ServerThread]:
+    with ServerThread(store, contract, _settings()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(server: ServerThread) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.server.port}") as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_typed_contents_answer_with_typed_outputs(
+    stub: pb_grpc.GRPCInferenceServiceStub, contract: Contract
+) -> None:
+    raw = _valid_request(contract)
+    x = np.frombuffer(raw.raw_input_contents[0], np.float32)
+    typed = pb.ModelInferRequest(model_name=MODEL, id="t1", outputs=[{"name": "probabilities"}])
+    typed.inputs.add(name="input", datatype="FP32", shape=[2, 16]).contents.fp32_contents.extend(x)
+    a, b = stub.ModelInfer(raw), stub.ModelInfer(typed)
+    assert [o.name for o in b.outputs] == ["probabilities"]
+    assert not b.raw_output_contents
+    raw_probs = np.frombuffer(a.raw_output_contents[1], np.float32)
+    np.testing.assert_allclose(list(b.outputs[0].contents.fp32_contents), raw_probs)
+    assert b.id == "t1"
+    assert b.parameters["data_version"].string_param == "d1"
+
+
+_names = st.sampled_from(["input", "AGEP", "SCHL", "x", ""])
+_dtypes = st.sampled_from(["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES", "FP16", "UINT8", "?"])
+_tensor = st.fixed_dictionaries(
+    {
+        "name": _names,
+        "datatype": _dtypes,
+        "shape": st.lists(st.integers(-2, 40), max_size=3),
+        "fp32": st.lists(st.floats(allow_nan=True, width=32), max_size=40),
+        "bytes": st.lists(st.binary(max_size=4), max_size=5),
+        "int64": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5),
+    }
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    model=st.sampled_from([MODEL, "nope", ""]),
+    version=st.sampled_from(["", "1", "2", "x"]),
+    tensors=st.lists(_tensor, max_size=4),
+    raw=st.one_of(st.none(), st.lists(st.binary(max_size=80), max_size=4)),
+    outputs=st.lists(st.sampled_from(["label", "probabilities", "prediction_id", "z"]), max_size=2),
+)
+def test_malformed_requests_never_crash_the_server(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    server: ServerThread,
+    contract: Contract,
+    model: str,
+    version: str,
+    tensors: list[dict[str, Any]],
+    raw: list[bytes] | None,
+    outputs: list[str],
+) -> None:
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    for t in tensors:
+        tensor = request.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        tensor.contents.fp32_contents.extend(t["fp32"])
+        tensor.contents.bytes_contents.extend(t["bytes"])
+        tensor.contents.int64_contents.extend(t["int64"])
+    if raw is not None:
+        request.raw_input_contents.extend(raw)
+    for name in outputs:
+        request.outputs.add(name=name)
+    failure: grpc.RpcError | None = None
+    try:
+        stub.ModelInfer(request)
+    except grpc.RpcError as err:
+        failure = err
+    if failure is not None:
+        assert failure.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+        ), failure.details()
+        assert failure.details()
+    assert stub.ModelInfer(_valid_request(contract)).model_version == "1"
+    for label in (MODEL, "_unknown"):
+        assert server.metrics.errors.labels(label, "INTERNAL")._value.get() == 0
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+def test_token_auth_over_tls(store: str, contract: Contract, certs: Path) -> None:
+    settings = _settings(
+        auth_tokens=TOKEN,
+        tls_cert_file=str(certs / "cert.pem"),
+        tls_key_file=str(certs / "key.pem"),
+    )
+    with ServerThread(store, contract, settings) as running:
+        creds = grpc.ssl_channel_credentials((certs / "cert.pem").read_bytes())
+        with grpc.secure_channel(
+            f"127.0.0.1:{running.server.port}",
+            creds,
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        ) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(pb.ServerLiveRequest()).live  # open without a token
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            request = _valid_request(contract)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(request)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(request, metadata=[("authorization", "Bearer wrong")])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = stub.ModelInfer(request, metadata=[("authorization", f"Bearer {TOKEN}")])
+            assert ok.model_version == "1"
+            assert running.metrics.auth_failures._value.get() == 2
+        # Plaintext clients cannot talk to the TLS port.
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{running.server.port}") as plain,
+            pytest.raises(grpc.RpcError),
+        ):
+            pb_grpc.GRPCInferenceServiceStub(plain).ServerLive(pb.ServerLiveRequest(), timeout=5)
