@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -400,3 +401,33 @@ def _wait_for(condition: Any, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def test_flywheel_predict_prints_predictions_with_versions(
+    start_service: Any, store_uri: str, census: Census, tmp_path: Path
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from shared.cli import predict
+
+    register(store_uri, census, 1)
+    proc = start_service("serving")
+    rows = census.holdout[:5]
+    file = tmp_path / "rows.jsonl"
+    rows.to_json(file, orient="records", lines=True)
+    app = typer.Typer()
+    predict.register(app)
+    app.command("noop", hidden=True)(lambda: None)  # keep typer in multi-command mode
+    result = CliRunner().invoke(
+        app,
+        ["predict", MODEL, str(file), "--json", "--url", proc.ready_info["grpc_address"]],
+        env={"FLYWHEEL_CONTRACTS": str(CONTRACTS)},
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert [p["row"] for p in printed] == list(range(5))
+    assert {(p["model_version"], p["data_version"]) for p in printed} == {("1", "dv1")}
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in printed], census.proba(census.v1, rows), atol=1e-5
+    )
