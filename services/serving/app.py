@@ -85,7 +85,7 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
         canary_percent=settings.canary_percent,
         challenger_mode="canary" if settings.challenger_mode == "canary" else "shadow",
     )
-    sink = PredictionSink(settings.kafka, settings.producer_linger_ms)
+    sink = PredictionSink(settings.kafka)
 
     def dropped(model: str, rows: int) -> None:
         metrics.events_dropped.labels(model).inc(rows)
@@ -97,6 +97,7 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
         sink.send,
         buffer_rows=settings.event_buffer_rows,
         batch_rows=settings.event_batch_rows,
+        linger_s=settings.producer_linger_ms / 1000.0,
         dropped=dropped,
         published=published,
         log=log,

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .errors import invalid
+from .errors import invalid, not_found
 from .events import Answered, PredictionPublisher
 from .inputs import TensorSpec
 from .metrics import ServingMetrics
@@ -73,19 +73,29 @@ class DataPlane:
     def model_metadata(
         self, name: str, version: str
     ) -> tuple[list[str], list[TensorSpec], list[TensorSpec], dict[str, str]]:
-        """(versions, inputs, outputs, parameters) of a model; NOT_FOUND when unknown."""
-        served, _, _ = self.repository.route(name, version, "")
-        slot = self.repository.slots[name]
+        """(versions, inputs, outputs, parameters) of a model; NOT_FOUND when unknown.
+
+        A model whose contract is known but that has no version loaded yet still
+        describes its inputs and outputs (with no versions)."""
+        slot = self.repository.slots.get(name)
+        if slot is None:
+            raise not_found(
+                f"model {name!r} is unknown; served models: {sorted(self.repository.slots)}"
+            )
+        served = slot.find(version) if version else slot.champion
+        if version and served is None:
+            raise not_found(f"model {name!r} version {version!r} is not loaded")
         contract = self.repository.contracts[name]
         params = {
             "task": contract.task,
-            "model_version": served.model.version_str,
-            "data_version": served.model.data_version,
             "input_styles": (
                 "one FP32/FP64 tensor 'input' [N, F] in contract order, or one tensor per feature"
             ),
             "max_batch_size": str(self.repository.max_batch_size),
         }
+        if served is not None:
+            params["model_version"] = served.model.version_str
+            params["data_version"] = served.model.data_version
         for s in slot.versions():
             params[f"role.{s.model.version_str}"] = slot.role_of(s)
         if slot.mode == "canary":

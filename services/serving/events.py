@@ -64,39 +64,50 @@ def _row_outputs(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return [{"label": lab, "probabilities": p} for lab, p in zip(labels, probs, strict=True)]
 
 
+YIELD_EVERY_ROWS = 128
+"""Rows serialised between two yields to the event loop."""
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def to_events(item: Answered) -> list[bytes]:
-    """The ``predictions`` events (JSON) of one answered request, one per row."""
+    """The ``predictions`` events (JSON) of one answered request, one per row.
+
+    The fields every row of a request shares are encoded once; each row adds its id,
+    inputs and outputs (this runs for every served row, so it is kept cheap).
+    """
     model = item.model
-    columns = {name: _column(model, name, v) for name, v in item.feeds.items()}
-    names = model.spec.names
+    columns = [(name, _column(model, name, item.feeds[name])) for name in model.spec.names]
     outputs = _row_outputs(item.outputs)
     shadow_rows: list[dict[str, Any]] | None = None
     if item.shadow is not None:
         shadow_rows = _row_outputs(item.shadow.predict(item.feeds))
-    created = datetime.fromtimestamp(item.created, UTC).isoformat()
-    events = []
-    for i, pid in enumerate(item.prediction_ids):
-        body: dict[str, Any] = {
+    common = _dumps(
+        {
             "schema_version": SCHEMA_VERSION,
-            "id": pid,
-            "created": created,
+            "created": datetime.fromtimestamp(item.created, UTC).isoformat(),
             "model": model.name,
             "model_version": model.version,
             "data_version": model.data_version,
             "request_id": item.request_id,
             "role": item.role,
-            "inputs": {n: columns[n][i] for n in names},
-            "outputs": outputs[i],
-            "shadow": None,
             "latency_ms": item.latency_ms,
         }
+    )[:-1]
+    events = []
+    for i, pid in enumerate(item.prediction_ids):
+        shadow = None
         if shadow_rows is not None and item.shadow is not None:
-            body["shadow"] = {
+            shadow = {
                 "model_version": item.shadow.version,
                 "data_version": item.shadow.data_version,
                 "outputs": shadow_rows[i],
             }
-        events.append(json.dumps(body, separators=(",", ":")).encode())
+        inputs = {name: column[i] for name, column in columns}
+        events.append(
+            f'{common},"id":{_dumps(pid)},"inputs":{_dumps(inputs)},'
+            f'"outputs":{_dumps(outputs[i])},"shadow":{_dumps(shadow)}}}'.encode()
+        )
     return events
 
 
@@ -110,6 +121,8 @@ class PredictionPublisher:
         dropped: called with (model, rows) for every drop (metrics).
         published: called with (model, rows) once Kafka acknowledged them.
         log: a structlog logger.
+        linger_s: how long a round waits for more rows before sending (fewer, larger
+            sends under load; never on the response path).
     """
 
     def __init__(
@@ -118,6 +131,7 @@ class PredictionPublisher:
         *,
         buffer_rows: int,
         batch_rows: int,
+        linger_s: float = 0.0,
         dropped: Callable[[str, int], None],
         published: Callable[[str, int], None],
         log: Any,
@@ -125,6 +139,7 @@ class PredictionPublisher:
         self.send = send
         self.buffer_rows = buffer_rows
         self.batch_rows = batch_rows
+        self.linger_s = linger_s
         self.dropped = dropped
         self.published = published
         self.log = log
@@ -179,6 +194,8 @@ class PredictionPublisher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self.linger_s > 0 and self._rows < self.batch_rows and not self._closing:
+                await asyncio.sleep(self.linger_s)
             batch: list[Answered] = []
             rows = 0
             while self._buffer and rows < self.batch_rows:
@@ -191,7 +208,14 @@ class PredictionPublisher:
     async def _publish(self, batch: list[Answered]) -> None:
         messages: list[Message] = []
         counts: dict[str, int] = {}
+        since_yield = 0
         for item in batch:
+            if since_yield >= YIELD_EVERY_ROWS:
+                # Serialising thousands of rows at once would stall the event loop and
+                # with it the responses: let requests in between.
+                await asyncio.sleep(0)
+                since_yield = 0
+            since_yield += len(item.prediction_ids)
             try:
                 values = to_events(item)
             except Exception as exc:  # a shadow model failing must not stop the publisher

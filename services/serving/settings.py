@@ -39,7 +39,8 @@ class ServingSettings(ServiceSettings):
     event_batch_rows: int = Field(2_000, ge=1)
     """Most prediction events serialised and sent in one publishing round."""
     producer_linger_ms: int = Field(20, ge=0)
-    """Kafka producer linger for prediction events (bigger batches, fewer requests)."""
+    """How long the prediction publisher lets rows accumulate before a send (bigger
+    batches, fewer Kafka requests); off the response path."""
     tls_cert_file: str | None = None
     """Server certificate (PEM). Set with ``tls_key_file`` to serve gRPC over TLS."""
     tls_key_file: str | None = None
