@@ -5,6 +5,9 @@ Layout (keys below the store root)::
     models/<name>/versions/<version:06d>.json   manifest (created once; the key is the claim)
     models/<name>/onnx/<sha256>.onnx            the exported model (content-addressed)
     models/<name>/aliases/<seq:08d>.json        append-only alias history
+    models/<name>/digests/<version:06d>.json    sha256 of each manifest's bytes (tamper check)
+    models/<name>/runs/<run_id>.json            one training run's search (experiment log)
+    models/<name>/triggers/<sha256>.json        idempotence keys of handled retrain triggers
 
 Aliases (``champion``, ``challenger``) are derived from the history: the latest entry
 for each alias wins. One writer (training) by design; every change needs a reason.
@@ -18,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import utcnow
-from shared.store import ArtifactStore, sha256_hex
+from shared.store import ArtifactStore, canonical_json, sha256_hex
 
 ALIASES = ("champion", "challenger")
 
@@ -134,6 +137,32 @@ class Registry:
             )
         return data
 
+    def verify(self, model: str, version: int) -> ModelManifest:
+        """The manifest of a version after checking it and its ONNX were not altered.
+
+        Raises :class:`TamperedArtifactError` when the manifest's bytes differ from the
+        digest recorded at registration, when its ONNX is not the content its
+        content-addressed name and sha256 say, or KeyError for an unknown version.
+        """
+        manifest = self.get(model, version)
+        data = self.store.get(f"models/{model}/versions/{version:06d}.json")
+        digest_key = f"models/{model}/digests/{version:06d}.json"
+        if self.store.exists(digest_key):
+            recorded = str(self.store.get_json(digest_key)["sha256"])
+            if sha256_hex(data) != recorded:
+                raise TamperedArtifactError(
+                    f"{model} v{version}: the manifest changed after registration "
+                    f"(sha256 {sha256_hex(data)[:12]}, recorded {recorded[:12]})"
+                )
+        name = manifest.onnx_uri.rsplit("/", 1)[-1].removesuffix(".onnx")
+        if name != manifest.onnx_sha256:
+            raise TamperedArtifactError(
+                f"{model} v{version}: onnx_sha256 {manifest.onnx_sha256[:12]} does not name "
+                f"the stored object {name[:12]}"
+            )
+        self.onnx_bytes(manifest)
+        return manifest
+
     def history(self, model: str) -> list[AliasChange]:
         """The alias history of ``model``, oldest first."""
         keys = self.store.list(f"models/{model}/aliases")
@@ -153,6 +182,19 @@ class Registry:
                 return dict(change.detail)
         return {}
 
+    def runs(self, model: str) -> list[dict[str, Any]]:
+        """The recorded training runs of ``model`` (each with its candidates), oldest first."""
+        keys = self.store.list(f"models/{model}/runs")
+        return [dict(self.store.get_json(k)) for k in keys]
+
+    def manifest_uri(self, model: str, version: int) -> str:
+        """The URI of a version's manifest."""
+        return self.store.uri_for(f"models/{model}/versions/{version:06d}.json")
+
+    def has_trigger(self, model: str, key: str) -> bool:
+        """True when the trigger ``key`` (a sha256 hex digest) was already handled."""
+        return self.store.exists(f"models/{model}/triggers/{key}.json")
+
     def champion(self, model: str) -> ModelManifest | None:
         """The champion's manifest, or None."""
         version = self.aliases(model)["champion"]
@@ -169,8 +211,24 @@ class Registry:
         if not manifest.reason.strip():
             raise ValueError("a model version needs the reason it was trained")
         key = f"models/{manifest.model}/versions/{manifest.version:06d}.json"
-        self.store.create(key, manifest.model_dump_json(indent=2).encode())
+        data = manifest.model_dump_json(indent=2).encode()
+        self.store.create(key, data)
+        self.store.put(
+            f"models/{manifest.model}/digests/{manifest.version:06d}.json",
+            canonical_json({"version": manifest.version, "sha256": sha256_hex(data)}),
+        )
         return manifest
+
+    def put_run(self, model: str, run_id: str, record: dict[str, Any]) -> str:
+        """Store one training run's record (search candidates, timings); its URI."""
+        return self.store.create(f"models/{model}/runs/{run_id}.json", canonical_json(record))
+
+    def put_trigger(self, model: str, key: str, record: dict[str, Any]) -> str:
+        """Remember that the trigger ``key`` was handled (the first record wins on replay)."""
+        path = f"models/{model}/triggers/{key}.json"
+        if self.store.exists(path):
+            return self.store.uri_for(path)
+        return self.store.create(path, canonical_json(record))
 
     def next_version(self, model: str) -> int:
         """The number the next registered version gets."""

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from shared import topics
-from shared.kafka import ensure_topics
-from shared.service import Component, Runtime
+import asyncio
+import time
 
+from shared import topics
+from shared.contract import load_contracts
+from shared.datasets import DatasetCatalog
+from shared.kafka import ensure_topics
+from shared.registry import Registry
+from shared.service import Component, Runtime
+from shared.store import ArtifactStore
+
+from .core import TrainingCore
+from .kafka import KafkaPublisher, TrainingConsumer
+from .metrics import TrainingMetrics
 from .settings import TrainingSettings
+from .trainer import TrainConfig
 
 TOPICS = (
     topics.DATA_VALIDATED,
@@ -16,8 +27,61 @@ TOPICS = (
 )
 
 
+def train_config(settings: TrainingSettings) -> TrainConfig:
+    """The run knobs from the service settings."""
+    return TrainConfig(
+        search_budget_s=settings.search_budget_s,
+        max_train_rows=settings.max_train_rows,
+        cv_folds=settings.cv_folds,
+        importance_rows=settings.importance_rows,
+        importance_repeats=settings.importance_repeats,
+        min_group_rows=settings.min_group_rows,
+        corrupt_label_share=settings.corrupt_label_share,
+    )
+
+
+class Scheduler:
+    """Queues scheduled retrains for contracts with ``training.schedule_seconds``."""
+
+    def __init__(self, core: TrainingCore, runtime: Runtime, every_s: float):
+        self.core = core
+        self.runtime = runtime
+        self.every_s = every_s
+
+    async def start(self) -> None:
+        """Start checking (only if some contract has a schedule)."""
+        if any(c.training.schedule_seconds for c in self.core.contracts.values()):
+            self.runtime.spawn(self._loop(), "training-schedule")
+
+    async def stop(self) -> None:
+        """Nothing to release: the runtime cancels the loop."""
+
+    async def _loop(self) -> None:
+        while True:
+            for model, period in self.core.due_schedules(time.time()):
+                self.core.submit_schedule(model, period)
+            await asyncio.sleep(self.every_s)  # a periodic check, not a readiness wait
+
+
 async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]:
     """The service's components, in start order."""
     created = await ensure_topics(settings.kafka, TOPICS)
     runtime.info["topics_created"] = created
-    return []
+    contracts = load_contracts(settings.contracts)
+    runtime.info["models"] = sorted(contracts)
+    store = ArtifactStore(settings.store)
+    metrics = TrainingMetrics(runtime.registry)
+    publisher = KafkaPublisher(settings.kafka)
+    core = TrainingCore(
+        contracts,
+        Registry(store),
+        DatasetCatalog(store),
+        publisher,
+        metrics,
+        train_config(settings),
+        runtime.log,
+    )
+    consumer = TrainingConsumer(
+        settings.kafka, settings.group_id, core, metrics, runtime.log, settings.poll_timeout_ms
+    )
+    return [publisher, core, consumer, Scheduler(core, runtime, settings.schedule_check_s)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,3 +15,26 @@ class TrainingSettings(ServiceSettings):
 
     metrics_port: int = 9103
     """Port of the Prometheus metrics endpoint."""
+    group_id: str = "flywheel-training"
+    """Consumer group of the training service."""
+    search_budget_s: float | None = Field(None, gt=0)
+    """Caps every contract's ``training.search_time_budget_s`` (tests and laptops)."""
+    max_train_rows: int | None = Field(None, ge=100)
+    """Train on at most this many of the latest training rows (none: all of them).
+    Recorded in the manifest, so a reproduction uses the same rows."""
+    cv_folds: int = Field(3, ge=2, le=10)
+    """Cross-validation folds of the model search."""
+    importance_rows: int = Field(5000, ge=100)
+    """Holdout rows used for permutation importance (the latest ones)."""
+    importance_repeats: int = Field(3, ge=1)
+    """Permutation repeats per feature."""
+    min_group_rows: int = Field(50, ge=1)
+    """Groups with fewer holdout rows are reported but left out of the fairness gaps
+    and group-regression gate (their rates are noise)."""
+    corrupt_label_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Test hook: flip this share of the training labels (seeded) to produce a
+    deliberately worse model. Recorded in the manifest; keep 0 in production."""
+    poll_timeout_ms: int = Field(500, ge=10)
+    """How long one consumer poll waits for records."""
+    schedule_check_s: float = Field(30.0, gt=0)
+    """How often contracts with a ``training.schedule_seconds`` are checked."""

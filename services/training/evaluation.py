@@ -1,0 +1,159 @@
+"""Honest evaluation on the holdout: metrics, per-group metrics, importance, baselines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.inspection import permutation_importance
+from sklearn.pipeline import Pipeline
+
+from shared.contract import Contract
+
+from .scoring import (
+    CV_SCORERS,
+    classification_metrics,
+    higher_is_better,
+    regression_metrics,
+)
+
+
+class Predictions:
+    """A model's holdout outputs: labels and probabilities, or regression values."""
+
+    def __init__(self, labels: np.ndarray, proba: np.ndarray | None):
+        self.labels = labels
+        self.proba = proba
+
+
+def metrics(contract: Contract, y: np.ndarray, pred: Predictions) -> dict[str, float]:
+    """The task's metrics for ``pred`` against ``y``."""
+    if contract.task == "regression":
+        return regression_metrics(y, pred.labels.astype(np.float64).ravel())
+    assert pred.proba is not None
+    return classification_metrics(y, pred.labels, pred.proba, list(contract.label.classes or []))
+
+
+def sklearn_predictions(contract: Contract, pipeline: Pipeline, x: pd.DataFrame) -> Predictions:
+    """Predictions of a fitted sklearn pipeline."""
+    if contract.task == "regression":
+        return Predictions(np.asarray(pipeline.predict(x), dtype=np.float64), None)
+    return Predictions(np.asarray(pipeline.predict(x)), np.asarray(pipeline.predict_proba(x)))
+
+
+def trivial_predictions(contract: Contract, y_train: np.ndarray, rows: int) -> Predictions:
+    """The trivial baseline: the training prior (classes) or mean (regression) for every row."""
+    if contract.task == "regression":
+        return Predictions(np.full(rows, float(np.mean(y_train))), None)
+    classes = list(contract.label.classes or [])
+    prior = np.array([np.mean(y_train == c) for c in classes], dtype=np.float64)
+    majority = classes[int(np.argmax(prior))]
+    return Predictions(np.array([majority] * rows), np.tile(prior, (rows, 1)))
+
+
+def _rates(y: np.ndarray, labels: np.ndarray, positive: Any) -> dict[str, float]:
+    truth = y == positive
+    said = labels == positive
+    negatives, positives = int((~truth).sum()), int(truth.sum())
+    out = {"selection_rate": float(said.mean()) if len(said) else 0.0}
+    if negatives:
+        out["fpr"] = float((said & ~truth).sum() / negatives)
+    if positives:
+        out["fnr"] = float((~said & truth).sum() / positives)
+    return out
+
+
+def group_metrics(
+    contract: Contract,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    pred: Predictions,
+    *,
+    min_rows: int,
+) -> dict[str, Any]:
+    """Per-group metrics for every ``groups`` attribute, and the largest gaps.
+
+    Returns ``{attribute: {"groups": {value: {...}}, "gaps": {rate: gap}, "max_gap": x}}``.
+    Groups smaller than ``min_rows`` are reported with ``"small": true`` and left out
+    of the gaps.
+    """
+    out: dict[str, Any] = {}
+    classes = list(contract.label.classes or [])
+    positive = classes[-1] if classes else None
+    for attribute in contract.groups:
+        column = x[attribute].astype(str).to_numpy()
+        groups: dict[str, Any] = {}
+        for value in sorted(set(column.tolist())):
+            mask = column == value
+            sub = Predictions(pred.labels[mask], None if pred.proba is None else pred.proba[mask])
+            entry: dict[str, Any] = {"rows": int(mask.sum()), "small": bool(mask.sum() < min_rows)}
+            entry.update(metrics(contract, y[mask], sub))
+            if contract.task == "classification":
+                entry.update(_rates(y[mask], pred.labels[mask], positive))
+            groups[value] = entry
+        gaps: dict[str, float] = {}
+        rates = ("selection_rate", "fpr", "fnr") if contract.task == "classification" else ("mae",)
+        for rate in rates:
+            values = [g[rate] for g in groups.values() if not g["small"] and rate in g]
+            if len(values) >= 2:
+                gaps[rate] = float(max(values) - min(values))
+        out[attribute] = {
+            "groups": groups,
+            "gaps": gaps,
+            "max_gap": max(gaps.values(), default=0.0),
+        }
+    return out
+
+
+def fairness_gap(groups: dict[str, Any]) -> float:
+    """The largest gap between groups over every attribute."""
+    return max((float(a["max_gap"]) for a in groups.values()), default=0.0)
+
+
+def importance(
+    contract: Contract,
+    pipeline: Pipeline,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    rows: int,
+    repeats: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Permutation importance of each contract feature on the (latest rows of the) holdout."""
+    metric = contract.promotion.primary_metric
+    scoring = CV_SCORERS.get(metric, "accuracy")
+    if metric == "roc_auc" and len(contract.label.classes or []) == 2:
+        scoring = "roc_auc"
+    x, y = x.iloc[-rows:], y[-rows:]
+    result = permutation_importance(
+        pipeline, x, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
+    )
+    sign = 1.0 if higher_is_better(metric) or not scoring.startswith("neg_") else -1.0
+    ranked = [
+        {
+            "feature": name,
+            "mean": float(sign * result.importances_mean[i]),
+            "std": float(result.importances_std[i]),
+        }
+        for i, name in enumerate(x.columns)
+    ]
+    return sorted(ranked, key=lambda r: r["mean"], reverse=True)
+
+
+def coefficients(pipeline: Pipeline) -> dict[str, Any]:
+    """The linear model's intercept and coefficients by (one-hot) input column."""
+    model = pipeline.named_steps["model"]
+    names = [str(n) for n in pipeline.named_steps["prep"].get_feature_names_out()]
+    coef = np.atleast_2d(np.asarray(model.coef_, dtype=np.float64))
+    intercept = np.atleast_1d(np.asarray(model.intercept_, dtype=np.float64))
+    weights = {name: float(coef[0, i]) for i, name in enumerate(names)}
+    top = sorted(weights.items(), key=lambda kv: abs(kv[1]), reverse=True)
+    return {
+        "intercept": [float(v) for v in intercept],
+        "coefficients": weights,
+        "top": [{"input": k, "weight": v} for k, v in top[:10]],
+        "note": "weights on standardised numeric inputs and one-hot category columns"
+        + ("; positive = more likely the last class" if coef.shape[0] == 1 else ""),
+    }

@@ -1,0 +1,163 @@
+"""The Kafka adapters: a consumer feeding the core, a producer publishing its events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from shared import topics
+from shared.events import DatasetValidated, Deployment, Event, RetrainRequest
+from shared.kafka import client_kwargs, consumer_kwargs, headers
+from shared.settings import KafkaSettings
+
+from .core import TrainingCore
+from .metrics import TrainingMetrics
+from .offsets import OffsetTracker
+
+CONSUMED: dict[str, type[BaseModel]] = {
+    topics.DATA_VALIDATED: DatasetValidated,
+    topics.RETRAIN_REQUESTS: RetrainRequest,
+    topics.MODELS_DEPLOYMENTS: Deployment,
+}
+
+
+class KafkaPublisher:
+    """Publishes events keyed by model name, with the standard headers.
+
+    Args:
+        settings: Kafka settings.
+    """
+
+    def __init__(self, settings: KafkaSettings):
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(settings, "training-producer"), acks="all"
+        )
+
+    async def start(self) -> None:
+        """Connect."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        await self._producer.stop()
+
+    async def publish(self, topic: str, key: str, event: Event) -> None:
+        """Send ``event`` and wait for the broker's acknowledgement."""
+        await self._producer.send_and_wait(
+            topic,
+            value=event.model_dump_json().encode(),
+            key=key.encode(),
+            headers=[(k, v.encode()) for k, v in headers(event.id).items()],
+        )
+
+
+class TrainingConsumer:
+    """Consumes the training topics and hands each record to the core.
+
+    Offsets are committed only once a record's effect is durable: deployments once the
+    alias is written, triggers once the run that covered them has finished.
+
+    Args:
+        settings: Kafka settings.
+        group_id: the consumer group.
+        core: the transport-free core.
+        metrics: the service's metrics.
+        log: the service logger.
+        poll_timeout_ms: how long one poll waits.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group_id: str,
+        core: TrainingCore,
+        metrics: TrainingMetrics,
+        log: Any,
+        poll_timeout_ms: int = 500,
+    ):
+        self.settings = settings
+        self.core = core
+        self.metrics = metrics
+        self.log = log
+        self.poll_timeout_ms = poll_timeout_ms
+        self.offsets = OffsetTracker()
+        self._consumer = AIOKafkaConsumer(
+            *CONSUMED, **consumer_kwargs(settings, "training-consumer", group_id)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Join the group and start consuming."""
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._loop(), name="training-consumer")
+
+    async def stop(self) -> None:
+        """Stop consuming, commit what is durable, leave the group."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(KafkaError):
+            await self._commit()
+        await self._consumer.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
+            for tp, records in batch.items():
+                for record in records:
+                    self.offsets.track(tp, record.offset)
+                    await self._handle(tp, record)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = self.offsets.committable()
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as err:
+            # The group rebalanced: the new owner resumes from the last commit.
+            self.log.warning("commit.failed", error=str(err))
+            self.offsets.forget(set(offsets))
+            return
+        self.offsets.committed(offsets)
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        def ack() -> None:
+            self.offsets.done(tp, record.offset)
+
+        kind = CONSUMED[record.topic]
+        try:
+            event = kind.model_validate_json(record.value or b"")
+        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            self.metrics.events.labels(record.topic, "rejected").inc()
+            self.log.error(
+                "event.rejected",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=str(err).splitlines()[0],
+            )
+            ack()
+            return
+        if isinstance(event, Deployment):
+            outcome = await self.core.apply_deployment(event)
+            ack()
+        elif isinstance(event, DatasetValidated):
+            outcome = "accepted" if self.core.submit_validated(event, ack) else "ignored"
+        else:
+            assert isinstance(event, RetrainRequest)
+            outcome = "accepted" if self.core.submit_request(event, ack) else "ignored"
+        if outcome == "applied":
+            outcome = "accepted"
+        elif outcome == "refused":
+            outcome = "rejected"
+        self.metrics.events.labels(record.topic, outcome).inc()

@@ -1,0 +1,85 @@
+"""Metric names, their direction, and how to compute them from predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+    root_mean_squared_error,
+)
+
+LOWER_IS_BETTER = frozenset({"log_loss", "calibration_error", "mae", "rmse"})
+
+# sklearn scorer names used by cross-validation for each primary metric.
+CV_SCORERS = {
+    "roc_auc": "roc_auc_ovr",
+    "accuracy": "accuracy",
+    "f1": "f1_macro",
+    "log_loss": "neg_log_loss",
+    "mae": "neg_mean_absolute_error",
+    "rmse": "neg_root_mean_squared_error",
+    "r2": "r2",
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    """True when a larger value of ``metric`` is better."""
+    return metric not in LOWER_IS_BETTER
+
+
+def improvement(metric: str, challenger: float, champion: float) -> float:
+    """How much better ``challenger`` is than ``champion`` (positive = better)."""
+    return challenger - champion if higher_is_better(metric) else champion - challenger
+
+
+def calibration_error(y_true: np.ndarray, positive_proba: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of the positive class over equal-width bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(positive_proba, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.sum() * abs(
+                float(y_true[mask].mean()) - float(positive_proba[mask].mean())
+            )
+    return total / max(len(y_true), 1)
+
+
+def classification_metrics(
+    y: np.ndarray, labels: np.ndarray, proba: np.ndarray, classes: list[Any]
+) -> dict[str, float]:
+    """Accuracy, ROC AUC, F1, log loss and calibration error."""
+    out = {"accuracy": float(accuracy_score(y, labels))}
+    present = set(np.unique(y).tolist())
+    if len(classes) == 2:
+        positive = (y == classes[1]).astype(int)
+        out["f1"] = float(f1_score(positive, (labels == classes[1]).astype(int), zero_division=0))
+        if len(present) == 2:
+            out["roc_auc"] = float(roc_auc_score(positive, proba[:, 1]))
+        out["calibration_error"] = calibration_error(positive, proba[:, 1])
+    else:
+        out["f1"] = float(f1_score(y, labels, average="macro", zero_division=0))
+        if len(present) == len(classes):
+            out["roc_auc"] = float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+    clipped = np.clip(proba, 1e-15, 1.0)
+    out["log_loss"] = float(
+        log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)
+    )
+    return out
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R2."""
+    return {
+        "mae": float(mean_absolute_error(y, pred)),
+        "rmse": float(root_mean_squared_error(y, pred)),
+        "r2": float(r2_score(y, pred)) if len(y) > 1 else 0.0,
+    }

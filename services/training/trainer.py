@@ -1,0 +1,438 @@
+"""One training run, start to finish: data, search, fit, evaluate, export, parity, register.
+
+Everything here is synchronous CPU work with no transport: the service runs
+:func:`train` in a worker thread, the benchmark and ``flywheel reproduce`` call the
+same functions directly.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from shared.contract import Contract
+from shared.datasets import DatasetCatalog
+from shared.events import utcnow
+from shared.features import build_pipeline, to_onnx
+from shared.registry import ModelManifest, Registry, TamperedArtifactError
+
+from . import evaluation
+from .data import Split, corrupt_labels, split
+from .deploy import planned_action
+from .estimators import LINEAR, describe, make_estimator
+from .gates import all_passed, evaluate_gates
+from .parity import check_parity, onnx_predictions
+from .search import search
+
+PHASES = ("search", "fit", "evaluate", "export", "parity")
+BASELINE_PARAMS: dict[str, Any] = {"C": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Service-side knobs of a run; recorded in the manifest so a reproduction matches."""
+
+    search_budget_s: float | None = None
+    max_train_rows: int | None = None
+    cv_folds: int = 3
+    importance_rows: int = 5000
+    importance_repeats: int = 3
+    min_group_rows: int = 50
+    corrupt_label_share: float = 0.0
+
+    def budget(self, contract: Contract) -> float:
+        """The search budget: the contract's, capped by the service's."""
+        budget = contract.training.search_time_budget_s
+        return min(budget, self.search_budget_s) if self.search_budget_s else budget
+
+    def as_record(self) -> dict[str, Any]:
+        """The JSON form kept in the manifest."""
+        return asdict(self)
+
+
+@dataclass
+class Phases:
+    """Wall time of each phase of a run."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def time(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``phase``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class Prepared:
+    """A dataset version split and ready to fit."""
+
+    data: Split
+    y_train: np.ndarray
+    """Training labels actually used (after the corrupt-label test hook, if set)."""
+    corrupted: int
+    rows: int
+
+
+def code_version() -> str:
+    """The git commit of the code (``git:<sha>``), else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        if sha:
+            return f"git:{sha}"
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a checkout (an installed package): fall back to its version
+    try:
+        return f"flywheel=={importlib.metadata.version('flywheel')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the model's numbers."""
+    out = {}
+    for name in ("scikit-learn", "skl2onnx", "onnxruntime", "onnx", "numpy", "pandas", "pyarrow"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def prepare(
+    contract: Contract, catalog: DatasetCatalog, dataset_version: str, config: TrainConfig
+) -> Prepared:
+    """Load a dataset version and split it as the run (or its reproduction) does."""
+    version = catalog.get(contract.name, dataset_version)
+    table = catalog.load_table(version)
+    data = split(
+        contract,
+        table,
+        holdout_fraction=contract.training.holdout_fraction,
+        max_train_rows=config.max_train_rows,
+    )
+    y_train, corrupted = corrupt_labels(
+        contract, data.y_train, config.corrupt_label_share, contract.training.seed
+    )
+    return Prepared(data, y_train, corrupted, table.num_rows)
+
+
+def fit(
+    contract: Contract, family: str, params: dict[str, Any], seed: int, prepared: Prepared
+) -> Pipeline:
+    """Fit the contract's pipeline with one estimator on the training rows."""
+    pipeline = build_pipeline(contract, make_estimator(contract.task, family, params, seed))
+    return pipeline.fit(prepared.data.x_train, prepared.y_train)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the registered manifest and how long each phase took."""
+
+    manifest: ModelManifest
+    phases: dict[str, float]
+    passed: bool
+
+
+def train(
+    contract: Contract,
+    registry: Registry,
+    catalog: DatasetCatalog,
+    *,
+    dataset_version: str,
+    reason: str,
+    config: TrainConfig,
+    on_phase: Callable[[str, float], None] | None = None,
+) -> TrainResult:
+    """Train, evaluate, export and register one model version.
+
+    Args:
+        contract: the model's data contract.
+        registry: the model registry (this function registers the new version).
+        catalog: where the dataset version is read from.
+        dataset_version: the dataset version to train on.
+        reason: why this run happens (kept in the manifest).
+        config: the service-side knobs.
+        on_phase: called with (phase, seconds) as each phase ends (metrics).
+    """
+    started = time.perf_counter()
+    seed = contract.training.seed
+    model = contract.name
+    phases = Phases()
+    prepared = prepare(contract, catalog, dataset_version, config)
+    data = prepared.data
+
+    def timed(phase: str) -> Any:
+        return phases.time(phase)
+
+    with timed("search"):
+        found = search(
+            contract,
+            data.x_train,
+            prepared.y_train,
+            budget_s=config.budget(contract),
+            folds=config.cv_folds,
+            seed=seed,
+        )
+    _report(on_phase, phases, "search")
+    best = found.best
+    with timed("fit"):
+        pipeline = fit(contract, best.family, best.params, seed, prepared)
+        same_as_baseline = best.family == LINEAR and best.params == BASELINE_PARAMS
+        baseline = (
+            pipeline if same_as_baseline else fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
+        )
+    _report(on_phase, phases, "fit")
+    with timed("evaluate"):
+        evaluated = _evaluate(contract, registry, config, prepared, pipeline, baseline)
+    _report(on_phase, phases, "evaluate")
+    with timed("export"):
+        onnx = to_onnx(pipeline, contract)
+        onnx_sha, onnx_uri = registry.put_onnx(model, onnx)
+    _report(on_phase, phases, "export")
+    with timed("parity"):
+        parity = check_parity(
+            contract, pipeline, onnx, data.x_holdout, contract.promotion.parity_tolerance
+        )
+    _report(on_phase, phases, "parity")
+
+    gates = evaluate_gates(
+        contract,
+        parity=parity,
+        metrics=evaluated["metrics"],
+        group_metrics=evaluated["group_metrics"],
+        baseline_metrics=evaluated["trivial_baseline"]["metrics"],
+        champion_metrics=evaluated["champion"]["metrics"] if evaluated["champion"] else None,
+        champion_group_metrics=(
+            evaluated["champion"]["group_metrics"] if evaluated["champion"] else None
+        ),
+    )
+    passed = all_passed(gates)
+    has_champion = registry.aliases(model)["champion"] is not None
+    action = planned_action(contract, passed=passed, has_champion=has_champion)
+    version = registry.next_version(model)
+    run_id = f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    runs_uri = registry.put_run(
+        model,
+        run_id,
+        {
+            "run_id": run_id,
+            "model": model,
+            "version": version,
+            "dataset_version": dataset_version,
+            "reason": reason,
+            "metric": found.metric,
+            "budget_s": found.budget_s,
+            "budget_exhausted": found.exhausted,
+            "cv_folds": config.cv_folds,
+            "seed": seed,
+            "chosen": best.as_record()["name"],
+            "candidates": [r.as_record() for r in found.runs],
+            "created": utcnow().isoformat(),
+        },
+    )
+    metric = contract.promotion.primary_metric
+    manifest = ModelManifest(
+        model=model,
+        version=version,
+        task=contract.task,
+        dataset_version=dataset_version,
+        code_version=code_version(),
+        estimator=best.family,
+        params=best.params,
+        seed=seed,
+        library_versions=library_versions(),
+        features=contract.feature_names,
+        classes=list(contract.label.classes) if contract.label.classes else None,
+        metrics=evaluated["metrics"],
+        group_metrics=evaluated["group_metrics"],
+        parity=parity,
+        onnx_uri=onnx_uri,
+        onnx_sha256=onnx_sha,
+        training_time_s=round(time.perf_counter() - started, 3),
+        reason=reason,
+        gates=gates,
+        promoted=action is not None,
+        # Fields beyond the shared schema (the manifest allows extras): the model card.
+        primary_metric=metric,
+        deployment=action,
+        strategy=contract.promotion.strategy,
+        dataset_rows=prepared.rows,
+        training_config=config.as_record(),
+        corrupted_labels=prepared.corrupted,
+        holdout=data.holdout,
+        phase_seconds={k: round(v, 4) for k, v in phases.seconds.items()},
+        run_id=run_id,
+        runs_uri=runs_uri,
+        runs_tried=len(found.runs),
+        runs=[
+            {"name": r.as_record()["name"], "cv_mean": r.cv_mean, "status": r.status}
+            for r in found.runs
+        ],
+        chosen=describe(best.family, best.params),
+        cv_score={"metric": found.metric, "mean": best.cv_mean, "std": best.cv_std},
+        fairness_gap=evaluation.fairness_gap(evaluated["group_metrics"]),
+        feature_importance=evaluated["feature_importance"],
+        trivial_baseline=evaluated["trivial_baseline"],
+        interpretable_baseline=evaluated["interpretable_baseline"],
+        champion=evaluated["champion"],
+        card=[],
+    )
+    manifest = manifest.model_copy(update={"card": model_card(contract, manifest)})
+    registry.register(manifest)
+    return TrainResult(manifest, dict(phases.seconds), passed)
+
+
+def _report(on_phase: Callable[[str, float], None] | None, phases: Phases, name: str) -> None:
+    if on_phase is not None:
+        on_phase(name, phases.seconds[name])
+
+
+def _evaluate(
+    contract: Contract,
+    registry: Registry,
+    config: TrainConfig,
+    prepared: Prepared,
+    pipeline: Pipeline,
+    baseline: Pipeline,
+) -> dict[str, Any]:
+    data = prepared.data
+    x, y = data.x_holdout, data.y_holdout
+    ours = evaluation.sklearn_predictions(contract, pipeline, x)
+    trivial = evaluation.trivial_predictions(contract, prepared.y_train, len(y))
+    interpretable = evaluation.sklearn_predictions(contract, baseline, x)
+
+    def groups(pred: evaluation.Predictions) -> dict[str, Any]:
+        return evaluation.group_metrics(contract, x, y, pred, min_rows=config.min_group_rows)
+
+    out: dict[str, Any] = {
+        "metrics": evaluation.metrics(contract, y, ours),
+        "group_metrics": groups(ours),
+        "trivial_baseline": {
+            "description": "the training prior for every row"
+            if contract.task == "classification"
+            else "the training mean for every row",
+            "metrics": evaluation.metrics(contract, y, trivial),
+        },
+        "interpretable_baseline": {
+            "estimator": LINEAR,
+            "params": BASELINE_PARAMS,
+            "metrics": evaluation.metrics(contract, y, interpretable),
+            **evaluation.coefficients(baseline),
+        },
+        "feature_importance": evaluation.importance(
+            contract,
+            pipeline,
+            x,
+            y,
+            rows=config.importance_rows,
+            repeats=config.importance_repeats,
+            seed=contract.training.seed,
+        ),
+        "champion": None,
+    }
+    champion = registry.champion(contract.name)
+    if champion is not None:
+        try:
+            theirs = onnx_predictions(contract, registry.onnx_bytes(champion), x)
+        except TamperedArtifactError as err:
+            # A champion that cannot be verified cannot be compared against: refuse the
+            # comparison loudly rather than promote blindly over it.
+            out["champion"] = {
+                "version": champion.version,
+                "metrics": {},
+                "group_metrics": {},
+                "error": str(err),
+            }
+        else:
+            out["champion"] = {
+                "version": champion.version,
+                "metrics": evaluation.metrics(contract, y, theirs),
+                "group_metrics": groups(theirs),
+            }
+    return out
+
+
+def model_card(contract: Contract, m: ModelManifest) -> list[str]:
+    """The model card in plain words."""
+    extra = m.model_extra or {}
+    metric = contract.promotion.primary_metric
+    holdout = extra["holdout"]
+    lines = [
+        f"{m.model} v{m.version}: {extra['chosen']}, trained because {m.reason}.",
+        f"Data: dataset version {m.dataset_version[:12]} ({extra['dataset_rows']} rows); "
+        f"{holdout['train_rows']} training rows, holdout = {holdout['description']} "
+        f"({holdout['rows']} rows).",
+        f"Search: {extra['runs_tried']} candidates (seed {m.seed}), "
+        f"cross-validated {metric} {extra['cv_score']['mean']:.4f} ± "
+        f"{extra['cv_score']['std']:.4f} for the chosen one.",
+        "Holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items())) + ".",
+    ]
+    trivial = extra["trivial_baseline"]["metrics"]
+    lines.append(
+        f"Trivial baseline ({extra['trivial_baseline']['description']}): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in sorted(trivial.items()))
+        + "."
+    )
+    base = extra["interpretable_baseline"]
+    top = ", ".join(f"{t['input']} {t['weight']:+.2f}" for t in base["top"][:5])
+    lines.append(
+        f"Interpretable baseline (logistic/linear, C=1): {metric} "
+        f"{base['metrics'].get(metric, float('nan')):.4f}; largest weights: {top}."
+    )
+    champion = extra.get("champion")
+    if champion:
+        lines.append(
+            f"Champion v{champion['version']} on the same holdout: {metric} "
+            f"{champion['metrics'].get(metric, float('nan')):.4f}."
+        )
+    importance = ", ".join(
+        f"{r['feature']} {r['mean']:.4f}" for r in extra["feature_importance"][:5]
+    )
+    lines.append(f"Most important features (permutation, drop in {metric}): {importance}.")
+    for attribute, entry in m.group_metrics.items():
+        parts = []
+        for value, g in entry["groups"].items():
+            if g["small"]:
+                continue
+            rates = ", ".join(
+                f"{k} {g[k]:.3f}" for k in ("selection_rate", "fpr", "fnr", "mae") if k in g
+            )
+            parts.append(f"{attribute}={value} ({g['rows']} rows): {rates}")
+        gaps = ", ".join(f"{k} {v:.3f}" for k, v in entry["gaps"].items())
+        lines.append(f"By {attribute}: " + "; ".join(parts) + f". Largest gaps: {gaps or 'n/a'}.")
+    failed = [f"{name} ({g.detail})" for name, g in m.gates.items() if not g.passed]
+    lines.append("Gates: all passed." if not failed else "Gates failed: " + "; ".join(failed) + ".")
+    action = extra.get("deployment")
+    lines.append(
+        f"Deployment: {action} (strategy {contract.promotion.strategy})."
+        if action
+        else f"Deployment: none (strategy {contract.promotion.strategy}"
+        + (", failed gates)." if failed else ", waiting for `flywheel promote`).")
+    )
+    if extra.get("corrupted_labels"):
+        lines.append(
+            f"Test hook: {extra['corrupted_labels']} training labels were deliberately flipped."
+        )
+    return lines

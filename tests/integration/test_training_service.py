@@ -1,0 +1,233 @@
+"""The training service as a real process on a real broker.
+
+Dataset versions are written straight into the catalog and announced on
+``data.validated``, as validation does; the tests watch ``models.registered`` and
+``models.deployments`` and drive the ``flywheel`` model commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from typer.testing import CliRunner
+
+from shared import topics
+from shared.cli.main import app
+from shared.events import DatasetValidated, Event, RetrainRequest
+from shared.registry import Registry
+from shared.settings import KafkaSettings
+from shared.store import ArtifactStore
+from tests.conftest import CONTRACTS, StartService, need_data
+from tests.unit.test_training_data import add_dataset
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "1",
+    "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "4000",
+    "FLYWHEEL_TRAINING_CV_FOLDS": "2",
+    "FLYWHEEL_TRAINING_IMPORTANCE_ROWS": "1000",
+    "FLYWHEEL_TRAINING_IMPORTANCE_REPEATS": "1",
+}
+
+
+async def publish(settings: KafkaSettings, topic: str, key: str, event: Event) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, event.model_dump_json().encode(), key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def collect(
+    settings: KafkaSettings,
+    wanted: dict[str, Callable[[list[dict[str, Any]]], bool]],
+    within_s: float = 120.0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Read ``wanted`` topics from the start until each one's condition holds."""
+    consumer = AIOKafkaConsumer(
+        *wanted, bootstrap_servers=settings.servers, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    seen: dict[str, list[dict[str, Any]]] = {t: [] for t in wanted}
+    deadline = time.monotonic() + within_s
+    try:
+        while not all(cond(seen[t]) for t, cond in wanted.items()):
+            assert time.monotonic() < deadline, f"timed out; seen {seen}"
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                seen[tp.topic].extend(json.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def announce(settings: KafkaSettings, store: ArtifactStore, name: str, table: pa.Table) -> str:
+    version = add_dataset(store, name, [table])
+    event = DatasetValidated(
+        dataset=name,
+        dataset_version=version.id,
+        rows=table.num_rows,
+        new_rows=table.num_rows,
+        batch_ids=[b.batch_id for b in version.batches],
+        report_uri=version.batches[0].report_uri,
+    )
+    asyncio.run(publish(settings, topics.DATA_VALIDATED, name, event))
+    return version.id
+
+
+def test_census_reference_trains_registers_promotes_and_reproduces(
+    start_service: StartService,
+    kafka_settings: KafkaSettings,
+    service_env: dict[str, str],
+) -> None:
+    [path] = need_data("employment_MA_reference.pq")
+    store = ArtifactStore(service_env["FLYWHEEL_STORE"])
+    start_service("training", **FAST)
+    dataset_version = announce(kafka_settings, store, "census_employment", pq.read_table(path))
+
+    seen = asyncio.run(
+        collect(
+            kafka_settings,
+            {topics.MODELS_REGISTERED: bool, topics.MODELS_DEPLOYMENTS: bool},
+        )
+    )
+    [registered] = seen[topics.MODELS_REGISTERED]
+    assert registered["version"] == 1
+    assert registered["promoted"] is True
+    assert registered["dataset_version"] == dataset_version
+    assert all(registered["gates"].values())
+    [deployment] = seen[topics.MODELS_DEPLOYMENTS]
+    assert (deployment["action"], deployment["version"]) == ("promote", 1)
+
+    registry = Registry(store)
+    manifest = registry.verify("census_employment", 1)
+    extra = manifest.model_extra or {}
+    assert registry.aliases("census_employment") == {"champion": 1, "challenger": None}
+    assert manifest.reason.startswith("first model")
+    assert manifest.parity.passed
+    assert manifest.parity.rows == 13757
+    assert manifest.metrics["roc_auc"] > 0.85
+    assert set(manifest.group_metrics) == {"SEX", "RAC1P"}
+    assert extra["holdout"]["first_id"] == "55028"
+    assert "latest id" in extra["holdout"]["description"]
+    assert {"scikit-learn", "skl2onnx", "onnxruntime", "numpy"} <= set(manifest.library_versions)
+    assert extra["feature_importance"][0]["feature"] == "AGEP"
+    assert extra["runs_tried"] >= 3
+    assert extra["interpretable_baseline"]["coefficients"]
+
+    listed = cli(service_env, "models", "census_employment", "--json")
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.output)
+    assert row["aliases"] == ["champion"]
+    assert row["primary_metric"] == "roc_auc"
+    runs = cli(service_env, "runs", "census_employment", "--json")
+    assert len(json.loads(runs.output)[0]["candidates"]) == extra["runs_tried"]
+    card = cli(service_env, "model", "census_employment", "1", "--json")
+    assert json.loads(card.output)["onnx_sha256"] == manifest.onnx_sha256
+
+    reproduced = cli(service_env, "reproduce", "census_employment", "1", "--json")
+    assert reproduced.exit_code == 0, reproduced.output
+    assert json.loads(reproduced.output)["passed"] is True
+
+
+def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
+    start_service: StartService,
+    kafka_settings: KafkaSettings,
+    service_env: dict[str, str],
+) -> None:
+    [path] = need_data("employment_MA_reference.pq")
+    store = ArtifactStore(service_env["FLYWHEEL_STORE"])
+    first = start_service("training", **FAST)
+    announce(kafka_settings, store, "census_employment", pq.read_table(path).slice(0, 20000))
+    asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
+    assert first.terminate() == 0
+
+    # The test hook flips most training labels: a deliberately worse challenger.
+    start_service("training", FLYWHEEL_TRAINING_CORRUPT_LABEL_SHARE="0.7", **FAST)
+    request = RetrainRequest(model="census_employment", reason="corrupted slice test")
+    asyncio.run(publish(kafka_settings, topics.RETRAIN_REQUESTS, "census_employment", request))
+    seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: lambda s: len(s) == 2}))
+    worse = seen[topics.MODELS_REGISTERED][1]
+    assert worse["version"] == 2
+    assert worse["promoted"] is False
+    assert worse["gates"]["beats_champion"] is False
+    assert "corrupted slice test" in worse["reason"]
+    registry = Registry(store)
+    manifest = registry.get("census_employment", 2)
+    assert "vs champion" in manifest.gates["beats_champion"].detail
+    assert registry.aliases("census_employment")["champion"] == 1
+
+    # A person overrides the gate, then rolls back: both land in the alias history.
+    promoted = cli(
+        service_env, "promote", "census_employment", "2", "--reason", "try it", "--actor", "ann"
+    )
+    assert promoted.exit_code == 0, promoted.output
+    deadline = time.monotonic() + 30
+    while registry.aliases("census_employment")["champion"] != 2:
+        assert time.monotonic() < deadline, "promotion never applied"
+        time.sleep(0.2)
+    rolled = cli(
+        service_env, "rollback", "census_employment", "--reason", "worse", "--actor", "ann"
+    )
+    assert rolled.exit_code == 0, rolled.output
+    while registry.aliases("census_employment")["champion"] != 1:
+        assert time.monotonic() < deadline, "rollback never applied"
+        time.sleep(0.2)
+    history = [
+        (c.alias, c.version, c.actor, c.reason) for c in registry.history("census_employment")
+    ]
+    assert history[-2:] == [
+        ("champion", 2, "user:ann", "try it"),
+        ("champion", 1, "user:ann", "worse"),
+    ]
+    missing = cli(service_env, "reproduce", "census_employment", "7")
+    assert missing.exit_code == 1
+
+
+def test_an_export_that_disagrees_with_sklearn_fails_the_parity_gate(
+    start_service: StartService,
+    kafka_settings: KafkaSettings,
+    service_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    (contracts / "lossy.yaml").write_text(
+        "name: lossy\ntask: classification\nid: id\n"
+        "label: {name: y, classes: [0, 1]}\n"
+        "features:\n  - {name: big, type: float}\n"
+        "training: {min_rows: 100}\n"
+    )
+    store = ArtifactStore(service_env["FLYWHEEL_STORE"])
+    start_service("training", FLYWHEEL_CONTRACTS=str(contracts), **FAST)
+    # float32 (the ONNX input type) cannot tell these values apart: a lossy export.
+    noise = np.random.default_rng(0).normal(0, 4, 1500)
+    table = pa.table({"id": np.arange(1500), "big": 1e8 + noise, "y": (noise > 0).astype(int)})
+    announce(kafka_settings, store, "lossy", table)
+    seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
+    [registered] = seen[topics.MODELS_REGISTERED]
+    assert registered["gates"]["parity"] is False
+    assert registered["promoted"] is False
+    manifest = Registry(store).get("lossy", 1)
+    assert manifest.parity.label_agreement < 1.0 or manifest.parity.max_abs_diff > 1e-5
+    env = {**service_env, "FLYWHEEL_CONTRACTS": str(contracts)}
+    refused = cli(env, "promote", "lossy", "1", "--reason", "force it")
+    assert refused.exit_code == 1
+    assert "parity" in refused.output
+    assert CONTRACTS.exists()

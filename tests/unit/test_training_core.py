@@ -1,0 +1,330 @@
+"""The training core without Kafka: triggers, runs, gates, registry, events, deployments."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.training.core import TrainingCore
+from services.training.deploy import previous_champion
+from services.training.metrics import TrainingMetrics
+from services.training.reproduce import reproduce
+from services.training.trainer import TrainConfig
+from shared import topics
+from shared.contract import Contract, parse_contract
+from shared.datasets import DatasetCatalog
+from shared.events import DatasetValidated, Deployment, DriftSummary, Event, RetrainRequest
+from shared.registry import Registry, TamperedArtifactError
+from shared.store import ArtifactStore
+from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
+
+FAST = TrainConfig(search_budget_s=0.5, cv_folds=2, importance_rows=300, importance_repeats=1)
+
+
+class Recorder:
+    """An in-memory publisher."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Event]] = []
+
+    async def publish(self, topic: str, key: str, event: Event) -> None:
+        self.sent.append((topic, key, event))
+
+    def on(self, topic: str) -> list[Any]:
+        return [e for t, _, e in self.sent if t == topic]
+
+
+def make_core(
+    store: ArtifactStore, contract: Contract, config: TrainConfig = FAST
+) -> tuple[TrainingCore, Recorder, CollectorRegistry]:
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    core = TrainingCore(
+        {contract.name: contract},
+        Registry(store),
+        DatasetCatalog(store),
+        recorder,
+        TrainingMetrics(registry),
+        config,
+    )
+    return core, recorder, registry
+
+
+def validated(
+    version_id: str, rows: int, new_rows: int, *, drifted: bool = False
+) -> DatasetValidated:
+    return DatasetValidated(
+        dataset="toy",
+        dataset_version=version_id,
+        rows=rows,
+        new_rows=new_rows,
+        batch_ids=[],
+        report_uri="file:///report.json",
+        drift=DriftSummary(drifted=drifted, drifted_features=["x"] if drifted else []),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    """A store holding toy v1, trained and promoted (about a second and a half)."""
+    store = ArtifactStore(f"file://{tmp_path / 'trained'}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    core, _, _ = make_core(store, toy_contract())
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
+    outcome = asyncio.run(core.run("toy"))
+    assert outcome.outcome == "promoted", outcome
+    return store
+
+
+async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    core, recorder, metrics = make_core(store, toy_contract())
+    acked: list[int] = []
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: acked.append(1))
+    outcome = await core.run("toy")
+    assert outcome.outcome == "promoted"
+    assert acked == [1]
+    registry = Registry(store)
+    manifest = registry.get("toy", 1)
+    extra = manifest.model_extra or {}
+    assert manifest.dataset_version == version.id
+    assert manifest.reason.startswith("first model")
+    assert manifest.parity.passed
+    assert manifest.promoted
+    assert manifest.metrics["roc_auc"] > 0.8
+    assert set(manifest.metrics) >= {"accuracy", "roc_auc", "f1", "log_loss", "calibration_error"}
+    assert set(manifest.library_versions) >= {"scikit-learn", "skl2onnx", "onnxruntime", "numpy"}
+    assert manifest.code_version
+    assert set(manifest.group_metrics["g"]["groups"]) == {"u", "v"}
+    assert {"fpr", "fnr", "selection_rate"} <= set(manifest.group_metrics["g"]["groups"]["u"])
+    assert set(extra["phase_seconds"]) == {"search", "fit", "evaluate", "export", "parity"}
+    assert extra["runs_tried"] >= 3
+    assert extra["interpretable_baseline"]["coefficients"]
+    assert extra["feature_importance"][0]["feature"] in {"x", "k", "c"}
+    assert extra["holdout"]["method"] == "time-ordered"
+    assert manifest.gates["beats_baseline"].passed
+    assert any("Gates: all passed" in line for line in extra["card"])
+    assert registry.verify("toy", 1) == manifest
+    assert registry.aliases("toy") == {"champion": 1, "challenger": None}
+    assert registry.history("toy")[0].actor == "training"
+    [registered] = recorder.on(topics.MODELS_REGISTERED)
+    assert registered.version == 1
+    assert registered.promoted
+    assert registered.gates["parity"] is True
+    [deployment] = recorder.on(topics.MODELS_DEPLOYMENTS)
+    assert (deployment.action, deployment.version, deployment.actor) == ("promote", 1, "training")
+    assert len(registry.runs("toy")) == 1
+    assert (
+        metrics.get_sample_value(
+            "flywheel_training_runs_total", {"model": "toy", "outcome": "promoted"}
+        )
+        == 1
+    )
+    assert (
+        metrics.get_sample_value(
+            "flywheel_training_phase_seconds_count", {"model": "toy", "phase": "parity"}
+        )
+        == 1
+    )
+    assert metrics.get_sample_value(
+        "flywheel_training_primary_metric", {"model": "toy", "version": "1"}
+    ) == pytest.approx(manifest.metrics["roc_auc"])
+
+
+async def test_a_replayed_event_never_trains_twice(store: ArtifactStore) -> None:
+    core, _, _ = make_core(store, toy_contract())
+    [version_id] = DatasetCatalog(store).ids("toy")
+    core.submit_validated(validated(version_id, 2000, 2000, drifted=True), lambda: None)
+    first = await core.run("toy")
+    core.submit_validated(validated(version_id, 2000, 2000, drifted=True), lambda: None)
+    replay = await core.run("toy")
+    assert first.outcome != "skipped"  # drift is a reason to retrain
+    assert replay.outcome == "skipped"
+    assert Registry(store).version_numbers("toy") == [1, 2]
+
+
+async def test_too_few_rows_and_unknown_models_do_not_train(tmp_path: Path) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "toy", [toy_table(300)])
+    core, _, metrics = make_core(store, toy_contract())
+    acked: list[str] = []
+    core.submit_validated(validated(version.id, 300, 300), lambda: acked.append("toy"))
+    other = validated(version.id, 300, 300).model_copy(update={"dataset": "nope"})
+    assert not core.submit_validated(other, lambda: acked.append("nope"))
+    assert (await core.run("toy")).outcome == "skipped"
+    assert acked == ["nope", "toy"]
+    assert Registry(store).version_numbers("toy") == []
+    assert (
+        metrics.get_sample_value(
+            "flywheel_training_runs_total", {"model": "toy", "outcome": "skipped"}
+        )
+        == 1
+    )
+
+
+async def test_triggers_arriving_before_a_run_are_coalesced(store: ArtifactStore) -> None:
+    catalog = DatasetCatalog(store)
+    [v1] = catalog.versions("toy")
+    v2 = add_dataset(store, "toy", [toy_table(2000), toy_table(600, 1, 2000)], parent=v1.id)
+    v3 = add_dataset(store, "toy", [toy_table(2000), toy_table(1200, 1, 2000)], parent=v2.id)
+    core, _, metrics = make_core(store, toy_contract())
+    acks: list[int] = []
+    core.submit_validated(validated(v2.id, 2600, 600), lambda: acks.append(2))
+    core.submit_validated(validated(v3.id, 3200, 1200), lambda: acks.append(3))
+    core.submit_request(RetrainRequest(model="toy", reason="new labels"), lambda: acks.append(9))
+    outcome = await core.run("toy")
+    assert outcome.outcome in {"promoted", "refused"}
+    assert sorted(acks) == [2, 3, 9]
+    manifest = Registry(store).get("toy", 2)
+    assert manifest.dataset_version == v3.id
+    assert "1200 new rows" in manifest.reason
+    assert "requested by user: new labels" in manifest.reason
+    assert metrics.get_sample_value("flywheel_training_coalesced_total", {"model": "toy"}) == 2
+
+
+async def test_a_worse_model_is_registered_but_not_promoted(store: ArtifactStore) -> None:
+    worse = TrainConfig(**{**FAST.as_record(), "corrupt_label_share": 0.7})
+    core, recorder, _ = make_core(store, toy_contract(), worse)
+    core.submit_request(RetrainRequest(model="toy", reason="test a bad model"), lambda: None)
+    outcome = await core.run("toy")
+    assert outcome.outcome == "refused"
+    assert "beats_champion" in outcome.detail
+    registry = Registry(store)
+    manifest = registry.get("toy", 2)
+    assert not manifest.promoted
+    assert not manifest.gates["beats_champion"].passed
+    assert "vs champion" in manifest.gates["beats_champion"].detail
+    assert (manifest.model_extra or {})["champion"]["version"] == 1
+    assert registry.aliases("toy")["champion"] == 1
+    assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
+    [registered] = recorder.on(topics.MODELS_REGISTERED)
+    assert registered.gates["beats_champion"] is False
+
+
+def lossy_contract() -> Contract:
+    return parse_contract(
+        {
+            "name": "lossy",
+            "task": "classification",
+            "id": "id",
+            "label": {"name": "y", "classes": [0, 1]},
+            "features": [{"name": "big", "type": "float"}],
+            "training": {"min_rows": 100, "search_time_budget_s": 1},
+        }
+    )
+
+
+async def test_an_onnx_export_that_disagrees_fails_the_parity_gate(tmp_path: Path) -> None:
+    # Around 1e8, float32 (the ONNX input type) is 8 apart: a model keyed on small
+    # differences of ``big`` cannot survive the export.
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 4, 1500)
+    table = pa.table({"id": np.arange(1500), "big": 1e8 + noise, "y": (noise > 0).astype(int)})
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "lossy", [table])
+    core, recorder, _ = make_core(store, lossy_contract())
+    core.submit_request(RetrainRequest(model="lossy", reason="parity test"), lambda: None)
+    event = DatasetValidated(
+        dataset="lossy",
+        dataset_version=version.id,
+        rows=1500,
+        new_rows=1500,
+        batch_ids=[],
+        report_uri="file:///r.json",
+    )
+    core.submit_validated(event, lambda: None)
+    outcome = await core.run("lossy")
+    assert outcome.outcome == "refused"
+    manifest = Registry(store).get("lossy", 1)
+    assert not manifest.parity.passed
+    assert not manifest.gates["parity"].passed
+    assert manifest.parity.max_abs_diff > 1e-5
+    assert Registry(store).aliases("lossy")["champion"] is None
+    assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
+    refused = Deployment(model="lossy", action="promote", version=1, actor="user:x", reason="try")
+    assert await core.apply_deployment(refused) == "refused"
+
+
+async def test_manual_strategy_waits_for_a_person(tmp_path: Path) -> None:
+    contract = toy_contract(promotion={"strategy": "manual"})
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    core, recorder, _ = make_core(store, contract)
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
+    assert (await core.run("toy")).outcome == "registered"
+    assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
+    assert Registry(store).aliases("toy")["champion"] is None
+    promote = Deployment(model="toy", action="promote", version=1, actor="user:ann", reason="ok")
+    assert await core.apply_deployment(promote) == "applied"
+    assert await core.apply_deployment(promote) == "applied"  # a replay changes nothing more
+    history = Registry(store).history("toy")
+    assert [(c.alias, c.version, c.actor, c.reason) for c in history] == [
+        ("champion", 1, "user:ann", "ok")
+    ]
+
+
+async def test_deployment_requests_move_the_aliases(store: ArtifactStore) -> None:
+    registry = Registry(store)
+    core, _, metrics = make_core(store, toy_contract())
+    core.submit_request(RetrainRequest(model="toy", reason="second"), lambda: None)
+    await core.run("toy")
+
+    async def send(action: str, version: int, **kw: Any) -> str:
+        event = Deployment(
+            model="toy", action=action, version=version, actor="user:bo", reason=action, **kw
+        )  # type: ignore[arg-type]
+        return await core.apply_deployment(event)
+
+    assert registry.aliases("toy")["champion"] == 2  # as good as v1: promoted (margin 0)
+    assert await send("canary", 1, canary_percent=25) == "applied"
+    assert registry.aliases("toy") == {"champion": 2, "challenger": 1}
+    assert registry.alias_detail("toy", "challenger")["canary_percent"] == 25
+    assert await send("retire", 1) == "applied"
+    assert registry.aliases("toy")["challenger"] is None
+    assert await send("shadow", 1) == "applied"
+    assert await send("rollback", 1) == "applied"
+    assert registry.aliases("toy") == {"champion": 1, "challenger": None}
+    assert registry.history("toy")[-1].reason == "rollback"
+    assert await send("retire", 2) == "refused"
+    assert await send("promote", 99) == "refused"
+    own = Deployment(model="toy", action="promote", version=2, reason="mine")
+    assert await core.apply_deployment(own) == "ignored"
+    assert registry.aliases("toy")["champion"] == 1
+    assert previous_champion(registry, "toy") == 2
+    assert (
+        metrics.get_sample_value(
+            "flywheel_training_deployments_total",
+            {"model": "toy", "action": "promote", "outcome": "refused"},
+        )
+        == 1
+    )
+
+
+def test_reproduce_matches_and_refuses_tampering(store: ArtifactStore) -> None:
+    registry, catalog = Registry(store), DatasetCatalog(store)
+    result = reproduce(toy_contract(), registry, catalog, 1)
+    assert result.passed, result.problems
+    assert result.rows == 400
+    assert result.max_abs_diff == 0.0
+    manifest = registry.get("toy", 1)
+    path = Path(store.root) / store.key_for(manifest.onnx_uri)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"\x00")
+    with pytest.raises(TamperedArtifactError, match="ONNX sha256"):
+        reproduce(toy_contract(), registry, catalog, 1)
+
+
+def test_reproduce_refuses_an_edited_manifest(store: ArtifactStore) -> None:
+    path = Path(store.root) / "models/toy/versions/000001.json"
+    path.write_text(path.read_text().replace('"seed": 42', '"seed": 43'))
+    with pytest.raises(TamperedArtifactError, match="manifest changed"):
+        reproduce(toy_contract(), Registry(store), DatasetCatalog(store), 1)
