@@ -38,6 +38,7 @@ MLSERVER_PACKAGES = ["mlserver==1.7.*", "mlserver-sklearn", "uvloop==0.21.0"]
 LOADS = (("sequential b1", 1, 1), ("16 concurrent b1", 16, 1), ("16 concurrent b64", 16, 64))
 BATCHING_CONCURRENCY = (1, 4, 16, 64)
 BATCH_DELAY_MS = 2.0
+SLICE_S = 1.0
 
 Inputs = Callable[[int], tuple[list[Any], dict[str, Any] | None]]
 
@@ -63,7 +64,8 @@ def _ready(address: str) -> bool:
 
 async def _drive(
     address: str, inputs: list[Any], params: dict[str, Any] | None, concurrency: int, seconds: float
-) -> dict[str, float]:
+) -> tuple[list[float], float, int]:
+    """(latencies, elapsed seconds, errors) of ``concurrency`` closed-loop clients."""
     import tritonclient.grpc.aio as triton_aio
     from tritonclient.utils import InferenceServerException
 
@@ -89,25 +91,42 @@ async def _drive(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
     await client.close()
-    latencies.sort()
+    return latencies, elapsed, errors
+
+
+def _figures(latencies: list[float], elapsed: float, errors: int, batch: int) -> dict[str, float]:
+    latencies = sorted(latencies)
+    rps = len(latencies) / elapsed
     return {
         "p50_ms": round(1000 * statistics.median(latencies), 3),
         "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 3),
-        "req_per_s": round(len(latencies) / elapsed, 1),
-        "rows_per_s": 0.0,
+        "req_per_s": round(rps, 1),
+        "rows_per_s": round(rps * batch, 1),
         "requests": len(latencies),
         "errors": errors,
     }
 
 
-def measure(
-    address: str, make: Inputs, concurrency: int, batch: int, seconds: float
-) -> dict[str, float]:
-    """One load against one server."""
-    inputs, params = make(batch)
-    result = asyncio.run(_drive(address, inputs, params, concurrency, seconds))
-    result["rows_per_s"] = round(result["req_per_s"] * batch, 1)
-    return result
+def compare(
+    servers: dict[str, tuple[str, Inputs]], concurrency: int, batch: int, seconds: float
+) -> dict[str, dict[str, float]]:
+    """One load against several servers, interleaved in short slices.
+
+    This machine's speed drifts by tens of percent over seconds (shared cores); taking
+    turns slice by slice exposes every server to the same drift, so ratios stay fair.
+    """
+    slices = max(1, int(seconds / SLICE_S))
+    acc = {name: ([], 0.0, 0) for name in servers}
+    prepared = {name: make(batch) for name, (_, make) in servers.items()}
+    for _ in range(slices):
+        for name, (address, _) in servers.items():
+            inputs, params = prepared[name]
+            lat, elapsed, errors = asyncio.run(
+                _drive(address, inputs, params, concurrency, seconds / slices)
+            )
+            done, total, failed = acc[name]
+            acc[name] = ([*done, *lat], total + elapsed, failed + errors)
+    return {name: _figures(lat, el, err, batch) for name, (lat, el, err) in acc.items()}
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -323,40 +342,39 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Measure everything; the figures by server and load."""
     from shared.embedded import EmbeddedBroker
 
-    seconds = 2.0 if quick else 6.0
+    seconds = 2.0 if quick else 8.0
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     fx = Fixture(work)
     results: dict[str, Any] = {"seconds_per_load": seconds, "raw_ort": raw_ort(fx, seconds)}
-
-    def loads(address: str, make: Inputs) -> dict[str, Any]:
-        return {name: measure(address, make, c, b, seconds) for name, c, b in LOADS}
-
-    minimal, address = start_minimal(fx)
-    try:
-        results["minimal"] = loads(address, fx.matrix_inputs)
-    finally:
-        _stop(minimal)
-
+    results["batching_delay_ms"] = BATCH_DELAY_MS
     with EmbeddedBroker(_free_port(), log=work / "broker.log") as broker:
-        proc, address = start_flywheel(fx, broker.bootstrap, 0.0)
+        minimal, minimal_address = start_minimal(fx)
+        flywheel, flywheel_address = start_flywheel(fx, broker.bootstrap, 0.0)
+        batching, batching_address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS)
         try:
-            results["flywheel"] = loads(address, fx.matrix_inputs)
-            results["batching_off"] = {
-                f"c{c}": measure(address, fx.matrix_inputs, c, 1, seconds)
-                for c in BATCHING_CONCURRENCY
+            pair = {
+                "flywheel": (flywheel_address, fx.matrix_inputs),
+                "minimal": (minimal_address, fx.matrix_inputs),
             }
-            results["flywheel_events"] = flywheel_events(proc)
-        finally:
-            proc.terminate()
-        proc, address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS)
-        try:
-            results["batching_on"] = {
-                f"c{c}": measure(address, fx.matrix_inputs, c, 1, seconds)
-                for c in BATCHING_CONCURRENCY
+            results["flywheel"], results["minimal"] = {}, {}
+            for name, c, b in LOADS:
+                got = compare(pair, c, b, seconds)
+                results["flywheel"][name] = got["flywheel"]
+                results["minimal"][name] = got["minimal"]
+            results["flywheel_events"] = flywheel_events(flywheel)
+            modes = {
+                "batching_off": (flywheel_address, fx.matrix_inputs),
+                "batching_on": (batching_address, fx.matrix_inputs),
             }
-            results["batching_delay_ms"] = BATCH_DELAY_MS
+            results["batching_off"], results["batching_on"] = {}, {}
+            for c in BATCHING_CONCURRENCY:
+                got = compare(modes, c, 1, seconds)
+                results["batching_off"][f"c{c}"] = got["batching_off"]
+                results["batching_on"][f"c{c}"] = got["batching_on"]
         finally:
-            proc.terminate()
+            _stop(minimal)
+            flywheel.terminate()
+            batching.terminate()
 
     try:
         mlserver, address = start_mlserver(fx)
@@ -364,7 +382,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         results["mlserver"] = {"error": f"{type(exc).__name__}: {exc}"}
     else:
         try:
-            results["mlserver"] = loads(address, fx.mlserver_inputs)
+            results["mlserver"] = {
+                name: compare({"mlserver": (address, fx.mlserver_inputs)}, c, b, seconds)[
+                    "mlserver"
+                ]
+                for name, c, b in LOADS
+            }
         finally:
             _stop(mlserver)
     results["summary"] = summary(results)
@@ -375,12 +398,11 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The two targets: p50 vs the minimal server, throughput vs MLServer."""
     out: dict[str, Any] = {}
     fw, mini = results["flywheel"], results["minimal"]
-    out["p50_ratio_vs_minimal_sequential_b1"] = round(
-        fw["sequential b1"]["p50_ms"] / mini["sequential b1"]["p50_ms"], 2
-    )
-    out["p50_ratio_vs_minimal_16c_b1"] = round(
-        fw["16 concurrent b1"]["p50_ms"] / mini["16 concurrent b1"]["p50_ms"], 2
-    )
+    for name, _, _ in LOADS:
+        out[f"p50_ratio_vs_minimal_{name}"] = round(fw[name]["p50_ms"] / mini[name]["p50_ms"], 2)
+        out[f"throughput_ratio_vs_minimal_{name}"] = round(
+            fw[name]["req_per_s"] / mini[name]["req_per_s"], 2
+        )
     ml = results.get("mlserver", {})
     if "16 concurrent b1" in ml:
         for name, _, _ in LOADS:
