@@ -98,13 +98,12 @@ async def read_predictions(
         await consumer.stop()
 
 
-async def publish_deployment(settings: KafkaSettings, event: Deployment) -> None:
+async def publish_deployment(settings: KafkaSettings, event: Deployment | bytes) -> None:
     producer = AIOKafkaProducer(**client_kwargs(settings, "test-deployments"))
     await producer.start()
     try:
-        await producer.send_and_wait(
-            topics.MODELS_DEPLOYMENTS, event.model_dump_json().encode(), key=event.model.encode()
-        )
+        value = event if isinstance(event, bytes) else event.model_dump_json().encode()
+        await producer.send_and_wait(topics.MODELS_DEPLOYMENTS, value, key=MODEL.encode())
     finally:
         await producer.stop()
 
@@ -311,7 +310,8 @@ def test_promotion_under_load_fails_no_request_and_switches_version(
     assert client_metric(proc, "flywheel_serving_swaps_total") == 1.0
 
 
-def client_metric(proc: Any, name: str) -> float:
+def client_metric(proc: Any, prefix: str) -> float:
+    """The sum of the samples whose line starts with ``prefix`` (a name, or name{labels...)."""
     import urllib.request
 
     port = proc.ready_info["metrics_port"]
@@ -319,7 +319,7 @@ def client_metric(proc: Any, name: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
+        if line.startswith(prefix) and ("{" in prefix or line[len(prefix)] in "{ ")
     )
 
 
@@ -332,6 +332,9 @@ def test_canary_share_and_shadow_outputs(
     client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
     one = matrix_input(census, census.holdout[:1])
 
+    asyncio.run(
+        publish_deployment(kafka_settings, b'{"model": "census_employment", "action": "explode"}')
+    )
     asyncio.run(
         publish_deployment(
             kafka_settings,
@@ -351,6 +354,9 @@ def test_canary_share_and_shadow_outputs(
         client.infer(MODEL, one, request_id=uuid.uuid4().hex).get_response().model_version
         for _ in range(n)
     ]
+    # The malformed record before it was counted and skipped, not fatal.
+    invalid = 'flywheel_serving_deployments_total{model="_unknown",action="_unknown"'
+    assert client_metric(proc, invalid) == 1.0
     share = answered.count("2") / n
     assert abs(share - 0.30) < 0.065, share  # > 4 sigma for n=800
     sticky = {
