@@ -355,7 +355,7 @@ def test_canary_share_and_shadow_outputs(
         for _ in range(n)
     ]
     # The malformed record before it was counted and skipped, not fatal.
-    invalid = 'flywheel_serving_deployments_total{model="_unknown",action="_unknown"'
+    invalid = 'flywheel_serving_deployments_total{action="_unknown",model="_unknown"'
     assert client_metric(proc, invalid) == 1.0
     share = answered.count("2") / n
     assert abs(share - 0.30) < 0.065, share  # > 4 sigma for n=800
