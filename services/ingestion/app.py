@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from shared import topics
-from shared.kafka import ensure_topics
+from shared.contract import load_contracts
 from shared.service import Component, Runtime
+from shared.store import ArtifactStore
 
+from .core import Ingestor
+from .metrics import IngestionMetrics
 from .settings import IngestionSettings
+from .worker import TOPICS, IngestionWorker
 
-TOPICS = (
-    topics.DATA_EVENTS,
-    topics.DATA_EVENTS_DLQ,
-    topics.DATA_BATCHES,
-)
+__all__ = ["TOPICS", "build"]
 
 
 async def build(settings: IngestionSettings, runtime: Runtime) -> list[Component]:
     """The service's components, in start order."""
-    created = await ensure_topics(settings.kafka, TOPICS)
-    runtime.info["topics_created"] = created
-    return []
+    contracts = load_contracts(settings.contracts)
+    ingestor = Ingestor(
+        contracts,
+        ArtifactStore(settings.store),
+        IngestionMetrics(runtime.registry),
+        batch_rows=settings.batch_rows,
+        batch_seconds=settings.batch_seconds,
+        dedup_window=settings.dedup_window,
+    )
+    runtime.info["datasets"] = sorted(contracts)
+    return [IngestionWorker(settings, ingestor, runtime)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,3 +15,16 @@ class IngestionSettings(ServiceSettings):
 
     metrics_port: int = 9101
     """Port of the Prometheus metrics endpoint."""
+    group_id: str = "flywheel-ingestion"
+    """Consumer group shared by every ingestion replica."""
+    batch_rows: int = Field(20_000, ge=1)
+    """Accepted rows of one dataset that trigger a flush of every buffer."""
+    batch_seconds: float = Field(2.0, gt=0)
+    """Age of the oldest buffered row that triggers a flush (the time window)."""
+    max_poll_records: int = Field(5_000, ge=1)
+    """Records fetched per ``getmany`` call."""
+    poll_timeout_ms: int = Field(200, ge=1)
+    """How long one ``getmany`` waits for records; bounds the flush latency of the window."""
+    dedup_window: int = Field(1_000_000, ge=2)
+    """Event ids remembered per dataset for deduplication (memory bound: about 100 bytes
+    per id). Replays older than this many newer events are not recognised."""

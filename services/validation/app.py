@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from shared import topics
-from shared.kafka import ensure_topics
+from shared.contract import load_contracts
 from shared.service import Component, Runtime
+from shared.store import ArtifactStore
 
+from .core import Validator
+from .metrics import ValidationMetrics
 from .settings import ValidationSettings
+from .worker import TOPICS, ValidationWorker
 
-TOPICS = (
-    topics.DATA_BATCHES,
-    topics.DATA_VALIDATED,
-    topics.DATA_QUARANTINED,
-)
+__all__ = ["TOPICS", "build"]
 
 
 async def build(settings: ValidationSettings, runtime: Runtime) -> list[Component]:
     """The service's components, in start order."""
-    created = await ensure_topics(settings.kafka, TOPICS)
-    runtime.info["topics_created"] = created
-    return []
+    contracts = load_contracts(settings.contracts)
+    validator = Validator(
+        contracts,
+        ArtifactStore(settings.store),
+        ValidationMetrics(runtime.registry),
+        profile_max_rows=settings.profile_max_rows,
+    )
+    runtime.info["datasets"] = sorted(contracts)
+    return [ValidationWorker(settings, validator, runtime)]

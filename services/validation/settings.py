@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,3 +15,8 @@ class ValidationSettings(ServiceSettings):
 
     metrics_port: int = 9102
     """Port of the Prometheus metrics endpoint."""
+    group_id: str = "flywheel-validation"
+    """Consumer group shared by every validation replica."""
+    profile_max_rows: int = Field(200_000, ge=100)
+    """Newest rows of a dataset version that its reference profile is built from
+    (bounds the work per accepted batch on long-lived datasets)."""
