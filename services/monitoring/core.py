@@ -1,0 +1,609 @@
+"""The transport-free core: events in, metrics and action events out.
+
+:class:`MonitoringCore` keeps, per model, the deployment state (champion, challenger)
+and per model version a drift window (:mod:`.window_drift`) and a quality window
+(:mod:`.quality`); the label join (:mod:`.join`) connects feedback to the served row.
+Decisions go through :class:`.actions.Trigger` (hysteresis + cool-down) and come back
+as :class:`Outgoing` events for the Kafka adapter to publish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import topics
+from shared.contract import Contract
+from shared.datasets import DatasetCatalog
+from shared.events import (
+    BatchQuarantined,
+    DatasetValidated,
+    DeadLetter,
+    Deployment,
+    Event,
+    Feedback,
+    ModelRegistered,
+    Prediction,
+    RetrainRequest,
+    utcnow,
+)
+from shared.registry import Registry
+
+from .actions import Trigger
+from .join import LabelJoin, Pending
+from .metrics import MonitoringMetrics
+from .predlog import PredictionLog
+from .quality import Labelled, QualityWindow, largest_gaps
+from .window_drift import VersionDrift, WindowReport
+
+ACTOR = "monitoring"
+UNKNOWN = "unknown"
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event the core wants published."""
+
+    topic: str
+    key: str
+    event: Event
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Service-level knobs of the core (see :class:`.settings.MonitoringSettings`)."""
+
+    eval_every_labels: int = 100
+    max_versions: int = 4
+    window_rows: int | None = None
+    cooldown_s: float | None = None
+
+
+@dataclass
+class VersionState:
+    """What monitoring tracks for one model version."""
+
+    version: int
+    drift: VersionDrift | None
+    quality: QualityWindow
+    agreement: deque[bool]
+    """Shadow rows: did this (shadow) version's label equal the champion's?"""
+    last_primary: float | None = None
+    windows: int = 0
+
+
+@dataclass
+class ModelState:
+    """Deployment state and action triggers of one model."""
+
+    contract: Contract
+    drift_trigger: Trigger
+    quality_trigger: Trigger
+    rollback_trigger: Trigger
+    promote_trigger: Trigger
+    champion: int | None = None
+    challenger: int | None = None
+    challenger_mode: str | None = None
+    previous_champion: int | None = None
+    baseline: float | None = None
+    """The previous champion's live primary metric when it was replaced."""
+    versions: OrderedDict[int, VersionState] = field(default_factory=OrderedDict)
+    recent_windows: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
+
+
+def primary_metric(contract: Contract, metrics: Mapping[str, float]) -> tuple[str, float] | None:
+    """The contract's primary metric from ``metrics``, falling back to accuracy / rmse."""
+    name = contract.promotion.primary_metric
+    if name in metrics:
+        return name, metrics[name]
+    fallback = "accuracy" if contract.task == "classification" else "rmse"
+    return (fallback, metrics[fallback]) if fallback in metrics else None
+
+
+def score_of(outputs: Mapping[str, Any]) -> float | None:
+    """Positive-class probability (the last class) of a classifier's outputs, else None."""
+    probs = outputs.get("probabilities")
+    if isinstance(probs, list | tuple) and probs:
+        try:
+            return float(probs[-1])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def predicted_of(outputs: Mapping[str, Any]) -> Any:
+    """The predicted class (classifier) or value (regressor)."""
+    return outputs["label"] if "label" in outputs else outputs.get("prediction")
+
+
+class MonitoringCore:
+    """Everything monitoring computes and decides, without Kafka.
+
+    Args:
+        contracts: data contracts by model name (the models monitored).
+        registry: the model registry (manifests, aliases).
+        catalog: the dataset catalog (reference profiles).
+        metrics: the service's metrics.
+        join: the delayed-label join.
+        log: the prediction log.
+        logger: structured logger.
+        limits: service-level knobs.
+        clock: monotonic seconds (cool-downs).
+    """
+
+    def __init__(
+        self,
+        contracts: Mapping[str, Contract],
+        registry: Registry,
+        catalog: DatasetCatalog,
+        metrics: MonitoringMetrics,
+        join: LabelJoin,
+        log: PredictionLog,
+        logger: Any,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.contracts = dict(contracts)
+        self.registry = registry
+        self.catalog = catalog
+        self.metrics = metrics
+        self.join = join
+        self.predlog = log
+        self.logger = logger
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.models: dict[str, ModelState] = {}
+
+    # --- state ----------------------------------------------------------------------
+
+    def _window_rows(self, contract: Contract) -> int:
+        return self.limits.window_rows or contract.monitoring.window_rows
+
+    def model(self, name: str) -> ModelState | None:
+        """The state of a monitored model (None when no contract names it)."""
+        if name in self.models:
+            return self.models[name]
+        contract = self.contracts.get(name)
+        if contract is None:
+            return None
+        mon = contract.monitoring
+        cooldown = self.limits.cooldown_s if self.limits.cooldown_s is not None else mon.cooldown_s
+
+        def trigger() -> Trigger:
+            return Trigger(mon.consecutive_windows, cooldown)
+
+        state = ModelState(contract, trigger(), trigger(), trigger(), trigger())
+        self.models[name] = state
+        return state
+
+    def load_aliases(self) -> None:
+        """Initialise champion/challenger of every monitored model from the registry."""
+        for name in self.contracts:
+            if not self.registry.version_numbers(name):
+                continue
+            state = self.model(name)
+            assert state is not None
+            aliases = self.registry.aliases(name)
+            state.champion = aliases["champion"]
+            state.challenger = aliases["challenger"]
+            if state.challenger is not None:
+                mode = self.registry.alias_detail(name, "challenger").get("mode")
+                state.challenger_mode = str(mode) if mode else None
+
+    def _version(self, state: ModelState, version: int) -> VersionState:
+        if version in state.versions:
+            return state.versions[version]
+        contract = state.contract
+        size = self._window_rows(contract)
+        positive = contract.label.classes[-1] if contract.label.classes else None
+        vs = VersionState(
+            version=version,
+            drift=self._drift_for(contract, version),
+            quality=QualityWindow(size, contract.task, positive),
+            agreement=deque(maxlen=size),
+        )
+        state.versions[version] = vs
+        self._evict_versions(state)
+        return vs
+
+    def _drift_for(self, contract: Contract, version: int) -> VersionDrift | None:
+        try:
+            manifest = self.registry.get(contract.name, version)
+            dataset = self.catalog.get(contract.name, manifest.dataset_version)
+            profile = self.catalog.profile(dataset)
+        except (KeyError, OSError, ValueError) as err:
+            self.logger.warning(
+                "drift.no_reference", model=contract.name, version=version, error=str(err)
+            )
+            self.metrics.rejected.labels("predictions", "no_reference").inc()
+            return None
+        if profile is None:
+            self.logger.warning("drift.no_profile", model=contract.name, version=version)
+            self.metrics.rejected.labels("predictions", "no_reference").inc()
+            return None
+        return VersionDrift(
+            contract, profile, self._window_rows(contract), contract.monitoring.drift_psi_threshold
+        )
+
+    def _evict_versions(self, state: ModelState) -> None:
+        keep = {state.champion, state.challenger, state.previous_champion}
+        while len(state.versions) > self.limits.max_versions:
+            victim = next((v for v in state.versions if v not in keep), None)
+            if victim is None:
+                return
+            del state.versions[victim]
+            self.metrics.forget_version(state.contract.name, str(victim))
+
+    # --- predictions and feedback -----------------------------------------------------
+
+    def on_predictions(self, predictions: Sequence[Prediction]) -> list[Outgoing]:
+        """Count served rows: drift windows, the label join, the prediction log."""
+        out: list[Outgoing] = []
+        by_version: dict[tuple[str, int, str], list[Prediction]] = {}
+        now = self.clock()
+        for p in predictions:
+            state = self.model(p.model)
+            if state is None:
+                self.metrics.rejected.labels(topics.PREDICTIONS, "unknown_model").inc()
+                self.logger.warning("prediction.unknown_model", model=p.model, id=p.id)
+                continue
+            self.metrics.predictions.labels(p.model, p.role).inc()
+            self.predlog.add_prediction(p)
+            if p.role == "champion" and state.champion is None:
+                state.champion = p.model_version
+            by_version.setdefault((p.model, p.model_version, p.role), []).append(p)
+            self._remember(state, p, now)
+        for (model, version, role), rows in by_version.items():
+            state = self.models[model]
+            vs = self._version(state, version)
+            if vs.drift is None:
+                continue
+            reports = vs.drift.add([r.inputs for r in rows], [score_of(r.outputs) for r in rows])
+            for report in reports:
+                out.extend(self._on_window(state, vs, role, report))
+        self.metrics.pending_labels.set(len(self.join))
+        return out
+
+    def _remember(self, state: ModelState, p: Prediction, now: float) -> None:
+        shadow = p.shadow or {}
+        shadow_outputs = shadow.get("outputs") if isinstance(shadow, dict) else None
+        shadow_version = shadow.get("model_version") if shadow_outputs is not None else None
+        pending = Pending(
+            model=p.model,
+            version=p.model_version,
+            role=p.role,
+            predicted=predicted_of(p.outputs),
+            score=score_of(p.outputs),
+            groups={g: str(p.inputs.get(g)) for g in state.contract.groups},
+            shadow_version=int(shadow_version) if shadow_version is not None else None,
+            shadow_predicted=predicted_of(shadow_outputs) if shadow_outputs else None,
+            shadow_score=score_of(shadow_outputs) if shadow_outputs else None,
+            at=now,
+        )
+        if pending.shadow_version is not None:
+            svs = self._version(state, pending.shadow_version)
+            svs.agreement.append(str(pending.shadow_predicted) == str(pending.predicted))
+            self.metrics.agreement.labels(
+                p.model, str(p.model_version), str(pending.shadow_version)
+            ).set(sum(svs.agreement) / len(svs.agreement))
+        for evicted in self.join.add(p.id, pending):
+            self.metrics.labels.labels(evicted.model, "unmatched_evicted").inc()
+
+    def on_feedback(self, feedback: Sequence[Feedback]) -> list[Outgoing]:
+        """Join labels to their predictions and re-evaluate live quality."""
+        out: list[Outgoing] = []
+        received = utcnow().isoformat()
+        for evicted in self.join.expire(self.clock()):
+            self.metrics.labels.labels(evicted.model, "unmatched_evicted").inc()
+        for fb in feedback:
+            pending = self.join.match(fb.prediction_id)
+            if pending is None:
+                self.metrics.labels.labels(UNKNOWN, "late").inc()
+                self.predlog.add_feedback(fb, None, None, received)
+                continue
+            self.metrics.labels.labels(pending.model, "joined").inc()
+            self.predlog.add_feedback(fb, pending.model, pending.version, received)
+            state = self.models[pending.model]
+            vs = self._version(state, pending.version)
+            vs.quality.add(Labelled(fb.label, pending.predicted, pending.score, pending.groups))
+            touched = [vs]
+            if pending.shadow_version is not None:
+                svs = self._version(state, pending.shadow_version)
+                svs.quality.add(
+                    Labelled(
+                        fb.label, pending.shadow_predicted, pending.shadow_score, pending.groups
+                    )
+                )
+                touched.append(svs)
+            for t in touched:
+                if t.quality.since_eval >= self.limits.eval_every_labels:
+                    out.extend(self._evaluate(state, t))
+        self.metrics.pending_labels.set(len(self.join))
+        return out
+
+    # --- drift ------------------------------------------------------------------------
+
+    def _on_window(
+        self, state: ModelState, vs: VersionState, role: str, report: WindowReport
+    ) -> list[Outgoing]:
+        model, version = state.contract.name, str(vs.version)
+        m = self.metrics
+        vs.windows += 1
+        m.version_series(m.windows, model, version).inc()
+        for feature, scores in report.features.items():
+            for stat, value in scores.items():
+                m.version_series(m.drift_score, model, version, feature, stat).set(value)
+        if report.prediction_drift is not None:
+            m.version_series(m.prediction_drift, model, version).set(report.prediction_drift)
+        self.logger.info(
+            "drift.window",
+            model=model,
+            version=vs.version,
+            role=role,
+            rows=report.rows,
+            drifted=report.drifted,
+            prediction_drift=report.prediction_drift,
+        )
+        if role != "champion" or (state.champion is not None and vs.version != state.champion):
+            return []
+        evidence = {
+            "window": vs.windows,
+            "rows": report.rows,
+            "drifted": {f: round(report.features[f]["psi"], 4) for f in report.drifted},
+        }
+        state.recent_windows.append(evidence)
+        if not state.drift_trigger.observe(bool(report.drifted), self.clock()):
+            return []
+        windows = list(state.recent_windows)[-state.contract.monitoring.consecutive_windows :]
+        drifted = sorted({f for w in windows for f in w["drifted"]})
+        return [
+            self._retrain(
+                state,
+                reason=f"drift on {', '.join(drifted)}",
+                evidence={
+                    "trigger": "drift",
+                    "model_version": vs.version,
+                    "data_version": self.registry.get(model, vs.version).dataset_version,
+                    "psi_threshold": state.contract.monitoring.drift_psi_threshold,
+                    "windows": windows,
+                    "prediction_drift": report.prediction_drift,
+                    "scores": report.features,
+                },
+            )
+        ]
+
+    # --- quality and deployment decisions --------------------------------------------
+
+    def _evaluate(self, state: ModelState, vs: VersionState) -> list[Outgoing]:
+        contract = state.contract
+        model, version = contract.name, str(vs.version)
+        m = self.metrics
+        values = vs.quality.metrics()
+        for name, value in values.items():
+            m.version_series(m.live_metric, model, version, name).set(value)
+        m.version_series(m.live_metric, model, version, "labelled_rows").set(len(vs.quality))
+        for attribute in contract.groups:
+            per_group = vs.quality.group_metrics(attribute)
+            for group, rates in per_group.items():
+                for rate, value in rates.items():
+                    m.version_series(m.group_metric, model, version, group, rate).set(value)
+            for rate, gap in largest_gaps(per_group).items():
+                m.version_series(m.fairness_gap, model, version, attribute, rate).set(gap)
+        primary = primary_metric(contract, values)
+        if primary is None:
+            return []
+        vs.last_primary = primary[1]
+        enough = len(vs.quality) >= contract.monitoring.min_labelled_rows
+        if not enough:
+            return []
+        out: list[Outgoing] = []
+        if vs.version == state.champion:
+            out.extend(self._check_quality(state, vs, primary))
+            out.extend(self._check_new_champion(state, vs, primary))
+        elif vs.version == state.challenger:
+            out.extend(self._check_challenger(state, vs, primary))
+        return out
+
+    def _check_quality(
+        self, state: ModelState, vs: VersionState, primary: tuple[str, float]
+    ) -> list[Outgoing]:
+        floor = state.contract.monitoring.min_quality
+        if floor is None:
+            return []
+        name, value = primary
+        below = value > floor if name in LOWER_IS_BETTER else value < floor
+        if not state.quality_trigger.observe(below, self.clock()):
+            return []
+        return [
+            self._retrain(
+                state,
+                reason=f"live {name} {value:.4f} beyond the floor {floor}",
+                evidence={
+                    "trigger": "quality",
+                    "model_version": vs.version,
+                    "metric": name,
+                    "value": value,
+                    "min_quality": floor,
+                    "labelled_rows": len(vs.quality),
+                },
+            )
+        ]
+
+    def _worse_by(self, name: str, candidate: float, reference: float) -> float:
+        """How much worse ``candidate`` is than ``reference`` (negative: better)."""
+        return candidate - reference if name in LOWER_IS_BETTER else reference - candidate
+
+    def _check_challenger(
+        self, state: ModelState, vs: VersionState, primary: tuple[str, float]
+    ) -> list[Outgoing]:
+        champion = state.versions.get(state.champion) if state.champion is not None else None
+        if champion is None or len(champion.quality) < state.contract.monitoring.min_labelled_rows:
+            return []
+        champ_values = champion.quality.metrics()
+        champ_primary = champ_values.get(primary[0])
+        if champ_primary is None:
+            return []
+        name, value = primary
+        m = self.metrics
+        m.metric_difference.labels(state.contract.name, str(champion.version), str(vs.version)).set(
+            value - champ_primary
+        )
+        if state.challenger_mode != "canary":
+            return []  # shadows are compared, not acted on: they never answered anyone
+        worse = (
+            self._worse_by(name, value, champ_primary) > state.contract.monitoring.rollback_margin
+        )
+        now = self.clock()
+        evidence = {
+            "metric": name,
+            "champion": champion.version,
+            "champion_value": champ_primary,
+            "champion_rows": len(champion.quality),
+            "challenger": vs.version,
+            "challenger_value": value,
+            "challenger_rows": len(vs.quality),
+            "rollback_margin": state.contract.monitoring.rollback_margin,
+        }
+        if state.rollback_trigger.observe(worse, now):
+            return [
+                self._deploy(
+                    state,
+                    "rollback",
+                    champion.version,
+                    f"canary v{vs.version} {name} {value:.4f} is worse than champion "
+                    f"v{champion.version} {champ_primary:.4f} beyond the margin",
+                    evidence,
+                )
+            ]
+        if state.promote_trigger.observe(not worse, now):
+            return [
+                self._deploy(
+                    state,
+                    "promote",
+                    vs.version,
+                    f"canary v{vs.version} {name} {value:.4f} is no worse than champion "
+                    f"v{champion.version} {champ_primary:.4f}",
+                    evidence,
+                )
+            ]
+        return []
+
+    def _check_new_champion(
+        self, state: ModelState, vs: VersionState, primary: tuple[str, float]
+    ) -> list[Outgoing]:
+        previous, baseline = state.previous_champion, state.baseline
+        if previous is None or baseline is None:
+            return []
+        name, value = primary
+        worse = self._worse_by(name, value, baseline) > state.contract.monitoring.rollback_margin
+        if not state.rollback_trigger.observe(worse, self.clock()):
+            return []
+        return [
+            self._deploy(
+                state,
+                "rollback",
+                previous,
+                f"new champion v{vs.version} {name} {value:.4f} is worse than the previous "
+                f"champion v{previous} {baseline:.4f} beyond the margin",
+                {
+                    "metric": name,
+                    "champion": vs.version,
+                    "champion_value": value,
+                    "previous": previous,
+                    "previous_value": baseline,
+                    "labelled_rows": len(vs.quality),
+                    "rollback_margin": state.contract.monitoring.rollback_margin,
+                },
+            )
+        ]
+
+    def _retrain(self, state: ModelState, reason: str, evidence: dict[str, Any]) -> Outgoing:
+        model = state.contract.name
+        event = RetrainRequest(model=model, reason=reason, requested_by=ACTOR, evidence=evidence)
+        self.metrics.actions.labels(model, "retrain").inc()
+        self.logger.warning("action.retrain", model=model, reason=reason, evidence=evidence)
+        return Outgoing(topics.RETRAIN_REQUESTS, model, event)
+
+    def _deploy(
+        self, state: ModelState, action: str, version: int, reason: str, evidence: dict[str, Any]
+    ) -> Outgoing:
+        model = state.contract.name
+        event = Deployment(
+            model=model,
+            action="rollback" if action == "rollback" else "promote",
+            version=version,
+            champion_version=version,
+            actor=ACTOR,
+            reason=reason,
+        )
+        self.metrics.actions.labels(model, action).inc()
+        self.logger.warning(
+            f"action.{action}", model=model, version=version, reason=reason, evidence=evidence
+        )
+        self.on_deployment(event)
+        return Outgoing(topics.MODELS_DEPLOYMENTS, model, event)
+
+    # --- control-plane events ---------------------------------------------------------
+
+    def on_deployment(self, d: Deployment) -> None:
+        """Follow champion/challenger changes (from training, users or ourselves)."""
+        state = self.model(d.model)
+        if state is None:
+            self.metrics.rejected.labels(topics.MODELS_DEPLOYMENTS, "unknown_model").inc()
+            return
+        if d.action == "promote":
+            if d.version != state.champion:
+                old = state.versions.get(state.champion) if state.champion is not None else None
+                state.previous_champion = state.champion
+                state.baseline = old.last_primary if old is not None else None
+                state.champion = d.version
+            if state.challenger == d.version:
+                state.challenger, state.challenger_mode = None, None
+        elif d.action in ("shadow", "canary"):
+            state.challenger, state.challenger_mode = d.version, d.action
+            if d.champion_version is not None:
+                state.champion = d.champion_version
+        elif d.action == "rollback":
+            state.champion = d.version
+            state.challenger, state.challenger_mode = None, None
+            state.previous_champion, state.baseline = None, None
+        elif d.action == "retire" and state.challenger == d.version:
+            state.challenger, state.challenger_mode = None, None
+        state.rollback_trigger.streak = 0
+        state.promote_trigger.streak = 0
+        self.logger.info(
+            "deployment.seen",
+            model=d.model,
+            action=d.action,
+            version=d.version,
+            actor=d.actor,
+            champion=state.champion,
+            challenger=state.challenger,
+        )
+
+    def on_registered(self, event: ModelRegistered) -> None:
+        """Note a new model version."""
+        if self.model(event.model) is None:
+            self.metrics.rejected.labels(topics.MODELS_REGISTERED, "unknown_model").inc()
+            return
+        self.metrics.registered.labels(event.model).set(event.version)
+        self.logger.info("model.registered", model=event.model, version=event.version)
+
+    def _dataset(self, name: str | None) -> str:
+        return name if name in self.contracts else "other" if name else UNKNOWN
+
+    def on_validated(self, event: DatasetValidated) -> None:
+        """Count a new dataset version."""
+        self.metrics.dataset_versions.labels(self._dataset(event.dataset)).inc()
+
+    def on_dead_letter(self, event: DeadLetter) -> None:
+        """Count a dead letter."""
+        self.metrics.dlq.labels(self._dataset(event.dataset)).inc()
+
+    def on_quarantined(self, event: BatchQuarantined) -> None:
+        """Count a quarantined batch."""
+        self.metrics.quarantined.labels(self._dataset(event.dataset)).inc()

@@ -1,0 +1,276 @@
+"""The Kafka adapters: one consumer feeding the core, one producer for its actions.
+
+Offsets are committed only once the consumed records' effect is durable: the
+prediction log is flushed to the store first (the core's in-memory windows are
+rebuilt from traffic after a restart; the log is the audit trail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from shared import topics
+from shared.events import (
+    BatchQuarantined,
+    DatasetValidated,
+    DeadLetter,
+    Deployment,
+    Feedback,
+    ModelRegistered,
+    Prediction,
+)
+from shared.kafka import client_kwargs, consumer_kwargs, consumer_lag, ensure_topics, headers
+from shared.settings import KafkaSettings
+
+from .core import MonitoringCore, Outgoing
+from .metrics import MonitoringMetrics
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[Any]"]
+
+CONSUMED: dict[str, type[BaseModel]] = {
+    topics.PREDICTIONS: Prediction,
+    topics.FEEDBACK: Feedback,
+    topics.DATA_VALIDATED: DatasetValidated,
+    topics.MODELS_REGISTERED: ModelRegistered,
+    topics.MODELS_DEPLOYMENTS: Deployment,
+    topics.DATA_EVENTS_DLQ: DeadLetter,
+    topics.DATA_QUARANTINED: BatchQuarantined,
+}
+
+
+class KafkaPublisher:
+    """Publishes action events keyed by model name, with the standard headers.
+
+    Args:
+        settings: Kafka settings.
+        log: the service logger.
+        attempts: sends tried before the error is raised.
+    """
+
+    def __init__(self, settings: KafkaSettings, log: Any, attempts: int = 5):
+        self.settings = settings
+        self.log = log
+        self.attempts = attempts
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(settings, "monitoring-producer"), acks="all"
+        )
+
+    async def start(self) -> None:
+        """Connect."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        await self._producer.stop()
+
+    async def publish(self, item: Outgoing) -> None:
+        """Send one event and wait for the broker's acknowledgement (retried)."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await self._producer.send_and_wait(
+                    item.topic,
+                    value=item.event.model_dump_json().encode(),
+                    key=item.key.encode(),
+                    headers=[(k, v.encode()) for k, v in headers(item.event.id).items()],
+                )
+                return
+            except KafkaError as err:
+                if attempt == self.attempts:
+                    raise
+                self.log.warning(
+                    "publish.retry", topic=item.topic, attempt=attempt, error=repr(err)
+                )
+                await asyncio.sleep(0.5 * 2**attempt)  # back-off between attempts
+                await ensure_topics(self.settings, [item.topic], attempts=5)
+
+
+class MonitoringConsumer:
+    """Consumes monitoring's topics in batches and hands them to the core.
+
+    Args:
+        settings: Kafka settings.
+        group_id: the consumer group.
+        core: the transport-free core.
+        publisher: where the core's actions go.
+        metrics: the service's metrics.
+        log: the service logger.
+        spawn: runs the loop as a supervised task (a crash stops the service).
+        poll_timeout_ms: how long one poll waits.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group_id: str,
+        core: MonitoringCore,
+        publisher: KafkaPublisher,
+        metrics: MonitoringMetrics,
+        log: Any,
+        spawn: Spawn,
+        poll_timeout_ms: int = 500,
+    ):
+        self.settings = settings
+        self.spawn = spawn
+        self.core = core
+        self.publisher = publisher
+        self.metrics = metrics
+        self.log = log
+        self.poll_timeout_ms = poll_timeout_ms
+        self._consumer = AIOKafkaConsumer(
+            *CONSUMED, **consumer_kwargs(settings, "monitoring-consumer", group_id)
+        )
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Join the group and start consuming."""
+        await self._consumer.start()
+        self._task = self.spawn(self._loop(), "monitoring-consumer")
+
+    async def stop(self) -> None:
+        """Stop consuming, flush the log, commit, leave the group."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(KafkaError, OSError):
+            await self._flush_and_commit()
+        await self._consumer.stop()
+
+    async def _loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
+                for tp, records in batch.items():
+                    await self._handle(tp.topic, records)
+                    self._uncommitted[tp] = records[-1].offset + 1
+                if self.core.predlog.pending == 0 or self.core.predlog.due():
+                    await self._flush_and_commit()
+                failures = 0
+            except KafkaError as err:
+                # Broker gone or restarted: recreate the topics (Tansu loses them) and go on.
+                failures += 1
+                self.log.warning("consumer.error", error=repr(err), failures=failures)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))  # back-off, not readiness
+                await ensure_topics(self.settings, CONSUMED)
+
+    def _decode(self, topic: str, record: ConsumerRecord[bytes, bytes]) -> BaseModel | None:
+        model = CONSUMED[topic]
+        try:
+            return model.model_validate_json(record.value or b"")
+        except ValidationError as err:
+            self.metrics.rejected.labels(topic, "invalid").inc()
+            self.log.warning(
+                "record.rejected",
+                topic=topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=err.errors(include_url=False)[0]["msg"],
+            )
+            return None
+
+    async def _handle(self, topic: str, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        decoded = [e for e in (self._decode(topic, r) for r in records) if e is not None]
+        out: list[Outgoing] = []
+        if topic == topics.PREDICTIONS:
+            out = self.core.on_predictions([e for e in decoded if isinstance(e, Prediction)])
+        elif topic == topics.FEEDBACK:
+            out = self.core.on_feedback([e for e in decoded if isinstance(e, Feedback)])
+        else:
+            for e in decoded:
+                if isinstance(e, Deployment):
+                    self.core.on_deployment(e)
+                elif isinstance(e, ModelRegistered):
+                    self.core.on_registered(e)
+                elif isinstance(e, DatasetValidated):
+                    self.core.on_validated(e)
+                elif isinstance(e, DeadLetter):
+                    self.core.on_dead_letter(e)
+                elif isinstance(e, BatchQuarantined):
+                    self.core.on_quarantined(e)
+        for item in out:
+            await self.publisher.publish(item)
+
+    async def _flush_and_commit(self) -> None:
+        if self.core.predlog.pending:
+            kinds = self.core.predlog.pending_kinds()
+            # Parquet encoding and the store write are blocking: keep the loop responsive.
+            uris = await asyncio.to_thread(self.core.predlog.flush)
+            for kind, rows in kinds.items():
+                self.metrics.log_rows.labels(kind).inc(rows)
+            self.log.info("log.flushed", objects=len(uris), **kinds)
+        if not self._uncommitted:
+            return
+        offsets = {tp: OffsetAndMetadata(o, "") for tp, o in self._uncommitted.items()}
+        try:
+            await self._consumer.commit(offsets)
+            self._uncommitted.clear()
+        except CommitFailedError as err:
+            # The group rebalanced: the new owner resumes from the last commit.
+            self.log.warning("commit.failed", error=repr(err))
+            self._uncommitted.clear()
+
+
+class LagProbe:
+    """Measures every consumer group's lag periodically into a gauge.
+
+    Args:
+        settings: Kafka settings.
+        metrics: the service's metrics.
+        log: the service logger.
+        spawn: runs the loop as a supervised task.
+        interval_s: seconds between measurements.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        metrics: MonitoringMetrics,
+        log: Any,
+        spawn: Spawn,
+        interval_s: float,
+    ):
+        self.settings = settings
+        self.spawn = spawn
+        self.metrics = metrics
+        self.log = log
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start measuring."""
+        self._task = self.spawn(self._loop(), "monitoring-lag")
+
+    async def stop(self) -> None:
+        """Stop measuring."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def measure(self) -> None:
+        """One measurement of every group's lag per topic (Flywheel groups only)."""
+        lag = await consumer_lag(self.settings)
+        for group, per_topic in lag.items():
+            if not group.startswith("flywheel-"):
+                continue  # bounded labels: other applications' groups are not ours to chart
+            for topic, behind in per_topic.items():
+                if topic in topics.ALL_TOPICS:
+                    self.metrics.consumer_lag.labels(group, topic).set(behind)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.measure()
+            except (KafkaError, OSError) as err:
+                self.log.warning("lag.failed", error=repr(err))
+            await asyncio.sleep(self.interval_s)  # the measurement period

@@ -1,0 +1,114 @@
+"""Drift of served rows against the training reference of the version that served them.
+
+Feature values are counted on the reference profile's own bins
+(:class:`shared.drift.StreamingHistogram`), so a window costs O(bins) memory. When a
+window of ``window_rows`` rows is complete its scores are computed and the counts
+reset (tumbling windows).
+
+Prediction drift: profiles carry no score histogram, so the reference of a version's
+score distribution is its *first complete window* of served scores, counted on fixed
+equal-width bins over [0, 1] (positive-class probability); later windows are compared
+with it by PSI. This measures how the version's outputs move after it went live; it
+is blind to a shift already present in the first window (the feature drift covers that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.contract import Contract
+from shared.drift import Profile, StreamingHistogram, feature_scores, psi, reference_counts
+from shared.features import to_frame
+
+SCORE_BINS = 20
+SCORE_EDGES = [float(e) for e in np.linspace(0.0, 1.0, SCORE_BINS + 1)[1:-1]]
+
+
+@dataclass
+class WindowReport:
+    """Scores of one completed window."""
+
+    rows: int
+    features: dict[str, dict[str, float]]
+    """feature -> {"psi", "ks"} (numeric) or {"psi", "js", "chi2_p"} (category)."""
+    prediction_drift: float | None
+    drifted: list[str] = field(default_factory=list)
+
+
+def _as_float(value: Any) -> float:
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")  # a score that is not a number cannot be binned
+
+
+class VersionDrift:
+    """Tumbling-window drift of one model version.
+
+    Args:
+        contract: the model's data contract (values are converted as for training).
+        profile: the reference profile of the version's training data.
+        window_rows: rows per window.
+        psi_threshold: a feature whose PSI exceeds this is reported as drifted.
+    """
+
+    def __init__(
+        self, contract: Contract, profile: Profile, window_rows: int, psi_threshold: float
+    ):
+        self.contract = contract
+        self.profile = profile
+        self.window_rows = window_rows
+        self.psi_threshold = psi_threshold
+        known = set(contract.feature_names)
+        self.features = [f for f in (*profile.numeric, *profile.categories) if f in known]
+        self.hists: dict[str, StreamingHistogram] = {
+            f: reference_counts(profile, f)[1] for f in self.features
+        }
+        self.scores = StreamingHistogram(edges=SCORE_EDGES)
+        self.score_reference: np.ndarray | None = None
+        self.rows = 0
+
+    def add(
+        self, inputs: Sequence[Mapping[str, Any]], scores: Sequence[float | None]
+    ) -> list[WindowReport]:
+        """Count rows; a report for every window they complete."""
+        reports: list[WindowReport] = []
+        start = 0
+        while start < len(inputs):
+            take = min(self.window_rows - self.rows, len(inputs) - start)
+            self._count(inputs[start : start + take], scores[start : start + take])
+            self.rows += take
+            start += take
+            if self.rows >= self.window_rows:
+                reports.append(self._close())
+        return reports
+
+    def _count(self, rows: Sequence[Mapping[str, Any]], scores: Sequence[float | None]) -> None:
+        # The same conversion as the training frame the profile was built from.
+        frame = to_frame(
+            self.contract, {f: [r.get(f) for r in rows] for f in self.contract.feature_names}
+        )
+        for f, hist in self.hists.items():
+            hist.update(frame[f].to_numpy())
+        self.scores.update([_as_float(s) for s in scores])
+
+    def _close(self) -> WindowReport:
+        per_feature = {f: feature_scores(self.profile, f, h.counts) for f, h in self.hists.items()}
+        drifted = [f for f, s in per_feature.items() if s["psi"] > self.psi_threshold]
+        prediction_drift: float | None = None
+        if self.scores.total:
+            if self.score_reference is None:
+                self.score_reference = self.scores.counts.copy()
+            prediction_drift = psi(self.score_reference, self.scores.counts)
+        report = WindowReport(self.rows, per_feature, prediction_drift, drifted)
+        for h in self.hists.values():
+            h.reset()
+        self.scores.reset()
+        self.rows = 0
+        return report

@@ -1,0 +1,369 @@
+"""Monitoring's transport-free core: join, windows, drift, triggers, actions, the log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from services.monitoring.actions import Trigger
+from services.monitoring.core import Limits, MonitoringCore
+from services.monitoring.join import LabelJoin, Pending
+from services.monitoring.metrics import MonitoringMetrics
+from services.monitoring.predlog import PredictionLog, find_feedback, find_prediction
+from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
+from services.monitoring.testing import load_car_loan, prediction_events, seed_version
+from services.monitoring.window_drift import VersionDrift
+from shared import topics
+from shared.contract import Contract, load_contract
+from shared.datasets import DatasetCatalog
+from shared.drift import build_profile
+from shared.events import Deployment, Feedback, Prediction, RetrainRequest
+from shared.features import to_frame
+from shared.registry import ModelManifest, Registry
+from shared.store import ArtifactStore
+from tests.conftest import CONTRACTS, need_data
+
+DRIFTED = {"car_value", "loan_length", "salary_range", "repaid_loan_on_prev_car"}
+
+
+class Clock:
+    """A hand-driven monotonic clock for cool-downs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def car_loan() -> tuple[pd.DataFrame, pd.DataFrame]:
+    data = need_data("synthetic_car_loan_reference.csv")[0].parent
+    return load_car_loan(data)
+
+
+@pytest.fixture
+def contract() -> Contract:
+    return load_contract(CONTRACTS / "car_loan.yaml")
+
+
+def _pending(model: str = "m", at: float = 0.0) -> Pending:
+    return Pending(model, 1, "champion", 1, 0.9, {}, None, None, None, at)
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_trigger_needs_consecutive_windows_and_respects_cooldown() -> None:
+    t = Trigger(consecutive=2, cooldown_s=60)
+    assert [t.observe(c, 0) for c in (True, False, True)] == [False, False, False]
+    assert t.observe(True, 1) is True  # second in a row
+    assert t.observe(True, 2) is False
+    assert t.observe(True, 3) is False
+    assert t.observe(True, 70) is True
+
+
+def test_join_is_bounded_by_size_and_age() -> None:
+    join = LabelJoin(max_pending=2, max_age_s=10)
+    assert join.add("a", _pending(at=0)) == []
+    assert join.add("b", _pending(at=1)) == []
+    evicted = join.add("c", _pending(at=2))
+    assert len(evicted) == 1
+    assert evicted[0].at == 0
+    assert join.match("a") is None  # evicted: the feedback is late
+    assert join.match("b") is not None
+    assert join.match("b") is None  # labelled once
+    assert [p.at for p in join.expire(13)] == [2]
+    assert len(join) == 0
+
+
+def test_quality_window_metrics_and_group_gaps() -> None:
+    w = QualityWindow(size=4, task="classification", positive=1, min_group_rows=1)
+    rows = [
+        (1, 1, 0.9, "a"),
+        (0, 1, 0.6, "a"),
+        (0, 0, 0.2, "b"),
+        (1, 0, 0.4, "b"),
+        (1, 1, 0.8, "b"),
+    ]
+    for truth, pred, score, g in rows:
+        w.add(Labelled(truth, pred, score, {"g": g}))
+    assert len(w) == 4  # the oldest row slid out
+    m = w.metrics()
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["roc_auc"] == pytest.approx(0.75)
+    groups = w.group_metrics("g")
+    assert groups["g=a"] == {"selection_rate": 1.0, "fpr": 1.0}
+    assert groups["g=b"]["fnr"] == pytest.approx(0.5)
+    assert largest_gaps(groups)["selection_rate"] == pytest.approx(1.0 - 1 / 3)
+    reg = QualityWindow(size=10, task="regression")
+    for truth, pred in ((1.0, 2.0), (3.0, 1.0)):
+        reg.add(Labelled(truth, pred, None, {}))
+    assert reg.metrics() == {"mae": 1.5, "rmse": pytest.approx(np.sqrt(2.5))}
+
+
+def test_window_drift_flags_the_drifted_car_loan_features(
+    contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    reference, analysis = car_loan
+    frame = to_frame(contract, {f: reference[f].to_numpy() for f in contract.feature_names})
+    profile = build_profile(contract, frame, reference["repaid"].to_numpy())
+    drift = VersionDrift(contract, profile, window_rows=5000, psi_threshold=0.2)
+    first = analysis.iloc[:5000]
+    second = analysis.iloc[-5000:]
+    rows = [*first.to_dict(orient="records"), *second.to_dict(orient="records")]
+    reports = drift.add(
+        rows, list(analysis["y_pred_proba"].iloc[:5000]) + list(second["y_pred_proba"])
+    )
+    assert [r.rows for r in reports] == [5000, 5000]
+    assert reports[0].drifted == []
+    assert set(reports[1].drifted) | {
+        f for f, s in reports[1].features.items() if s.get("ks", 0) > 0.1 or s.get("js", 0) > 0.1
+    } >= DRIFTED
+    assert {"car_value", "loan_length"} <= set(reports[1].drifted)
+    assert reports[1].features["debt_to_income_ratio"]["psi"] < 0.05
+    assert reports[0].prediction_drift == 0.0  # the first window is the score reference
+    assert reports[1].prediction_drift is not None
+    assert reports[1].prediction_drift > 0
+    # Bounded memory: only the reference bins are counted, whatever the traffic.
+    assert all(h.counts.size <= 21 for h in drift.hists.values())
+
+
+def _core(
+    store: ArtifactStore, contract: Contract, clock: Clock, **limits: Any
+) -> tuple[MonitoringCore, CollectorRegistry]:
+    registry = CollectorRegistry()
+    core = MonitoringCore(
+        {contract.name: contract},
+        Registry(store),
+        DatasetCatalog(store),
+        MonitoringMetrics(registry),
+        LabelJoin(100_000, 3600),
+        PredictionLog(store, flush_rows=10_000, flush_s=60),
+        structlog.get_logger("test"),
+        Limits(**{"eval_every_labels": 100, **limits}),
+        clock=clock,
+    )
+    core.load_aliases()
+    return core, registry
+
+
+def _feedback(rows: pd.DataFrame, manifest: ModelManifest, invert: bool = False) -> list[Feedback]:
+    return [
+        Feedback(prediction_id=f"car_loan-{i}-{manifest.version}", label=int(y))
+        for i, y in zip(rows["id"], rows["repaid"], strict=True)
+    ]
+
+
+def test_served_drift_raises_the_metric_and_requests_a_retrain_with_evidence(
+    tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    reference, analysis = car_loan
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    manifest = seed_version(store, contract, reference.iloc[:20_000], 1)
+    clock = Clock()
+    core, reg = _core(store, contract, clock, window_rows=2000)
+    calm = list(prediction_events(contract, analysis.iloc[:4000], manifest))
+    assert core.on_predictions(calm) == []
+    psi_calm = _value(
+        reg,
+        "flywheel_monitoring_drift_score",
+        model="car_loan",
+        version="1",
+        feature="car_value",
+        stat="psi",
+    )
+    assert psi_calm is not None
+    assert psi_calm < 0.1
+    drifted = list(prediction_events(contract, analysis.iloc[-4000:], manifest))
+    out = core.on_predictions(drifted)
+    psi_drift = _value(
+        reg,
+        "flywheel_monitoring_drift_score",
+        model="car_loan",
+        version="1",
+        feature="car_value",
+        stat="psi",
+    )
+    assert psi_drift is not None
+    assert psi_drift > 0.2 > psi_calm
+    assert [o.topic for o in out] == [topics.RETRAIN_REQUESTS]  # after two windows in a row
+    request = out[0].event
+    assert isinstance(request, RetrainRequest)
+    assert request.requested_by == "monitoring"
+    assert request.model == "car_loan"
+    assert request.evidence["trigger"] == "drift"
+    assert request.evidence["model_version"] == 1
+    assert len(request.evidence["windows"]) == 2
+    assert {"car_value", "loan_length"} <= set(request.evidence["windows"][-1]["drifted"])
+    # Cool-down: more drifted windows do not loop.
+    assert (
+        core.on_predictions(list(prediction_events(contract, analysis.iloc[-8000:-4000], manifest)))
+        == []
+    )
+    assert _value(reg, "flywheel_monitoring_actions_total", model="car_loan", action="retrain") == 1
+
+
+def _serve(
+    core: MonitoringCore,
+    contract: Contract,
+    rows: pd.DataFrame,
+    champion: ModelManifest,
+    canary: ModelManifest,
+    canary_invert: bool,
+) -> list[Any]:
+    """Every 4th row answered by the canary; then all the feedback."""
+    out = []
+    preds: list[Prediction] = []
+    for i, (_, chunk) in enumerate(rows.groupby(np.arange(len(rows)) % 4 == 0)):
+        manifest = canary if i == 1 else champion
+        preds.extend(
+            prediction_events(
+                contract,
+                chunk,
+                manifest,
+                role="canary" if i == 1 else "champion",
+                invert=canary_invert and i == 1,
+            )
+        )
+    out.extend(core.on_predictions(preds))
+    fb = [
+        Feedback(
+            prediction_id=p.id, label=int(rows.set_index("id").loc[int(p.request_id), "repaid"])
+        )
+        for p in preds
+    ]
+    out.extend(core.on_feedback(fb))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("invert", "action", "version"), [(True, "rollback", 1), (False, "promote", 2)]
+)
+def test_canary_is_rolled_back_when_worse_and_promoted_when_not(
+    tmp_path: Path,
+    contract: Contract,
+    car_loan: tuple[pd.DataFrame, pd.DataFrame],
+    invert: bool,
+    action: str,
+    version: int,
+) -> None:
+    reference, analysis = car_loan
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    v1 = seed_version(store, contract, reference.iloc[:5000], 1)
+    v2 = seed_version(store, contract, reference.iloc[5000:10_000], 2, champion=False)
+    clock = Clock()
+    core, reg = _core(store, contract, clock)
+    core.on_deployment(
+        Deployment(
+            model="car_loan",
+            action="canary",
+            version=2,
+            champion_version=1,
+            canary_percent=25,
+            reason="t",
+        )
+    )
+    out = _serve(core, contract, analysis.iloc[:4000], v1, v2, canary_invert=invert)
+    deployments = [o.event for o in out if o.topic == topics.MODELS_DEPLOYMENTS]
+    assert len(deployments) == 1
+    d = deployments[0]
+    assert isinstance(d, Deployment)
+    assert (d.action, d.version, d.actor) == (action, version, "monitoring")
+    assert _value(reg, "flywheel_monitoring_actions_total", model="car_loan", action=action) == 1
+    diff = _value(
+        reg, "flywheel_monitoring_metric_difference", model="car_loan", champion="1", challenger="2"
+    )
+    assert diff is not None
+    assert (diff < -0.02 if invert else diff > -0.02)
+    assert core.models["car_loan"].challenger is None
+    assert core.models["car_loan"].champion == version
+
+
+def test_feedback_joins_counts_late_labels_and_the_log_reads_back(
+    tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    reference, analysis = car_loan
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    manifest = seed_version(store, contract, reference.iloc[:3000], 1)
+    core, reg = _core(store, contract, Clock(), eval_every_labels=10)
+    rows = analysis.iloc[:200]
+    preds = list(prediction_events(contract, rows, manifest))
+    core.on_predictions(preds)
+    core.on_feedback([*_feedback(rows, manifest), Feedback(prediction_id="nobody", label=1)])
+    joined = _value(reg, "flywheel_monitoring_labels_total", model="car_loan", outcome="joined")
+    assert joined == 200
+    assert _value(reg, "flywheel_monitoring_labels_total", model="unknown", outcome="late") == 1
+    acc = _value(
+        reg, "flywheel_monitoring_live_metric", model="car_loan", version="1", metric="accuracy"
+    )
+    assert acc is not None
+    assert 0.5 < acc <= 1.0
+    gap = _value(
+        reg,
+        "flywheel_monitoring_fairness_gap",
+        model="car_loan",
+        version="1",
+        attribute="salary_range",
+        metric="selection_rate",
+    )
+    assert gap is not None
+    uris = core.predlog.flush()
+    assert len(uris) == 3  # predictions, joined feedback, late feedback
+    found = find_prediction(store, preds[7].id)
+    assert found is not None
+    assert found["model_version"] == 1
+    assert found["outputs"] == preds[7].outputs
+    assert [f["label"] for f in find_feedback(store, preds[7].id)] == [int(rows["repaid"].iloc[7])]
+    assert find_prediction(store, "nobody") is None
+
+
+def test_unknown_models_are_rejected_and_counted(tmp_path: Path, contract: Contract) -> None:
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    core, reg = _core(store, contract, Clock())
+    stranger = Prediction(
+        model="nope",
+        model_version=1,
+        data_version="x",
+        request_id="r",
+        inputs={},
+        outputs={},
+        latency_ms=1,
+    )
+    assert core.on_predictions([stranger]) == []
+    assert (
+        _value(
+            reg, "flywheel_monitoring_rejected_total", topic="predictions", reason="unknown_model"
+        )
+        == 1
+    )
+    assert core.predlog.pending == 0
+
+
+def test_old_versions_series_are_removed(
+    tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    reference, analysis = car_loan
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    manifests = [
+        seed_version(store, contract, reference.iloc[:1000], v, champion=v == 3) for v in (1, 2, 3)
+    ]
+    core, reg = _core(store, contract, Clock(), window_rows=100, max_versions=2)
+    for m in manifests:
+        core.on_predictions(
+            list(prediction_events(contract, analysis.iloc[:100], m, role="shadow"))
+        )
+    series = {
+        s.labels["version"]
+        for metric in reg.collect()
+        if metric.name == "flywheel_monitoring_drift_score"
+        for s in metric.samples
+    }
+    assert series == {"2", "3"}
