@@ -401,3 +401,61 @@ def test_dockerfile_copies_only_what_exists_and_is_not_ignored() -> None:
         for source in sources:
             assert (ROOT / source).exists(), source
             assert source not in ignored, f"{source} is excluded by .dockerignore"
+
+
+def runtime_distributions() -> set[str]:
+    """Normalised names of ``[project.dependencies]`` and everything they pull in."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pending = [Requirement(r) for r in project["dependencies"]]
+    seen: set[str] = set()
+    while pending:
+        req = pending.pop()
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.distribution(req.name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            sub = Requirement(text)
+            extras = req.extras or {""}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                pending.append(sub)
+    return seen
+
+
+def test_image_code_imports_only_runtime_dependencies() -> None:
+    """The image installs ``pip install .`` without [dev]: no service may import a dev tool."""
+    import ast
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    allowed = runtime_distributions()
+    owners = metadata.packages_distributions()
+    problems = set()
+    for package in ("shared", "services"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in ("shared", "services"):
+                        continue
+                    dists = {canonicalize_name(d) for d in owners.get(top, [])}
+                    if not dists & allowed:
+                        problems.add(f"{path.relative_to(ROOT)}: {module} ({sorted(dists)})")
+    assert not problems, sorted(problems)
