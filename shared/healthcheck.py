@@ -149,8 +149,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one probe; the exit code (0 healthy, 1 not, 2 bad arguments)."""
-    args = _parser().parse_args(argv)
+    """Run one probe; the exit code: 0 healthy, 1 unhealthy or misconfigured.
+
+    Docker reserves exit code 2 in health checks, so argument errors exit 1 too.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return 0 if exc.code in (0, None) else 1
     problem: str | None
     if args.mode == "grpc":
         problem = check_grpc(
@@ -162,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = args.name or os.environ.get(SERVICE_ENV, "")
         if not name:
             print(f"unhealthy: no service named (argument or ${SERVICE_ENV})", file=sys.stderr)
-            return 2
+            return 1
         problem = check_service(name, host=args.host, timeout=args.timeout)
     if problem is not None:
         print(f"unhealthy: {problem}", file=sys.stderr)

@@ -155,9 +155,11 @@ def test_command_line_exit_codes(metrics_port: int) -> None:
     dead = run("grpc", f"127.0.0.1:{free_port()}")
     assert dead.returncode == 1
     assert dead.stderr.startswith("unhealthy: grpc")
+    # Docker reserves exit code 2 in health checks: misconfiguration is "unhealthy" (1)
     nameless = run("service")
-    assert nameless.returncode == 2
+    assert nameless.returncode == 1
     assert healthcheck.SERVICE_ENV in nameless.stderr
+    assert healthcheck.main(["no-such-mode"]) == 1
 
 
 def test_service_mode_over_tls_probes_the_metrics_endpoint_only(
