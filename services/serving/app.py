@@ -83,7 +83,7 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
         batch_max_delay_s=settings.batch_max_delay_ms / 1000.0,
         intra_op_threads=settings.ort_intra_op_threads,
         canary_percent=settings.canary_percent,
-        challenger_mode="canary" if settings.challenger_mode == "canary" else "shadow",
+        challenger_mode=settings.challenger_mode,
     )
     sink = PredictionSink(settings.kafka)
 

@@ -1,4 +1,4 @@
-"""The data plane: decode-free inference logic every transport adapter delegates to.
+"""The data plane: transport-free inference logic every adapter delegates to.
 
 ``infer`` routes a request (pinned version, canary share, champion + shadow), turns its
 tensors into ONNX feeds, runs the model (directly or through the adaptive batcher),

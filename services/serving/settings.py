@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -31,7 +33,7 @@ class ServingSettings(ServiceSettings):
     thread suits small batches and leaves the other cores to gRPC."""
     canary_percent: float = Field(10.0, gt=0, le=100)
     """Share of rows a canary answers when its deployment event does not say."""
-    challenger_mode: str = Field("shadow", pattern="^(shadow|canary)$")
+    challenger_mode: Literal["shadow", "canary"] = "shadow"
     """How a registry ``challenger`` with no recorded mode is deployed at start-up."""
     event_buffer_rows: int = Field(100_000, ge=1)
     """Bound of the prediction-event buffer, in rows; beyond it events are dropped and
