@@ -33,7 +33,7 @@ from shared.events import (
 from shared.registry import Registry
 
 from .actions import Trigger
-from .join import LabelJoin, Pending
+from .join import EarlyLabel, LabelJoin, Pending
 from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
 from .quality import Labelled, QualityWindow, largest_gaps
@@ -256,7 +256,7 @@ class MonitoringCore:
             if p.role == "champion" and state.champion is None:
                 state.champion = p.model_version
             by_version.setdefault((p.model, p.model_version, p.role), []).append(p)
-            self._remember(state, p, now)
+            out.extend(self._remember(state, p, now))
         for (model, version, role), rows in by_version.items():
             state = self.models[model]
             vs = self._version(state, version)
@@ -266,9 +266,10 @@ class MonitoringCore:
             for report in reports:
                 out.extend(self._on_window(state, vs, role, report))
         self.metrics.pending_labels.set(len(self.join))
+        self.metrics.early_feedback.set(self.join.early)
         return out
 
-    def _remember(self, state: ModelState, p: Prediction, now: float) -> None:
+    def _remember(self, state: ModelState, p: Prediction, now: float) -> list[Outgoing]:
         shadow = p.shadow or {}
         shadow_outputs = shadow.get("outputs") if isinstance(shadow, dict) else None
         shadow_version = shadow.get("model_version") if shadow_outputs is not None else None
@@ -290,39 +291,56 @@ class MonitoringCore:
             self.metrics.agreement.labels(
                 p.model, str(p.model_version), str(pending.shadow_version)
             ).set(sum(svs.agreement) / len(svs.agreement))
+        early = self.join.take_early(p.id)
+        if early is not None:
+            # Its feedback was consumed first (another topic): join it now.
+            fb = Feedback(prediction_id=p.id, label=early.label)
+            return self._joined(pending, fb, utcnow().isoformat())
         for evicted in self.join.add(p.id, pending):
             self.metrics.labels.labels(evicted.model, "unmatched_evicted").inc()
+        return []
 
     def on_feedback(self, feedback: Sequence[Feedback]) -> list[Outgoing]:
         """Join labels to their predictions and re-evaluate live quality."""
         out: list[Outgoing] = []
         received = utcnow().isoformat()
-        for evicted in self.join.expire(self.clock()):
+        now = self.clock()
+        for evicted in self.join.expire(now):
             self.metrics.labels.labels(evicted.model, "unmatched_evicted").inc()
+        self._late(self.join.expire_early(now), received)
         for fb in feedback:
             pending = self.join.match(fb.prediction_id)
             if pending is None:
-                self.metrics.labels.labels(UNKNOWN, "late").inc()
-                self.predlog.add_feedback(fb, None, None, received)
+                self._late(self.join.hold(EarlyLabel(fb.prediction_id, fb.label, now)), received)
                 continue
-            self.metrics.labels.labels(pending.model, "joined").inc()
-            self.predlog.add_feedback(fb, pending.model, pending.version, received)
-            state = self.models[pending.model]
-            vs = self._version(state, pending.version)
-            vs.quality.add(Labelled(fb.label, pending.predicted, pending.score, pending.groups))
-            touched = [vs]
-            if pending.shadow_version is not None:
-                svs = self._version(state, pending.shadow_version)
-                svs.quality.add(
-                    Labelled(
-                        fb.label, pending.shadow_predicted, pending.shadow_score, pending.groups
-                    )
-                )
-                touched.append(svs)
-            for t in touched:
-                if t.quality.since_eval >= self.limits.eval_every_labels:
-                    out.extend(self._evaluate(state, t))
+            out.extend(self._joined(pending, fb, received))
         self.metrics.pending_labels.set(len(self.join))
+        self.metrics.early_feedback.set(self.join.early)
+        return out
+
+    def _late(self, labels: Sequence[EarlyLabel], received: str) -> None:
+        for label in labels:
+            self.metrics.labels.labels(UNKNOWN, "late").inc()
+            fb = Feedback(prediction_id=label.prediction_id, label=label.label)
+            self.predlog.add_feedback(fb, None, None, received)
+
+    def _joined(self, pending: Pending, fb: Feedback, received: str) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        self.metrics.labels.labels(pending.model, "joined").inc()
+        self.predlog.add_feedback(fb, pending.model, pending.version, received)
+        state = self.models[pending.model]
+        vs = self._version(state, pending.version)
+        vs.quality.add(Labelled(fb.label, pending.predicted, pending.score, pending.groups))
+        touched = [vs]
+        if pending.shadow_version is not None:
+            svs = self._version(state, pending.shadow_version)
+            svs.quality.add(
+                Labelled(fb.label, pending.shadow_predicted, pending.shadow_score, pending.groups)
+            )
+            touched.append(svs)
+        for t in touched:
+            if t.quality.since_eval >= self.limits.eval_every_labels:
+                out.extend(self._evaluate(state, t))
         return out
 
     # --- drift ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The delayed-label join: predictions wait (bounded) for their feedback.
 
 State is an insertion-ordered dict keyed by prediction id, capped by count and age;
-a prediction pushed out before its label arrived is counted as evicted, and feedback
-for an id that is not waiting (evicted, never seen, or already labelled) as late.
+a prediction pushed out before its label arrived is counted as evicted. Feedback can
+be consumed before its prediction (they travel on different topics and partitions),
+so feedback for an id that is not waiting is itself held, bounded the same way, until
+the prediction shows up; feedback evicted from there never matched and is counted late.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ class Pending:
     """Arrival time (monotonic seconds) used for age eviction."""
 
 
+@dataclass(frozen=True)
+class EarlyLabel:
+    """Feedback waiting for its prediction."""
+
+    prediction_id: str
+    label: Any
+    at: float
+
+
 class LabelJoin:
     """Bounded map of predictions waiting for feedback.
 
@@ -41,6 +52,7 @@ class LabelJoin:
         self.max_pending = max_pending
         self.max_age_s = max_age_s
         self._pending: OrderedDict[str, Pending] = OrderedDict()
+        self._early: OrderedDict[str, EarlyLabel] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -67,5 +79,34 @@ class LabelJoin:
         return evicted
 
     def match(self, prediction_id: str) -> Pending | None:
-        """The waiting prediction for this feedback (removed), or None when late."""
+        """The waiting prediction for this feedback (removed), or None."""
         return self._pending.pop(prediction_id, None)
+
+    @property
+    def early(self) -> int:
+        """Feedback records waiting for their prediction."""
+        return len(self._early)
+
+    def hold(self, label: EarlyLabel) -> list[EarlyLabel]:
+        """Keep feedback whose prediction has not arrived; the feedback evicted (late)."""
+        self._early[label.prediction_id] = label
+        self._early.move_to_end(label.prediction_id)
+        evicted: list[EarlyLabel] = []
+        while len(self._early) > self.max_pending:
+            evicted.append(self._early.popitem(last=False)[1])
+        return evicted + self.expire_early(label.at)
+
+    def expire_early(self, now: float) -> list[EarlyLabel]:
+        """Drop held feedback older than ``max_age_s``; the dropped records."""
+        evicted: list[EarlyLabel] = []
+        while self._early:
+            key, oldest = next(iter(self._early.items()))
+            if now - oldest.at <= self.max_age_s:
+                break
+            del self._early[key]
+            evicted.append(oldest)
+        return evicted
+
+    def take_early(self, prediction_id: str) -> EarlyLabel | None:
+        """The feedback that arrived before this prediction (removed), or None."""
+        return self._early.pop(prediction_id, None)

@@ -116,6 +116,11 @@ class MonitoringMetrics:
             "Predictions waiting for their feedback in the bounded join.",
             registry=registry,
         )
+        self.early_feedback = Gauge(
+            "flywheel_monitoring_early_feedback",
+            "Feedback records held until their prediction is consumed.",
+            registry=registry,
+        )
         self.dataset_versions = Counter(
             "flywheel_monitoring_dataset_versions_total",
             "Dataset versions announced on data.validated.",

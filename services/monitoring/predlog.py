@@ -9,18 +9,16 @@ Layout (keys below the store root)::
 Rows are buffered and written per ``flush_rows`` rows or ``flush_s`` seconds; the Kafka
 adapter commits offsets only after :meth:`PredictionLog.flush`, so a crash replays
 the unwritten rows (a replayed row may then appear twice in the log; readers dedupe
-by prediction id).
+by prediction id). ``flywheel lineage`` (:mod:`shared.cli.lineage`) reads it back.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shared.events import Feedback, Prediction
 from shared.store import ArtifactStore
@@ -154,32 +152,3 @@ class PredictionLog:
             buffers.clear()
         self._since = None
         return uris
-
-
-def _tables(store: ArtifactStore, prefix: str) -> Iterator[pa.Table]:
-    for key in store.list(prefix):
-        if key.endswith(".parquet"):
-            yield store.get_parquet(key)
-
-
-def find_prediction(store: ArtifactStore, prediction_id: str) -> dict[str, Any] | None:
-    """The logged row of ``prediction_id`` (inputs/outputs decoded), or None."""
-    for table in _tables(store, "predictions"):
-        hit = table.filter(pc.equal(table["prediction_id"], prediction_id))
-        if hit.num_rows:
-            row = hit.slice(0, 1).to_pylist()[0]
-            for col in ("inputs", "outputs", "shadow"):
-                row[col] = json.loads(row[col]) if row[col] is not None else None
-            return dict(row)
-    return None
-
-
-def find_feedback(store: ArtifactStore, prediction_id: str) -> list[dict[str, Any]]:
-    """Every logged label of ``prediction_id`` (joined or late), oldest first."""
-    found: list[dict[str, Any]] = []
-    for table in _tables(store, "feedback"):
-        hit = table.filter(pc.equal(table["prediction_id"], prediction_id))
-        for row in hit.to_pylist():
-            row["label"] = json.loads(row["label"])
-            found.append(dict(row))
-    return sorted(found, key=lambda r: str(r["received"]))

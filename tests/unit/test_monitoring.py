@@ -15,11 +15,12 @@ from services.monitoring.actions import Trigger
 from services.monitoring.core import Limits, MonitoringCore
 from services.monitoring.join import LabelJoin, Pending
 from services.monitoring.metrics import MonitoringMetrics
-from services.monitoring.predlog import PredictionLog, find_feedback, find_prediction
+from services.monitoring.predlog import PredictionLog
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
 from services.monitoring.testing import load_car_loan, prediction_events, seed_version
 from services.monitoring.window_drift import VersionDrift
 from shared import topics
+from shared.cli.lineage import find_feedback, find_prediction, lineage
 from shared.contract import Contract, load_contract
 from shared.datasets import DatasetCatalog
 from shared.drift import build_profile
@@ -124,9 +125,15 @@ def test_window_drift_flags_the_drifted_car_loan_features(
     )
     assert [r.rows for r in reports] == [5000, 5000]
     assert reports[0].drifted == []
-    assert set(reports[1].drifted) | {
-        f for f, s in reports[1].features.items() if s.get("ks", 0) > 0.1 or s.get("js", 0) > 0.1
-    } >= DRIFTED
+    assert (
+        set(reports[1].drifted)
+        | {
+            f
+            for f, s in reports[1].features.items()
+            if s.get("ks", 0) > 0.1 or s.get("js", 0) > 0.1
+        }
+        >= DRIFTED
+    )
     assert {"car_value", "loan_length"} <= set(reports[1].drifted)
     assert reports[1].features["debt_to_income_ratio"]["psi"] < 0.05
     assert reports[0].prediction_drift == 0.0  # the first window is the score reference
@@ -282,7 +289,7 @@ def test_canary_is_rolled_back_when_worse_and_promoted_when_not(
         reg, "flywheel_monitoring_metric_difference", model="car_loan", champion="1", challenger="2"
     )
     assert diff is not None
-    assert (diff < -0.02 if invert else diff > -0.02)
+    assert diff < -0.02 if invert else diff > -0.02
     assert core.models["car_loan"].challenger is None
     assert core.models["car_loan"].champion == version
 
@@ -293,11 +300,18 @@ def test_feedback_joins_counts_late_labels_and_the_log_reads_back(
     reference, analysis = car_loan
     store = ArtifactStore(f"file://{tmp_path / 'store'}")
     manifest = seed_version(store, contract, reference.iloc[:3000], 1)
-    core, reg = _core(store, contract, Clock(), eval_every_labels=10)
+    clock = Clock()
+    core, reg = _core(store, contract, clock, eval_every_labels=10)
     rows = analysis.iloc[:200]
     preds = list(prediction_events(contract, rows, manifest))
+    feedback = _feedback(rows, manifest)
+    # Feedback may be consumed before its prediction: it waits for it.
+    core.on_feedback([*feedback[:20], Feedback(prediction_id="nobody", label=1)])
     core.on_predictions(preds)
-    core.on_feedback([*_feedback(rows, manifest), Feedback(prediction_id="nobody", label=1)])
+    core.on_feedback(feedback[20:])
+    assert _value(reg, "flywheel_monitoring_labels_total", model="unknown", outcome="late") is None
+    clock.now += 3601  # past the join's max age: the stray feedback never matched
+    core.on_feedback([])
     joined = _value(reg, "flywheel_monitoring_labels_total", model="car_loan", outcome="joined")
     assert joined == 200
     assert _value(reg, "flywheel_monitoring_labels_total", model="unknown", outcome="late") == 1
@@ -323,6 +337,12 @@ def test_feedback_joins_counts_late_labels_and_the_log_reads_back(
     assert found["outputs"] == preds[7].outputs
     assert [f["label"] for f in find_feedback(store, preds[7].id)] == [int(rows["repaid"].iloc[7])]
     assert find_prediction(store, "nobody") is None
+    trail = lineage(store, preds[7].id)
+    assert trail["model"]["version"] == 1
+    assert trail["dataset"]["version"] == manifest.dataset_version
+    assert trail["batches"][0]["offsets"][0]["topic"] == "data.events"
+    with pytest.raises(KeyError):
+        lineage(store, "nobody")
 
 
 def test_unknown_models_are_rejected_and_counted(tmp_path: Path, contract: Contract) -> None:
