@@ -8,6 +8,7 @@ port only opens once the models are loaded.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shared.contract import load_contracts
@@ -37,15 +38,19 @@ class ModelManager:
         self.repository = repository
         self.watcher = watcher
         self.runtime = runtime
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Pin the deployment offsets, load from the registry, then follow deployments."""
         await self.watcher.position()
         await self.repository.load_from_registry()
-        self.runtime.spawn(self.watcher.run(), "deployment-watcher")
+        self._task = self.runtime.spawn(self.watcher.run(), "deployment-watcher")
 
     async def stop(self) -> None:
         """Stop following deployments and drain the batchers."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         await self.watcher.stop()
         await self.repository.close()
 

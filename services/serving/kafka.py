@@ -160,4 +160,12 @@ class DeploymentWatcher:
 
     async def stop(self) -> None:
         """Disconnect."""
-        await self.consumer.stop()
+        try:
+            await self.consumer.stop()
+        except asyncio.CancelledError:
+            # With the broker gone, aiokafka lets its fetcher's cancellation escape stop();
+            # only a cancellation of this task itself is passed on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            self.log.warning("deployments.consumer_stop_interrupted")

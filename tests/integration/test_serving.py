@@ -437,3 +437,28 @@ def test_flywheel_predict_prints_predictions_with_versions(
     np.testing.assert_allclose(
         [p["probabilities"] for p in printed], census.proba(census.v1, rows), atol=1e-5
     )
+
+
+def test_serving_keeps_answering_when_kafka_goes_away(
+    start_service: Any, store_uri: str, census: Census, tmp_path: Path
+) -> None:
+    from shared.embedded import EmbeddedBroker, free_port
+
+    register(store_uri, census, 1)
+    broker = EmbeddedBroker(free_port(), log=tmp_path / "own-broker.log")
+    broker.start()
+    proc = start_service(
+        "serving",
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+        KAFKA_REQUEST_TIMEOUT_MS="2000",
+        FLYWHEEL_SERVING_EVENT_BUFFER_ROWS="40",
+    )
+    client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
+    inputs = matrix_input(census, census.holdout[:4])
+    assert client.infer(MODEL, inputs).get_response().model_version == "1"
+    broker.stop()
+    for _ in range(100):  # 400 rows against a 40-row buffer, with Kafka gone
+        assert client.infer(MODEL, inputs).as_numpy("label").shape == (4,)
+    assert client_metric(proc, "flywheel_serving_prediction_events_dropped_total") >= 400 - 40 - 4
+    code = proc.terminate()
+    assert code == 0, "\n".join(list(proc.tail)[-15:])
