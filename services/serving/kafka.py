@@ -10,6 +10,7 @@ there in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,13 +61,18 @@ class PredictionSink:
         the publishing cost small next to the requests it describes. Partitions are
         chosen by key with Kafka's default (murmur2) partitioner, as ``send`` would.
         """
-        topic = topics.PREDICTIONS
         try:
-            partitions = sorted(await self.producer.partitions_for(topic))
+            await self._send(messages)
         except KafkaError:
-            # Tansu loses its topics when it restarts: recreate them for the next round.
-            await ensure_topics(self.settings, TOPICS, attempts=1)
+            # Tansu loses its topics when it restarts: recreate them for the next round
+            # (this round's events are counted as dropped by the publisher).
+            with contextlib.suppress(Exception):
+                await ensure_topics(self.settings, TOPICS, attempts=1)
             raise
+
+    async def _send(self, messages: list[Message]) -> None:
+        topic = topics.PREDICTIONS
+        partitions = sorted(await self.producer.partitions_for(topic))
         grouped: dict[int, list[Message]] = {}
         for message in messages:
             partition = self.partitioner(message[0], partitions, partitions)
