@@ -1,8 +1,10 @@
 """The transport-free core of ingestion: raw messages -> dead letters + buffered batches.
 
 :meth:`Ingestor.process` takes one fetched chunk of messages (any objects with
-``topic``, ``partition``, ``offset`` and ``value``), parses them, checks each dataset's
-events with :class:`~services.ingestion.envelope.EnvelopeChecker`, drops duplicate ids
+``topic``, ``partition``, ``offset`` and ``value``), decodes and type-checks them in C
+(:mod:`services.ingestion.fastpath`), sends the rest through the column-wise
+:class:`~services.ingestion.envelope.EnvelopeChecker` (which names what is wrong),
+drops duplicate ids
 (:mod:`services.ingestion.dedup`) and buffers the accepted rows as Arrow tables. It
 returns the dead letters to publish. :meth:`Ingestor.flush` writes one content-addressed
 Parquet object per buffered dataset, logs it, and returns the ``data.batches`` events
@@ -16,6 +18,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -36,7 +39,12 @@ from .envelope import (
     event_time_column,
     take,
 )
+from .fastpath import FastDecoder
 from .metrics import IngestionMetrics
+
+_VALUE = attrgetter("value")
+_PARTITION = attrgetter("partition")
+_OFFSET = attrgetter("offset")
 
 UNKNOWN_DATASET = "_unknown"
 """Metric label for messages whose dataset is missing or not a known contract."""
@@ -127,6 +135,7 @@ class Ingestor:
         self.dedup_window = dedup_window
         self.log = BatchLog(store)
         self._checkers = {name: EnvelopeChecker(c) for name, c in self.contracts.items()}
+        self._fast = FastDecoder(self.contracts)
         self._windows: dict[str, IdWindow] = {}
         self._buffers: dict[str, _Buffer] = {}
 
@@ -174,12 +183,23 @@ class Ingestor:
 
     def process(self, messages: Sequence[SourceMessage]) -> list[DeadLetter]:
         """Check and buffer ``messages``; the dead letters to publish for the bad ones."""
+        now = utcnow().isoformat()
+        messages = list(messages)
+        fast, slow_idx = self._fast.split(list(map(_VALUE, messages)))
+        for name, (idx, events) in fast.items():
+            columns = self._fast.columns(name, events, now)
+            self._accept(name, take(messages, idx), columns, list(range(len(idx))))
+        if not slow_idx:
+            return []
+        return self._process_slow(take(messages, slow_idx), now)
+
+    def _process_slow(self, messages: list[SourceMessage], now: str) -> list[DeadLetter]:
+        """The column-wise checker: accepts what it can, names what is wrong otherwise."""
         letters: list[DeadLetter] = []
         groups: dict[str, tuple[list[SourceMessage], list[dict[str, Any]]]] = {}
-        loads = json.loads
         for msg in messages:
             try:
-                obj = loads(msg.value) if msg.value is not None else None
+                obj = json.loads(msg.value) if msg.value is not None else None
             except (ValueError, UnicodeDecodeError) as err:
                 letters.append(dead_letter(msg, "bad_json", "$", f"not valid JSON ({err})"))
                 continue
@@ -204,46 +224,50 @@ class Ingestor:
             self.metrics.events.labels(UNKNOWN_DATASET, "rejected").inc()
             self.metrics.dlq.labels(UNKNOWN_DATASET, dlq_reason(letter)).inc()
         for name, (msgs, objs) in groups.items():
-            letters.extend(self._process_dataset(name, msgs, objs))
+            columns, errors = self._checkers[name].check(objs, now)
+            ids = columns[self.contracts[name].id]
+            ok: list[int] = []
+            for i, problem in enumerate(errors):
+                if problem is None:
+                    ok.append(i)
+                else:
+                    letters.append(self._reject(msgs[i], name, ids[i], problem))
+            self._accept(name, msgs, columns, ok)
         return letters
 
-    def _process_dataset(
-        self, name: str, msgs: list[SourceMessage], objs: list[dict[str, Any]]
-    ) -> list[DeadLetter]:
+    def _accept(
+        self,
+        name: str,
+        msgs: list[SourceMessage],
+        columns: dict[str, list[Any]],
+        ok: list[int],
+    ) -> None:
+        """Deduplicate the rows ``ok`` of ``columns`` and buffer the new ones."""
+        if not ok:
+            return
         checker = self._checkers[name]
-        contract = checker.contract
-        now = utcnow().isoformat()
-        columns, errors = checker.check(objs, now)
-        letters: list[DeadLetter] = []
-        ok: list[int] = []
-        ids = columns[contract.id]
-        for i, err in enumerate(errors):
-            if err is None:
-                ok.append(i)
-            else:
-                letters.append(self._reject(msgs[i], name, ids[i], err))
+        ids = columns[checker.contract.id]
         fresh = self.window(name).fresh(take(ids, ok))
         keep = [i for i, new in zip(ok, fresh, strict=True) if new]
         duplicates = len(ok) - len(keep)
         if duplicates:
             self.metrics.events.labels(name, "duplicate").inc(duplicates)
         if not keep:
-            return letters
+            return
         self.metrics.events.labels(name, "accepted").inc(len(keep))
         kept_msgs = take(msgs, keep)
         table = build_table(
             checker.schema,
             {k: take(v, keep) for k, v in columns.items()},
             kept_msgs[0].topic,
-            [m.partition for m in kept_msgs],
-            [m.offset for m in kept_msgs],
+            list(map(_PARTITION, kept_msgs)),
+            list(map(_OFFSET, kept_msgs)),
         )
         buf = self._buffers.get(name)
         if buf is None or not buf.rows:
             buf = self._buffers[name] = _Buffer(since=time.monotonic())
         buf.tables.append(table)
         buf.rows += table.num_rows
-        return letters
 
     def _reject(self, msg: SourceMessage, name: str, event_id: Any, err: Rejection) -> DeadLetter:
         self.metrics.events.labels(name, "rejected").inc()

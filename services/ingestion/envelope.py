@@ -148,7 +148,7 @@ class EnvelopeChecker:
         columns: dict[str, list[Any]] = {}
 
         ids = [e.get("event_id", MISSING) for e in events]
-        if not set(map(type, ids)) <= {str}:
+        if not set(map(type, ids)) <= {str} or "" in ids:
             for i, v in enumerate(ids):
                 if type(v) is int:
                     ids[i] = str(v)
@@ -195,7 +195,8 @@ class EnvelopeChecker:
         values = [d.get(name, MISSING) for d in feats]
         allowed = _ALLOWED[f.type] | ({_NONE} if f.nullable else set())
         types = set(map(type, values))
-        if not types <= allowed:
+        # An int feature given floats needs each one checked for a fractional part.
+        if not types <= allowed or (f.type == "int" and float in types):
             for i, v in enumerate(values):
                 if v is MISSING:
                     _reject(errors, i, "missing_feature", f"features.{name}", "feature is missing")

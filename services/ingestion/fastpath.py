@@ -1,0 +1,129 @@
+"""The fast path: decode and type-check data events in C with msgspec.
+
+One msgspec ``Struct`` per contract, tagged by the ``dataset`` field, mirrors the
+envelope in its *strictest* form: ``event_id`` a non-empty string or an integer, every
+non-nullable feature present with its exact JSON type (float features accept integers;
+int features integers only; bools booleans only; categories strings or integers) and a
+label from the contract's classes. An event that decodes is certainly acceptable; any
+other event (bad JSON, unknown dataset, a missing field, a wrong type, but also merely
+unusual forms such as ``1.0`` for an int) falls back to the column-wise
+:class:`~services.ingestion.envelope.EnvelopeChecker`, which accepts what it can and
+names the field and problem of what it cannot. Decoding with validation here runs at
+about seven times the rate of a bare ``json.loads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from operator import attrgetter
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+
+from shared.contract import Contract, Feature
+
+from .envelope import event_time_column
+
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+def _feature_type(f: Feature) -> Any:
+    base: Any = {"float": float, "int": int, "bool": bool}.get(f.type, str | int)
+    return base | None if f.nullable else base
+
+
+def _label_type(contract: Contract) -> Any:
+    classes = contract.label.classes
+    if classes is not None:
+        return Literal[tuple(classes)]
+    return float
+
+
+def event_struct(contract: Contract) -> type[msgspec.Struct]:
+    """The strict msgspec struct of ``contract``'s data events."""
+    names = {f"f{i}": f.name for i, f in enumerate(contract.features)}
+    fields: list[Any] = []
+    for i, f in enumerate(contract.features):
+        ftype = _feature_type(f)
+        fields.append((f"f{i}", ftype, None) if f.nullable else (f"f{i}", ftype))
+    # Required fields first: msgspec wants defaults last.
+    fields.sort(key=lambda fld: len(fld) == 3)
+    features = msgspec.defstruct(f"Features_{contract.name}", fields, rename=names, kw_only=True)
+    return msgspec.defstruct(
+        f"Event_{contract.name}",
+        [
+            ("event_id", _NonEmpty | int),
+            ("features", features),
+            ("label", _label_type(contract)),
+            ("event_time", str | int | float | None, None),
+        ],
+        tag_field="dataset",
+        tag=contract.name,
+        kw_only=True,
+    )
+
+
+class FastDecoder:
+    """Decodes messages of every known dataset in one pass.
+
+    Args:
+        contracts: contract name -> contract.
+    """
+
+    def __init__(self, contracts: Mapping[str, Contract]):
+        self.contracts = dict(contracts)
+        self._types = {name: event_struct(c) for name, c in self.contracts.items()}
+        self._names = {t: name for name, t in self._types.items()}
+        types = tuple(self._types.values())
+        target: Any = types[0] if len(types) == 1 else Union[types]  # noqa: UP007
+        self._decoder = msgspec.json.Decoder(target)
+        self._feature_attrs = {
+            name: [(f, attrgetter(f"f{i}")) for i, f in enumerate(c.features)]
+            for name, c in self.contracts.items()
+        }
+
+    def split(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[dict[str, tuple[list[int], list[Any]]], list[int]]:
+        """Decode ``values``: dataset -> (indices, structs) for the strict ones, and the
+        indices that need the slow path."""
+        decode = self._decoder.decode
+        names = self._names
+        groups: dict[str, tuple[list[int], list[Any]]] = {}
+        slow: list[int] = []
+        errors = (msgspec.ValidationError, msgspec.DecodeError)
+        for i, value in enumerate(values):
+            if value is None:
+                slow.append(i)
+                continue
+            try:
+                event = decode(value)
+            except errors:
+                slow.append(i)
+                continue
+            name = names[type(event)]
+            group = groups.get(name)
+            if group is None:
+                group = groups[name] = ([], [])
+            group[0].append(i)
+            group[1].append(event)
+        return groups, slow
+
+    def columns(self, name: str, events: list[Any], ingested_at: str) -> dict[str, list[Any]]:
+        """Batch columns (as the envelope checker makes them) from decoded events."""
+        contract = self.contracts[name]
+        ids = list(map(attrgetter("event_id"), events))
+        if int in set(map(type, ids)):
+            ids = [v if type(v) is str else str(v) for v in ids]
+        times = list(map(attrgetter("event_time"), events))
+        if not set(map(type, times)) <= {str}:
+            times = [ingested_at if v is None else v if type(v) is str else str(v) for v in times]
+        cols: dict[str, list[Any]] = {contract.id: ids, event_time_column(contract): times}
+        feats = list(map(attrgetter("features"), events))
+        for f, get in self._feature_attrs[name]:
+            values = list(map(get, feats))
+            if f.type == "category" and int in set(map(type, values)):
+                values = [v if type(v) is not int else str(v) for v in values]
+            cols[f.name] = values
+        cols[contract.label.name] = list(map(attrgetter("label"), events))
+        return cols
