@@ -71,7 +71,7 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
     runtime.info["models"] = sorted(contracts)
     store = ArtifactStore(settings.store)
     metrics = TrainingMetrics(runtime.registry)
-    publisher = KafkaPublisher(settings.kafka)
+    publisher = KafkaPublisher(settings.kafka, log=runtime.log)
     core = TrainingCore(
         contracts,
         Registry(store),
@@ -80,6 +80,7 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
         metrics,
         train_config(settings),
         runtime.log,
+        settings.threads,
     )
     consumer = TrainingConsumer(
         settings.kafka, settings.group_id, core, metrics, runtime.log, settings.poll_timeout_ms

@@ -69,6 +69,8 @@ class TrainingCore:
         publisher: where events go.
         metrics: the service's metrics.
         config: the service-side training knobs.
+        log: the service logger.
+        threads: OpenMP/BLAS threads per run.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class TrainingCore:
         metrics: TrainingMetrics,
         config: TrainConfig,
         log: Any | None = None,
+        threads: int | None = 1,
     ):
         self.contracts = contracts
         self.registry = registry
@@ -87,6 +90,7 @@ class TrainingCore:
         self.publisher = publisher
         self.metrics = metrics
         self.config = config
+        self.threads = threads
         self.log = log or structlog.get_logger("training")
         self.pending: dict[str, Pending] = {}
         self.outcomes: list[RunOutcome] = []
@@ -218,6 +222,7 @@ class TrainingCore:
                 dataset_version=dataset_version,
                 reason=reason,
                 config=self.config,
+                threads=self.threads,
                 on_phase=lambda phase, s: self.metrics.phase_seconds.labels(model, phase).observe(
                     s
                 ),

@@ -14,7 +14,6 @@ from shared.contract import Contract
 from .scoring import (
     CV_SCORERS,
     classification_metrics,
-    higher_is_better,
     regression_metrics,
 )
 
@@ -130,11 +129,11 @@ def importance(
     result = permutation_importance(
         pipeline, x, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
     )
-    sign = 1.0 if higher_is_better(metric) or not scoring.startswith("neg_") else -1.0
+    # importances are score drops; sklearn's neg_* scorers already make higher better.
     ranked = [
         {
             "feature": name,
-            "mean": float(sign * result.importances_mean[i]),
+            "mean": float(result.importances_mean[i]),
             "std": float(result.importances_std[i]),
         }
         for i, name in enumerate(x.columns)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import topics
 from shared.events import DatasetValidated, Deployment, Event, RetrainRequest
-from shared.kafka import client_kwargs, consumer_kwargs, headers
+from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.settings import KafkaSettings
 
 from .core import TrainingCore
@@ -33,9 +33,14 @@ class KafkaPublisher:
 
     Args:
         settings: Kafka settings.
+        attempts: sends tried before an error is raised.
+        log: the service logger (retries are logged).
     """
 
-    def __init__(self, settings: KafkaSettings):
+    def __init__(self, settings: KafkaSettings, attempts: int = 5, log: Any = None):
+        self.settings = settings
+        self.attempts = attempts
+        self.log = log
         self._producer = AIOKafkaProducer(
             **client_kwargs(settings, "training-producer"), acks="all"
         )
@@ -49,13 +54,27 @@ class KafkaPublisher:
         await self._producer.stop()
 
     async def publish(self, topic: str, key: str, event: Event) -> None:
-        """Send ``event`` and wait for the broker's acknowledgement."""
-        await self._producer.send_and_wait(
-            topic,
-            value=event.model_dump_json().encode(),
-            key=key.encode(),
-            headers=[(k, v.encode()) for k, v in headers(event.id).items()],
-        )
+        """Send ``event`` and wait for the broker's acknowledgement.
+
+        A failed send is retried with back-off after recreating the topic (a restarted
+        Tansu broker has lost it); the last error is raised after ``attempts`` tries.
+        """
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await self._producer.send_and_wait(
+                    topic,
+                    value=event.model_dump_json().encode(),
+                    key=key.encode(),
+                    headers=[(k, v.encode()) for k, v in headers(event.id).items()],
+                )
+                return
+            except KafkaError as err:
+                if attempt == self.attempts:
+                    raise
+                if self.log is not None:
+                    self.log.warning("publish.retry", topic=topic, attempt=attempt, error=repr(err))
+                await asyncio.sleep(0.5 * 2**attempt)  # back-off between attempts
+                await ensure_topics(self.settings, [topic], attempts=5)
 
 
 class TrainingConsumer:
@@ -109,13 +128,22 @@ class TrainingConsumer:
         await self._consumer.stop()
 
     async def _loop(self) -> None:
+        failures = 0
         while True:
-            batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
-            for tp, records in batch.items():
-                for record in records:
-                    self.offsets.track(tp, record.offset)
-                    await self._handle(tp, record)
-            await self._commit()
+            try:
+                batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
+                for tp, records in batch.items():
+                    for record in records:
+                        self.offsets.track(tp, record.offset)
+                        await self._handle(tp, record)
+                await self._commit()
+                failures = 0
+            except KafkaError as err:
+                # Broker gone or restarted: recreate the topics (Tansu loses them) and go on.
+                failures += 1
+                self.log.warning("consumer.error", error=repr(err), failures=failures)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))  # back-off, not readiness
+                await ensure_topics(self.settings, CONSUMED)
 
     async def _commit(self) -> None:
         offsets = self.offsets.committable()

@@ -18,7 +18,7 @@ from shared.registry import Registry
 from shared.store import sha256_hex
 
 from .parity import compare, onnx_predictions
-from .trainer import TrainConfig, fit, library_versions, prepare
+from .trainer import TrainConfig, cpu_threads, fit, library_versions, prepare
 
 
 @dataclass
@@ -48,12 +48,21 @@ def reproduce(
     version: int,
     *,
     tolerance: float = 1e-9,
+    threads: int | None = None,
 ) -> Reproduction:
     """Retrain ``version`` of ``contract``'s model and compare it with the registered one.
 
+    ``threads`` limits OpenMP/BLAS threads (None: the libraries' default).
     Raises :class:`~shared.registry.TamperedArtifactError` if the manifest or ONNX was
     altered after registration, KeyError for an unknown version or dataset version.
     """
+    with cpu_threads(threads):
+        return _reproduce(contract, registry, catalog, version, tolerance)
+
+
+def _reproduce(
+    contract: Contract, registry: Registry, catalog: DatasetCatalog, version: int, tolerance: float
+) -> Reproduction:
     manifest = registry.verify(contract.name, version)
     extra = manifest.model_extra or {}
     problems: list[str] = []

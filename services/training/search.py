@@ -21,7 +21,7 @@ from shared.contract import Contract
 from shared.features import build_pipeline
 
 from .estimators import BOOSTING, GRIDS, LINEAR, VOTING, describe, make_estimator
-from .scoring import CV_SCORERS
+from .scoring import CV_SCORERS, higher_is_better
 
 
 @dataclass
@@ -151,8 +151,6 @@ def search(
         folds: cross-validation folds.
         seed: seed of the folds and the estimators.
     """
-    from .scoring import higher_is_better
-
     metric = contract.promotion.primary_metric
     better = higher_is_better(metric)
     started = time.perf_counter()

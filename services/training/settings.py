@@ -34,6 +34,9 @@ class TrainingSettings(ServiceSettings):
     corrupt_label_share: float = Field(0.0, ge=0.0, le=1.0)
     """Test hook: flip this share of the training labels (seeded) to produce a
     deliberately worse model. Recorded in the manifest; keep 0 in production."""
+    threads: int | None = Field(1, ge=1)
+    """OpenMP/BLAS threads a run may use. 1 suits a machine shared with the other
+    services (OpenMP threads spin-wait on busy cores); raise it on a dedicated host."""
     poll_timeout_ms: int = Field(500, ge=10)
     """How long one consumer poll waits for records."""
     schedule_check_s: float = Field(30.0, gt=0)

@@ -254,6 +254,9 @@ def reproduce_cmd(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version to reproduce.")],
     tolerance: Annotated[float, typer.Option(help="Largest allowed prediction difference.")] = 1e-9,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="OpenMP/BLAS threads (default: the libraries' own).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Retrain a version from its manifest; exit 1 unless the predictions match."""
@@ -271,7 +274,12 @@ def reproduce_cmd(
     store = ArtifactStore(settings.store)
     try:
         result = reproduce(
-            contract, Registry(store), DatasetCatalog(store), version, tolerance=tolerance
+            contract,
+            Registry(store),
+            DatasetCatalog(store),
+            version,
+            tolerance=tolerance,
+            threads=threads,
         )
     except TamperedArtifactError as err:
         raise _fail(f"refused: {err}") from None

@@ -141,7 +141,7 @@ def test_census_reference_trains_registers_promotes_and_reproduces(
     card = cli(service_env, "model", "census_employment", "1", "--json")
     assert json.loads(card.output)["onnx_sha256"] == manifest.onnx_sha256
 
-    reproduced = cli(service_env, "reproduce", "census_employment", "1", "--json")
+    reproduced = cli(service_env, "reproduce", "census_employment", "1", "--threads", "1", "--json")
     assert reproduced.exit_code == 0, reproduced.output
     assert json.loads(reproduced.output)["passed"] is True
 
@@ -155,7 +155,8 @@ def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
     store = ArtifactStore(service_env["FLYWHEEL_STORE"])
     first = start_service("training", **FAST)
     announce(kafka_settings, store, "census_employment", pq.read_table(path).slice(0, 20000))
-    asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
+    first_seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
+    assert first_seen[topics.MODELS_REGISTERED][0]["promoted"] is True
     assert first.terminate() == 0
 
     # The test hook flips most training labels: a deliberately worse challenger.

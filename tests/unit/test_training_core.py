@@ -311,7 +311,7 @@ async def test_deployment_requests_move_the_aliases(store: ArtifactStore) -> Non
 
 def test_reproduce_matches_and_refuses_tampering(store: ArtifactStore) -> None:
     registry, catalog = Registry(store), DatasetCatalog(store)
-    result = reproduce(toy_contract(), registry, catalog, 1)
+    result = reproduce(toy_contract(), registry, catalog, 1, threads=1)
     assert result.passed, result.problems
     assert result.rows == 400
     assert result.max_abs_diff == 0.0
@@ -320,7 +320,7 @@ def test_reproduce_matches_and_refuses_tampering(store: ArtifactStore) -> None:
     path.chmod(0o644)
     path.write_bytes(path.read_bytes() + b"\x00")
     with pytest.raises(TamperedArtifactError, match="ONNX sha256"):
-        reproduce(toy_contract(), registry, catalog, 1)
+        reproduce(toy_contract(), registry, catalog, 1, threads=1)
 
 
 def test_reproduce_refuses_an_edited_manifest(store: ArtifactStore) -> None:
