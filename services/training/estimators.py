@@ -77,6 +77,7 @@ def make_estimator(task: str, family: str, params: dict[str, Any], seed: int) ->
 def describe(family: str, params: dict[str, Any]) -> str:
     """A short human name of a candidate, e.g. ``hist_gradient_boosting(max_iter=100, ...)``."""
     if family == VOTING:
-        return "soft_voting[" + ", ".join(describe(f, p) for f, p in params["members"]) + "]"
+        # No square brackets: terminal tables read them as markup.
+        return "soft_voting(" + " + ".join(describe(f, p) for f, p in params["members"]) + ")"
     inner = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
     return f"{family}({inner})"

@@ -1,9 +1,9 @@
 """The time-boxed model search: a few families, cross-validated, every candidate a run.
 
-Candidates run in a fixed order (each family's first grid point before any second
-one), so a short budget still compares the families; the search stops launching
-candidates once the budget is spent. The soft-voting ensemble of the best linear and
-the best boosting candidate is always tried last, as one more candidate.
+Candidates run in a fixed order. The minimum search — the first linear candidate, the
+first boosting candidate and their soft-voting ensemble — always runs, so even a tiny
+budget compares the families and the ensemble; the remaining grid points (alternating
+families) run only while the budget lasts, and the ones left out are recorded.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class SearchResult:
     metric: str
     budget_s: float
     exhausted: bool
+    not_run: list[str] = field(default_factory=list)
+    """Grid points the budget left out."""
 
 
 def _scorer(contract: Contract, metric: str) -> str:
@@ -153,43 +155,38 @@ def search(
     """
     metric = contract.promotion.primary_metric
     better = higher_is_better(metric)
-    started = time.perf_counter()
-    runs: list[Run] = []
-    exhausted = False
-    for family, params in _ordered_candidates():
-        if runs and time.perf_counter() - started > budget_s and _has_both(runs):
-            exhausted = True
-            break
-        runs.append(
-            evaluate_candidate(
-                contract, family, params, x, y, metric=metric, folds=folds, seed=seed
-            )
-        )
-    ok = [r for r in runs if r.status == "ok"]
-    if not ok:
-        raise RuntimeError(
-            "every search candidate failed: " + "; ".join(str(r.error) for r in runs)
+
+    def run(family: str, params: dict[str, Any]) -> Run:
+        return evaluate_candidate(
+            contract, family, params, x, y, metric=metric, folds=folds, seed=seed
         )
 
-    def best_of(family: str) -> Run | None:
-        pool = [r for r in ok if r.family == family]
+    def pick(pool: list[Run]) -> Run | None:
+        pool = [r for r in pool if r.status == "ok"]
         if not pool:
             return None
         return max(pool, key=lambda r: r.cv_mean) if better else min(pool, key=lambda r: r.cv_mean)
 
-    linear, boosting = best_of(LINEAR), best_of(BOOSTING)
-    if linear is not None and boosting is not None:
-        members = [[LINEAR, linear.params], [BOOSTING, boosting.params]]
-        runs.append(
-            evaluate_candidate(
-                contract, VOTING, {"members": members}, x, y, metric=metric, folds=folds, seed=seed
-            )
+    started = time.perf_counter()
+    runs: list[Run] = []
+    not_run: list[str] = []
+    order = _ordered_candidates()
+    for i, (family, params) in enumerate(order):
+        if i >= 2 and time.perf_counter() - started > budget_s:
+            not_run = [describe(f, p) for f, p in order[i:]]
+            break
+        runs.append(run(family, params))
+        if i == 1:
+            # The ensemble of the first linear and boosting candidates is part of the
+            # minimum search (one candidate per family); the budget bounds the rest.
+            linear = pick([r for r in runs if r.family == LINEAR])
+            boosting = pick([r for r in runs if r.family == BOOSTING])
+            if linear is not None and boosting is not None:
+                members = [[LINEAR, linear.params], [BOOSTING, boosting.params]]
+                runs.append(run(VOTING, {"members": members}))
+    best = pick(runs)
+    if best is None:
+        raise RuntimeError(
+            "every search candidate failed: " + "; ".join(str(r.error) for r in runs)
         )
-    ok = [r for r in runs if r.status == "ok"]
-    best = max(ok, key=lambda r: r.cv_mean) if better else min(ok, key=lambda r: r.cv_mean)
-    return SearchResult(runs, best, metric, budget_s, exhausted)
-
-
-def _has_both(runs: list[Run]) -> bool:
-    families = {r.family for r in runs}
-    return LINEAR in families and BOOSTING in families
+    return SearchResult(runs, best, metric, budget_s, bool(not_run), not_run)

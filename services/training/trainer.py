@@ -272,6 +272,7 @@ def _train(
             "metric": found.metric,
             "budget_s": found.budget_s,
             "budget_exhausted": found.exhausted,
+            "not_run": found.not_run,
             "cv_folds": config.cv_folds,
             "seed": seed,
             "chosen": best.as_record()["name"],
@@ -313,6 +314,12 @@ def _train(
         run_id=run_id,
         runs_uri=runs_uri,
         runs_tried=len(found.runs),
+        search={
+            "budget_s": found.budget_s,
+            "seconds": round(phases.seconds["search"], 3),
+            "cv_folds": config.cv_folds,
+            "not_run": found.not_run,
+        },
         runs=[
             {"name": r.as_record()["name"], "cv_mean": r.cv_mean, "status": r.status}
             for r in found.runs
@@ -413,7 +420,13 @@ def model_card(contract: Contract, m: ModelManifest) -> list[str]:
         f"({holdout['rows']} rows).",
         f"Search: {extra['runs_tried']} candidates (seed {m.seed}), "
         f"cross-validated {metric} {extra['cv_score']['mean']:.4f} ± "
-        f"{extra['cv_score']['std']:.4f} for the chosen one.",
+        f"{extra['cv_score']['std']:.4f} for the chosen one"
+        + (
+            f"; the {extra['search']['budget_s']:g} s budget left out "
+            f"{len(extra['search']['not_run'])} grid points."
+            if extra["search"]["not_run"]
+            else "."
+        ),
         "Holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items())) + ".",
     ]
     trivial = extra["trivial_baseline"]["metrics"]

@@ -328,3 +328,18 @@ def test_reproduce_refuses_an_edited_manifest(store: ArtifactStore) -> None:
     path.write_text(path.read_text().replace('"seed": 42', '"seed": 43'))
     with pytest.raises(TamperedArtifactError, match="manifest changed"):
         reproduce(toy_contract(), Registry(store), DatasetCatalog(store), 1)
+
+
+async def test_a_due_schedule_retrains_once_per_period(store: ArtifactStore) -> None:
+    contract = toy_contract(training={"schedule_seconds": 60})
+    core, _, _ = make_core(store, contract)
+    created = Registry(store).get("toy", 1).created.timestamp()
+    assert core.due_schedules(created + 30) == []
+    [(model, period)] = core.due_schedules(created + 90)
+    assert model == "toy"
+    core.submit_schedule(model, period)
+    outcome = await core.run("toy")
+    assert outcome.outcome != "skipped"
+    assert Registry(store).get("toy", 2).reason == "schedule (every 60.0s)"
+    core.submit_schedule(model, period)  # the same period again: already handled
+    assert (await core.run("toy")).outcome == "skipped"
