@@ -28,3 +28,6 @@ class IngestionSettings(ServiceSettings):
     dedup_window: int = Field(1_000_000, ge=2)
     """Event ids remembered per dataset for deduplication (memory bound: about 100 bytes
     per id). Replays older than this many newer events are not recognised."""
+    topic_check_s: float = Field(10.0, gt=0)
+    """While idle, how often to make sure the service's topics still exist (an embedded
+    broker loses them on restart; creating them again is idempotent)."""

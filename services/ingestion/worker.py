@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -60,6 +61,7 @@ class IngestionWorker:
         self._pending: list[asyncio.Future[Any]] = []
         self._positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._topics_checked = time.monotonic()
 
     async def start(self) -> None:
         """Create topics, connect, and start the consume loop."""
@@ -97,6 +99,15 @@ class IngestionWorker:
 
     # --- the loop ------------------------------------------------------------------------
 
+    async def _check_topics(self) -> None:
+        """Recreate missing topics, at most every ``topic_check_s`` while idle."""
+        if time.monotonic() - self._topics_checked < self.settings.topic_check_s:
+            return
+        self._topics_checked = time.monotonic()
+        created = await ensure_topics(self.settings.kafka, TOPICS)
+        if created:
+            self.log.warning("topics.recreated", topics=created)
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -111,6 +122,8 @@ class IngestionWorker:
                 self.log.warning("ingestion.fetch_failed", error=repr(err))
                 await ensure_topics(self.settings.kafka, TOPICS)
                 continue
+            if not fetched:
+                await self._check_topics()
             async with self._lock:
                 for tp, records in fetched.items():
                     if not records:

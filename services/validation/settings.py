@@ -20,3 +20,6 @@ class ValidationSettings(ServiceSettings):
     profile_max_rows: int = Field(200_000, ge=100)
     """Newest rows of a dataset version that its reference profile is built from
     (bounds the work per accepted batch on long-lived datasets)."""
+    topic_check_s: float = Field(10.0, gt=0)
+    """While idle, how often to make sure the service's topics still exist (an embedded
+    broker loses them on restart; creating them again is idempotent)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -44,6 +45,7 @@ class ValidationWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._topics_checked = time.monotonic()
 
     async def start(self) -> None:
         """Create topics, connect, restore gauges and start consuming."""
@@ -71,6 +73,15 @@ class ValidationWorker:
         if self._producer is not None:
             await self._producer.stop()
 
+    async def _check_topics(self) -> None:
+        """Recreate missing topics, at most every ``topic_check_s`` while idle."""
+        if time.monotonic() - self._topics_checked < self.settings.topic_check_s:
+            return
+        self._topics_checked = time.monotonic()
+        created = await ensure_topics(self.settings.kafka, TOPICS)
+        if created:
+            self.log.warning("topics.recreated", topics=created)
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -81,6 +92,8 @@ class ValidationWorker:
                 self.log.warning("validation.fetch_failed", error=repr(err))
                 await ensure_topics(self.settings.kafka, TOPICS)
                 continue
+            if not fetched:
+                await self._check_topics()
             for tp, records in fetched.items():
                 for record in records:
                     await self._handle(record.value)
