@@ -262,3 +262,27 @@ def test_token_auth_over_tls(store: str, contract: Contract, certs: Path) -> Non
             pytest.raises(grpc.RpcError),
         ):
             pb_grpc.GRPCInferenceServiceStub(plain).ServerLive(pb.ServerLiveRequest(), timeout=5)
+
+
+def test_mutual_tls_requires_a_client_certificate(
+    store: str, contract: Contract, certs: Path
+) -> None:
+    cert, key = (certs / "cert.pem").read_bytes(), (certs / "key.pem").read_bytes()
+    settings = _settings(
+        tls_cert_file=str(certs / "cert.pem"),
+        tls_key_file=str(certs / "key.pem"),
+        tls_client_ca_file=str(certs / "cert.pem"),  # self-signed: its own CA
+    )
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    with ServerThread(store, contract, settings) as running:
+        address = f"127.0.0.1:{running.server.port}"
+        with_cert = grpc.ssl_channel_credentials(cert, private_key=key, certificate_chain=cert)
+        with grpc.secure_channel(address, with_cert, options=options) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(_valid_request(contract)).model_version == "1"
+        without = grpc.ssl_channel_credentials(cert)
+        with (
+            grpc.secure_channel(address, without, options=options) as channel,
+            pytest.raises(grpc.RpcError),
+        ):
+            pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)
