@@ -459,3 +459,42 @@ def test_image_code_imports_only_runtime_dependencies() -> None:
                     if not dists & allowed:
                         problems.add(f"{path.relative_to(ROOT)}: {module} ({sorted(dists)})")
     assert not problems, sorted(problems)
+
+
+def test_prometheus_scrapes_every_service_where_compose_runs_it(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load(
+        (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8")
+    )
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    assert {f"{name}:{DEFAULT_PORTS[name]}" for name in SERVICES} <= targets
+    assert all(t.partition(":")[0] in compose["services"] for t in targets), targets
+    # rule files are resolved next to the config file, where compose mounts alerts.yml
+    mounted = {Path(m.split(":")[1]).name for m in compose["services"]["prometheus"]["volumes"]}
+    assert set(config.get("rule_files", [])) <= mounted
+
+
+def test_grafana_provisioning_points_at_the_compose_mounts(compose: dict[str, Any]) -> None:
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    mounts = dict(
+        m.split(":")[:2] for m in compose["services"]["grafana"]["volumes"] if m.startswith("./")
+    )
+    dashboards_in_container = mounts["./deploy/grafana/dashboards"]
+    paths = [
+        provider["options"]["path"]
+        for f in (provisioning / "dashboards").glob("*.y*ml")
+        for provider in yaml.safe_load(f.read_text(encoding="utf-8"))["providers"]
+    ]
+    assert paths
+    assert all(p == dashboards_in_container for p in paths), paths
+    urls = [
+        source["url"]
+        for f in (provisioning / "datasources").glob("*.y*ml")
+        for source in yaml.safe_load(f.read_text(encoding="utf-8"))["datasources"]
+    ]
+    assert "http://prometheus:9090" in urls
+    assert "9090:9090" in compose["services"]["prometheus"]["ports"]
