@@ -40,7 +40,7 @@ class ServingSettings(ServiceSettings):
     counted, so a Kafka outage never grows memory or delays responses."""
     event_batch_rows: int = Field(2_000, ge=1)
     """Most prediction events serialised and sent in one publishing round."""
-    producer_linger_ms: int = Field(20, ge=0)
+    producer_linger_ms: int = Field(100, ge=0)
     """How long the prediction publisher lets rows accumulate before a send (bigger
     batches, fewer Kafka requests); off the response path."""
     tls_cert_file: str | None = None
