@@ -12,7 +12,8 @@ from shared.store import ArtifactStore
 
 from .core import Limits, MonitoringCore
 from .join import LabelJoin
-from .kafka import KafkaPublisher, LagProbe, MonitoringConsumer
+from .kafka import KafkaPublisher, MonitoringConsumer
+from .lag import LagProbe
 from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
 from .settings import MonitoringSettings

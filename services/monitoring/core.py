@@ -41,6 +41,7 @@ from .window_drift import VersionDrift, WindowReport
 
 ACTOR = "monitoring"
 UNKNOWN = "unknown"
+ACTIONS = ("retrain", "rollback", "promote")
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
 
 
@@ -157,6 +158,8 @@ class MonitoringCore:
         self.limits = limits or Limits()
         self.clock = clock
         self.models: dict[str, ModelState] = {}
+        for name in self.contracts:
+            self.model(name)
 
     # --- state ----------------------------------------------------------------------
 
@@ -178,6 +181,11 @@ class MonitoringCore:
 
         state = ModelState(contract, trigger(), trigger(), trigger(), trigger())
         self.models[name] = state
+        # Series exist at 0 from the start, so increase() sees the first action and label.
+        for action in ACTIONS:
+            self.metrics.actions.labels(name, action)
+        for outcome in ("joined", "unmatched_evicted"):
+            self.metrics.labels.labels(name, outcome)
         return state
 
     def load_aliases(self) -> None:

@@ -27,7 +27,7 @@ from shared.events import (
     ModelRegistered,
     Prediction,
 )
-from shared.kafka import client_kwargs, consumer_kwargs, consumer_lag, ensure_topics, headers
+from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.settings import KafkaSettings
 
 from .core import MonitoringCore, Outgoing
@@ -218,59 +218,3 @@ class MonitoringConsumer:
             # The group rebalanced: the new owner resumes from the last commit.
             self.log.warning("commit.failed", error=repr(err))
             self._uncommitted.clear()
-
-
-class LagProbe:
-    """Measures every consumer group's lag periodically into a gauge.
-
-    Args:
-        settings: Kafka settings.
-        metrics: the service's metrics.
-        log: the service logger.
-        spawn: runs the loop as a supervised task.
-        interval_s: seconds between measurements.
-    """
-
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        metrics: MonitoringMetrics,
-        log: Any,
-        spawn: Spawn,
-        interval_s: float,
-    ):
-        self.settings = settings
-        self.spawn = spawn
-        self.metrics = metrics
-        self.log = log
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Start measuring."""
-        self._task = self.spawn(self._loop(), "monitoring-lag")
-
-    async def stop(self) -> None:
-        """Stop measuring."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def measure(self) -> None:
-        """One measurement of every group's lag per topic (Flywheel groups only)."""
-        lag = await consumer_lag(self.settings)
-        for group, per_topic in lag.items():
-            if not group.startswith("flywheel-"):
-                continue  # bounded labels: other applications' groups are not ours to chart
-            for topic, behind in per_topic.items():
-                if topic in topics.ALL_TOPICS:
-                    self.metrics.consumer_lag.labels(group, topic).set(behind)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.measure()
-            except (KafkaError, OSError) as err:
-                self.log.warning("lag.failed", error=repr(err))
-            await asyncio.sleep(self.interval_s)  # the measurement period

@@ -162,17 +162,18 @@ def test_served_drift_raises_the_metric_requests_a_retrain_and_is_traceable(
     assert psi["car_value"] > 0.2
     assert psi["loan_length"] > 0.2
     assert psi["debt_to_income_ratio"] < 0.1  # not drifted in the data
-    actions = dict(
-        (labels["action"], value)
+    actions = {
+        labels["action"]: value
         for labels, value in _samples(port, "flywheel_monitoring_actions_total")
-    )
+        if labels["model"] == "car_loan"
+    }
     assert actions["retrain"] == 1
 
     def all_labels_joined() -> bool:
         joined = [
             v
             for lab, v in _samples(port, "flywheel_monitoring_labels_total")
-            if lab["outcome"] == "joined"
+            if lab["outcome"] == "joined" and lab["model"] == "car_loan"
         ]
         return bool(joined) and joined[0] == len(preds)
 
