@@ -81,8 +81,15 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
         train_config(settings),
         runtime.log,
         settings.threads,
+        runtime.spawn,
     )
     consumer = TrainingConsumer(
-        settings.kafka, settings.group_id, core, metrics, runtime.log, settings.poll_timeout_ms
+        settings.kafka,
+        settings.group_id,
+        core,
+        metrics,
+        runtime.log,
+        settings.poll_timeout_ms,
+        runtime.spawn,
     )
     return [publisher, core, consumer, Scheduler(core, runtime, settings.schedule_check_s)]

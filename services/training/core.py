@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from .policy import reasons, trigger_key
 from .trainer import TrainConfig, TrainResult, train
 
 Ack = Callable[[], None]
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
 class Publisher(Protocol):
@@ -71,6 +72,8 @@ class TrainingCore:
         config: the service-side training knobs.
         log: the service logger.
         threads: OpenMP/BLAS threads per run.
+        spawn: starts the worker task (the service passes ``Runtime.spawn`` so a crashed
+            worker stops the service instead of dying unnoticed).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class TrainingCore:
         config: TrainConfig,
         log: Any | None = None,
         threads: int | None = 1,
+        spawn: Spawn | None = None,
     ):
         self.contracts = contracts
         self.registry = registry
@@ -91,6 +95,7 @@ class TrainingCore:
         self.metrics = metrics
         self.config = config
         self.threads = threads
+        self._spawn: Spawn = spawn or (lambda coro, name: asyncio.create_task(coro, name=name))
         self.log = log or structlog.get_logger("training")
         self.pending: dict[str, Pending] = {}
         self.outcomes: list[RunOutcome] = []
@@ -102,7 +107,7 @@ class TrainingCore:
 
     async def start(self) -> None:
         """Start the worker that runs queued trainings."""
-        self._worker = asyncio.create_task(self._work(), name="training-worker")
+        self._worker = self._spawn(self._work(), "training-worker")
 
     async def stop(self) -> None:
         """Stop the worker (a run in progress finishes in its thread first)."""

@@ -17,7 +17,7 @@ from shared.events import DatasetValidated, Deployment, Event, RetrainRequest
 from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.settings import KafkaSettings
 
-from .core import TrainingCore
+from .core import Spawn, TrainingCore
 from .metrics import TrainingMetrics
 from .offsets import OffsetTracker
 
@@ -90,6 +90,7 @@ class TrainingConsumer:
         metrics: the service's metrics.
         log: the service logger.
         poll_timeout_ms: how long one poll waits.
+        spawn: starts the consumer task (``Runtime.spawn`` in the service).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class TrainingConsumer:
         metrics: TrainingMetrics,
         log: Any,
         poll_timeout_ms: int = 500,
+        spawn: Spawn | None = None,
     ):
         self.settings = settings
         self.core = core
@@ -111,11 +113,12 @@ class TrainingConsumer:
             *CONSUMED, **consumer_kwargs(settings, "training-consumer", group_id)
         )
         self._task: asyncio.Task[None] | None = None
+        self._spawn: Spawn = spawn or (lambda coro, name: asyncio.create_task(coro, name=name))
 
     async def start(self) -> None:
         """Join the group and start consuming."""
         await self._consumer.start()
-        self._task = asyncio.create_task(self._loop(), name="training-consumer")
+        self._task = self._spawn(self._loop(), "training-consumer")
 
     async def stop(self) -> None:
         """Stop consuming, commit what is durable, leave the group."""

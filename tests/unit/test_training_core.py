@@ -343,3 +343,38 @@ async def test_a_due_schedule_retrains_once_per_period(store: ArtifactStore) -> 
     assert Registry(store).get("toy", 2).reason == "schedule (every 60.0s)"
     core.submit_schedule(model, period)  # the same period again: already handled
     assert (await core.run("toy")).outcome == "skipped"
+
+
+async def test_a_regression_contract_trains_with_regression_metrics(tmp_path: Path) -> None:
+    contract = parse_contract(
+        {
+            "name": "reg",
+            "task": "regression",
+            "id": "id",
+            "label": {"name": "y", "type": "float"},
+            "features": [
+                {"name": "x", "type": "float"},
+                {"name": "c", "type": "category", "values": ["a", "b"]},
+            ],
+            "groups": ["c"],
+            "training": {"min_rows": 100},
+            "promotion": {"primary_metric": "rmse", "max_fairness_gap": 10},
+        }
+    )
+    rng = np.random.default_rng(3)
+    x, c = rng.normal(0, 1, 1200), rng.choice(["a", "b"], 1200)
+    y = 2 * x + (c == "a") + rng.normal(0, 0.1, 1200)
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "reg", [pa.table({"id": np.arange(1200), "x": x, "c": c, "y": y})])
+    core, _, _ = make_core(store, contract)
+    core.submit_request(RetrainRequest(model="reg", reason="regression"), lambda: None)
+    outcome = await core.run("reg")
+    assert outcome.outcome == "promoted", outcome
+    manifest = Registry(store).get("reg", 1)
+    assert set(manifest.metrics) == {"mae", "rmse", "r2"}
+    assert manifest.metrics["r2"] > 0.9
+    assert manifest.parity.passed
+    assert manifest.gates["beats_baseline"].passed
+    assert "mae" in manifest.group_metrics["c"]["gaps"]
+    assert reproduce(contract, Registry(store), DatasetCatalog(store), 1, threads=1).passed
+    assert version.rows == 1200
