@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ async def publish(settings: KafkaSettings, topic: str, key: str, event: Event) -
     await producer.start()
     try:
         await producer.send_and_wait(topic, event.model_dump_json().encode(), key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def publish_raw(settings: KafkaSettings, topic: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=b"lossy")
     finally:
         await producer.stop()
 
@@ -216,7 +226,8 @@ def test_an_export_that_disagrees_with_sklearn_fails_the_parity_gate(
         "training: {min_rows: 100}\n"
     )
     store = ArtifactStore(service_env["FLYWHEEL_STORE"])
-    start_service("training", FLYWHEEL_CONTRACTS=str(contracts), **FAST)
+    proc = start_service("training", FLYWHEEL_CONTRACTS=str(contracts), **FAST)
+    asyncio.run(publish_raw(kafka_settings, topics.DATA_VALIDATED, b"{not json"))
     # float32 (the ONNX input type) cannot tell these values apart: a lossy export.
     noise = np.random.default_rng(0).normal(0, 4, 1500)
     table = pa.table({"id": np.arange(1500), "big": 1e8 + noise, "y": (noise > 0).astype(int)})
@@ -227,6 +238,13 @@ def test_an_export_that_disagrees_with_sklearn_fails_the_parity_gate(
     assert registered["promoted"] is False
     manifest = Registry(store).get("lossy", 1)
     assert manifest.parity.label_agreement < 1.0 or manifest.parity.max_abs_diff > 1e-5
+    port = proc.ready_info["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        scraped = response.read().decode()
+    assert (
+        'flywheel_training_events_total{outcome="rejected",topic="data.validated"} 1.0' in scraped
+    )
+    assert 'flywheel_training_runs_total{model="lossy",outcome="refused"} 1.0' in scraped
     env = {**service_env, "FLYWHEEL_CONTRACTS": str(contracts)}
     refused = cli(env, "promote", "lossy", "1", "--reason", "force it")
     assert refused.exit_code == 1
