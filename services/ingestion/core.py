@@ -283,14 +283,21 @@ class Ingestor:
         Returns the ``data.batches`` events, to publish (and have acknowledged) before
         committing the offsets of everything processed so far.
         """
-        events: list[BatchCreated] = []
-        for name, buf in list(self._buffers.items()):
-            if not buf.rows:
-                continue
-            table = pa.concat_tables(buf.tables)
-            events.append(self._write(self.contracts[name], table))
-            del self._buffers[name]
-        return events
+        return self.write(self.detach())
+
+    def detach(self) -> dict[str, pa.Table]:
+        """Take the buffered rows (dataset -> table) and start new, empty buffers.
+
+        With :meth:`write` this lets the adapter write one flush in a thread while the
+        event loop keeps filling the next one.
+        """
+        tables = {n: pa.concat_tables(b.tables) for n, b in self._buffers.items() if b.rows}
+        self._buffers = {}
+        return tables
+
+    def write(self, tables: Mapping[str, pa.Table]) -> list[BatchCreated]:
+        """Write detached tables as Parquet objects and log them; their batch events."""
+        return [self._write(self.contracts[name], table) for name, table in tables.items()]
 
     def _write(self, contract: Contract, table: pa.Table) -> BatchCreated:
         sha, uri = self.store.put_parquet(f"raw/{contract.name}", table)

@@ -60,6 +60,7 @@ class IngestionWorker:
         self._lock = asyncio.Lock()
         self._pending: list[asyncio.Future[Any]] = []
         self._positions: dict[TopicPartition, int] = {}
+        self._inflight: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._topics_checked = time.monotonic()
 
@@ -132,7 +133,7 @@ class IngestionWorker:
                     self._send_letters(letters)
                     self._positions[tp] = records[-1].offset + 1
                 if self.ingestor.due() or (self._positions and not self.ingestor.buffered_rows):
-                    await self._flush_and_commit()
+                    await self._start_flush()
 
     def _send_letters(self, letters: list[DeadLetter]) -> None:
         assert self._producer is not None
@@ -146,8 +147,9 @@ class IngestionWorker:
             )
             self._pending.append(asyncio.ensure_future(_delivered(send)))
 
-    async def _publish(self, batches: list[BatchCreated]) -> None:
+    async def _publish(self, batches: list[BatchCreated]) -> list[asyncio.Future[Any]]:
         assert self._producer is not None
+        futures = []
         for batch in batches:
             fut = await self._producer.send(
                 topics.DATA_BATCHES,
@@ -155,25 +157,57 @@ class IngestionWorker:
                 key=batch.dataset.encode(),
                 headers=_kafka_headers(batch.id),
             )
-            self._pending.append(fut)
+            futures.append(fut)
+        return futures
+
+    async def _start_flush(self) -> None:
+        """Hand what is buffered to a background flush; at most one runs at a time.
+
+        The loop keeps fetching and processing into fresh buffers while the previous
+        flush writes its Parquet objects and waits for acknowledgements; offsets are
+        committed in order because the next flush starts only after this one finished.
+        """
+        await self._drain()
+        tables = self.ingestor.detach()
+        positions, self._positions = self._positions, {}
+        pending, self._pending = self._pending, []
+        self._inflight = self.runtime.spawn(
+            self._complete(tables, positions, pending), "ingestion-flush"
+        )
+
+    async def _drain(self) -> None:
+        """Wait for the running flush, if any (its failure propagates)."""
+        inflight = self._inflight
+        if inflight is not None:
+            # Shielded: stopping the loop must not cancel a flush half-way; stop() drains it.
+            await asyncio.shield(inflight)
+            self._inflight = None
 
     async def _flush_and_commit(self) -> None:
-        """Flush buffers, wait for every send to be acknowledged, then commit positions."""
+        """Flush everything buffered and wait until it is committed."""
+        await self._start_flush()
+        await self._drain()
+
+    async def _complete(
+        self,
+        tables: dict[str, Any],
+        positions: dict[TopicPartition, int],
+        pending: list[asyncio.Future[Any]],
+    ) -> None:
+        """Write, publish, wait for every acknowledgement, then commit ``positions``."""
         assert self._consumer is not None
         with self.ingestor.metrics.flush_seconds.time():
-            batches = await asyncio.to_thread(self.ingestor.flush)
-            await self._publish(batches)
-            pending, self._pending = self._pending, []
-            # Sends resolve in order; gather raises if any failed, so nothing is committed.
-            await asyncio.gather(*(asyncio.ensure_future(p) for p in pending))
+            batches = await asyncio.to_thread(self.ingestor.write, tables)
+            pending += await self._publish(batches)
+            # gather raises if any send failed: then nothing is committed.
+            await asyncio.gather(*pending)
         for batch in batches:
             self.log.info(
                 "ingestion.batch", dataset=batch.dataset, rows=batch.rows, batch_id=batch.batch_id
             )
-        if self._positions:
-            offsets = {tp: OffsetAndMetadata(pos, "") for tp, pos in self._positions.items()}
+        if positions:
+            offsets = {tp: OffsetAndMetadata(pos, "") for tp, pos in positions.items()}
             await self._consumer.commit(offsets)
-            self._positions = {}
 
     # --- rebalancing ---------------------------------------------------------------------
 
@@ -188,10 +222,9 @@ class IngestionWorker:
         """Reload the dedup windows (another replica may have flushed batches) and
         re-announce the newest batch per dataset in case its event was never acknowledged."""
         async with self._lock:
+            await self._drain()
             newest = await asyncio.to_thread(self.ingestor.reload)
-            await self._publish(newest)
-            pending, self._pending = self._pending, []
-            await asyncio.gather(*pending)
+            await asyncio.gather(*await self._publish(newest))
         self.log.info(
             "ingestion.assigned",
             partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),

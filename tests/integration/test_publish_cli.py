@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from shared.datasets import DatasetCatalog
 from shared.kafka import client_kwargs
 from shared.settings import KafkaSettings
+from shared.store import ArtifactStore
 from tests.conftest import StartService, need_data
 
 pytestmark = pytest.mark.integration
@@ -29,6 +31,11 @@ def flywheel(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         timeout=120,
         check=False,
     )
+
+
+def latest_rows(catalog: DatasetCatalog) -> int:
+    latest = catalog.latest("car_loan")
+    return latest.rows if latest else 0
 
 
 async def test_publish_then_list_datasets_and_dead_letters(
@@ -49,15 +56,15 @@ async def test_publish_then_list_datasets_and_dead_letters(
     finally:
         await producer.stop()
 
+    catalog = DatasetCatalog(ArtifactStore(service_env["FLYWHEEL_STORE"]))
     deadline = time.monotonic() + 60
-    versions: list[dict[str, object]] = []
     while time.monotonic() < deadline:
-        listed = flywheel(service_env, "datasets", "car_loan", "--json")
-        assert listed.returncode == 0, listed.stderr
-        versions = json.loads(listed.stdout)
-        if versions and versions[-1]["rows"] == 700:
+        if latest_rows(catalog) >= 700:
             break
         await asyncio.sleep(0.2)  # polling an eventual outcome with a deadline
+    listed = flywheel(service_env, "datasets", "car_loan", "--json")
+    assert listed.returncode == 0, listed.stderr
+    versions = json.loads(listed.stdout)
     assert versions[-1]["rows"] == 700
     assert set(versions[-1]) >= {"id", "parent", "rows", "batches", "created", "drift"}
 
