@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from shared.registry import Registry
 from .deploy import ACTOR, DeploymentRefused, apply, new_model_deployment
 from .metrics import TrainingMetrics
 from .policy import reasons, trigger_key
+from .search import RunCancelled
 from .trainer import TrainConfig, TrainResult, train
 
 Ack = Callable[[], None]
@@ -102,6 +104,7 @@ class TrainingCore:
         self._wake = asyncio.Event()
         self._alias_lock = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
+        self._cancel = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -110,7 +113,12 @@ class TrainingCore:
         self._worker = self._spawn(self._work(), "training-worker")
 
     async def stop(self) -> None:
-        """Stop the worker (a run in progress finishes in its thread first)."""
+        """Stop the worker; a run in progress stops at its next step, unregistered.
+
+        Its triggers are not acknowledged, so their offsets stay uncommitted and the
+        run happens again after a restart.
+        """
+        self._cancel.set()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,6 +184,10 @@ class TrainingCore:
         pending = self.pending.pop(model, Pending())
         try:
             outcome = await self._run(self.contracts[model], pending)
+        except RunCancelled:
+            # Stopping: leave the triggers unacknowledged so a restart runs them again.
+            self.log.warning("training.cancelled", model=model)
+            raise asyncio.CancelledError from None
         except Exception as exc:
             # A run that cannot complete is reported and counted; its triggers are
             # acknowledged so one poisoned dataset cannot wedge the service.
@@ -228,6 +240,7 @@ class TrainingCore:
                 reason=reason,
                 config=self.config,
                 threads=self.threads,
+                cancel=self._cancel,
                 on_phase=lambda phase, s: self.metrics.phase_seconds.labels(model, phase).observe(
                     s
                 ),

@@ -8,6 +8,7 @@ families) run only while the budget lasts, and the ones left out are recorded.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -22,6 +23,16 @@ from shared.features import build_pipeline
 
 from .estimators import BOOSTING, GRIDS, LINEAR, VOTING, describe, make_estimator
 from .scoring import CV_SCORERS, higher_is_better
+
+
+class RunCancelled(Exception):
+    """The service is stopping: the run was abandoned between two steps."""
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise :class:`RunCancelled` if ``cancel`` is set."""
+    if cancel is not None and cancel.is_set():
+        raise RunCancelled("training stopped: the service is shutting down")
 
 
 @dataclass
@@ -142,6 +153,7 @@ def search(
     budget_s: float,
     folds: int,
     seed: int,
+    cancel: threading.Event | None = None,
 ) -> SearchResult:
     """Run the time-boxed search on the training rows.
 
@@ -152,11 +164,13 @@ def search(
         budget_s: stop launching candidates after this many seconds.
         folds: cross-validation folds.
         seed: seed of the folds and the estimators.
+        cancel: when set, :class:`RunCancelled` is raised before the next candidate.
     """
     metric = contract.promotion.primary_metric
     better = higher_is_better(metric)
 
     def run(family: str, params: dict[str, Any]) -> Run:
+        check_cancel(cancel)
         return evaluate_candidate(
             contract, family, params, x, y, metric=metric, folds=folds, seed=seed
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from .deploy import planned_action
 from .estimators import LINEAR, describe, make_estimator
 from .gates import all_passed, evaluate_gates
 from .parity import check_parity, onnx_predictions
-from .search import search
+from .search import check_cancel, search
 
 PHASES = ("search", "fit", "evaluate", "export", "parity")
 BASELINE_PARAMS: dict[str, Any] = {"C": 1.0}
@@ -177,6 +178,7 @@ def train(
     config: TrainConfig,
     on_phase: Callable[[str, float], None] | None = None,
     threads: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> TrainResult:
     """Train, evaluate, export and register one model version.
 
@@ -189,9 +191,13 @@ def train(
         config: the service-side knobs.
         on_phase: called with (phase, seconds) as each phase ends (metrics).
         threads: OpenMP/BLAS threads for this run (None: the libraries' default).
+        cancel: when set, the run stops with :class:`RunCancelled` at the next step
+            (between search candidates and between phases), before anything is registered.
     """
     with cpu_threads(threads):
-        return _train(contract, registry, catalog, dataset_version, reason, config, on_phase)
+        return _train(
+            contract, registry, catalog, dataset_version, reason, config, on_phase, cancel
+        )
 
 
 def _train(
@@ -202,6 +208,7 @@ def _train(
     reason: str,
     config: TrainConfig,
     on_phase: Callable[[str, float], None] | None,
+    cancel: threading.Event | None,
 ) -> TrainResult:
     started = time.perf_counter()
     seed = contract.training.seed
@@ -221,8 +228,9 @@ def _train(
             budget_s=config.budget(contract),
             folds=config.cv_folds,
             seed=seed,
+            cancel=cancel,
         )
-    _report(on_phase, phases, "search")
+    _report(on_phase, phases, "search", cancel)
     best = found.best
     with timed("fit"):
         pipeline = fit(contract, best.family, best.params, seed, prepared)
@@ -230,14 +238,14 @@ def _train(
         baseline = (
             pipeline if same_as_baseline else fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
         )
-    _report(on_phase, phases, "fit")
+    _report(on_phase, phases, "fit", cancel)
     with timed("evaluate"):
         evaluated = _evaluate(contract, registry, config, prepared, pipeline, baseline)
-    _report(on_phase, phases, "evaluate")
+    _report(on_phase, phases, "evaluate", cancel)
     with timed("export"):
         onnx = to_onnx(pipeline, contract)
         onnx_sha, onnx_uri = registry.put_onnx(model, onnx)
-    _report(on_phase, phases, "export")
+    _report(on_phase, phases, "export", cancel)
     with timed("parity"):
         parity = check_parity(
             contract, pipeline, onnx, data.x_holdout, contract.promotion.parity_tolerance
@@ -338,9 +346,15 @@ def _train(
     return TrainResult(manifest, dict(phases.seconds), passed)
 
 
-def _report(on_phase: Callable[[str, float], None] | None, phases: Phases, name: str) -> None:
+def _report(
+    on_phase: Callable[[str, float], None] | None,
+    phases: Phases,
+    name: str,
+    cancel: threading.Event | None = None,
+) -> None:
     if on_phase is not None:
         on_phase(name, phases.seconds[name])
+    check_cancel(cancel)
 
 
 def _evaluate(

@@ -378,3 +378,17 @@ async def test_a_regression_contract_trains_with_regression_metrics(tmp_path: Pa
     assert "mae" in manifest.group_metrics["c"]["gaps"]
     assert reproduce(contract, Registry(store), DatasetCatalog(store), 1, threads=1).passed
     assert version.rows == 1200
+
+
+async def test_stopping_abandons_a_run_without_acking_or_registering(tmp_path: Path) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    core, recorder, _ = make_core(store, toy_contract())
+    acked: list[int] = []
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: acked.append(1))
+    await core.stop()  # sets the cancel flag the run checks between steps
+    with pytest.raises(asyncio.CancelledError):
+        await core.run("toy")
+    assert acked == []
+    assert Registry(store).version_numbers("toy") == []
+    assert recorder.sent == []
