@@ -202,3 +202,22 @@ def test_id_window_is_bounded_and_remembers_the_recent_half() -> None:
     assert all(str(i) in window for i in range(95, 100))
     assert "0" not in window
     assert window.fresh(["99", "x", "x"]) == [False, True, False]
+
+
+def test_a_chunk_of_two_datasets_is_split_between_them(store: ArtifactStore) -> None:
+    other = CONTRACT.model_copy(update={"name": "toy2"})
+    metrics = IngestionMetrics(CollectorRegistry())
+    ing = Ingestor(
+        {"toy": CONTRACT, "toy2": other},
+        store,
+        metrics,
+        batch_rows=100,
+        batch_seconds=60.0,
+        dedup_window=100,
+    )
+    events = [event(i, dataset="toy2" if i % 2 else "toy") for i in range(6)]
+    assert ing.process(msgs(events)) == []
+    batches = {b.dataset: b for b in ing.flush()}
+    assert {name: b.rows for name, b in batches.items()} == {"toy": 3, "toy2": 3}
+    ids = store.get_parquet(batches["toy2"].uri).column("id").to_pylist()
+    assert ids == ["e1", "e3", "e5"]
