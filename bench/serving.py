@@ -38,6 +38,7 @@ MLSERVER_PACKAGES = ["mlserver==1.7.*", "mlserver-sklearn", "uvloop==0.21.0"]
 LOADS = (("sequential b1", 1, 1), ("16 concurrent b1", 16, 1), ("16 concurrent b64", 16, 64))
 BATCHING_CONCURRENCY = (1, 4, 16, 64)
 BATCH_DELAY_MS = 2.0
+RESULTS = ROOT / "bench" / "results" / "serving.json"
 SLICE_S = 1.0
 
 Inputs = Callable[[int], tuple[list[Any], dict[str, Any] | None]]
@@ -413,7 +414,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Print the figures as a table and as JSON."""
+    """Print the figures as a table and JSON, and write them to ``bench/results/serving.json``."""
     results = run(quick="--quick" in sys.argv)
     print(f"raw ORT: {results['raw_ort']}")
     print(
@@ -433,6 +434,8 @@ def main() -> None:
             print(f"{mode:<13} {c:<5} p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms", end="  ")
             print(f"{r['req_per_s']} req/s")
     print(json.dumps(results, indent=2))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
