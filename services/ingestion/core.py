@@ -248,7 +248,7 @@ class Ingestor:
         checker = self._checkers[name]
         ids = columns[checker.contract.id]
         fresh = self.window(name).fresh(take(ids, ok))
-        keep = [i for i, new in zip(ok, fresh, strict=True) if new]
+        keep = ok if False not in fresh else [i for i, new in zip(ok, fresh, strict=True) if new]
         duplicates = len(ok) - len(keep)
         if duplicates:
             self.metrics.events.labels(name, "duplicate").inc(duplicates)
