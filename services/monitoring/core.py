@@ -158,6 +158,8 @@ class MonitoringCore:
         self.limits = limits or Limits()
         self.clock = clock
         self.models: dict[str, ModelState] = {}
+        self._published: deque[str] = deque(maxlen=1000)
+        """Ids of deployments this core published: their echo from Kafka is not re-applied."""
         for name in self.contracts:
             self.model(name)
 
@@ -186,6 +188,8 @@ class MonitoringCore:
             self.metrics.actions.labels(name, action)
         for outcome in ("joined", "unmatched_evicted"):
             self.metrics.labels.labels(name, outcome)
+        for counter in (self.metrics.dlq, self.metrics.quarantined, self.metrics.dataset_versions):
+            counter.labels(name)
         return state
 
     def load_aliases(self) -> None:
@@ -571,12 +575,15 @@ class MonitoringCore:
             f"action.{action}", model=model, version=version, reason=reason, evidence=evidence
         )
         self.on_deployment(event)
+        self._published.append(event.id)
         return Outgoing(topics.MODELS_DEPLOYMENTS, model, event)
 
     # --- control-plane events ---------------------------------------------------------
 
     def on_deployment(self, d: Deployment) -> None:
         """Follow champion/challenger changes (from training, users or ourselves)."""
+        if d.id in self._published:
+            return  # our own decision, already applied when it was made
         state = self.model(d.model)
         if state is None:
             self.metrics.rejected.labels(topics.MODELS_DEPLOYMENTS, "unknown_model").inc()

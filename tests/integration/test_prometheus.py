@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -200,7 +201,7 @@ def _feed(kafka_settings: KafkaSettings, store_uri: str, grpc_address: str) -> N
     reference, analysis = load_car_loan(need_data("synthetic_car_loan_reference.csv")[0].parent)
     store = ArtifactStore(store_uri)
     registry = Registry(store)
-    v1, v2 = registry.get("car_loan", 1), registry.get("car_loan", 2)
+    v1, v2, v3 = (registry.get("car_loan", v) for v in (1, 2, 3))
     # Real requests through serving: its prediction events reach monitoring over Kafka.
     _infer(grpc_address, 1, 200)
     # Champion rows with a shadow's answers, canary rows, then the drifted half, with labels.
@@ -213,8 +214,8 @@ def _feed(kafka_settings: KafkaSettings, store_uri: str, grpc_address: str) -> N
         p.model_copy(
             update={
                 "shadow": {
-                    "model_version": 2,
-                    "data_version": v2.dataset_version,
+                    "model_version": 3,
+                    "data_version": v3.dataset_version,
                     "outputs": p.outputs,
                 }
             }
@@ -291,6 +292,7 @@ def test_every_dashboard_and_alert_expression_evaluates_on_a_running_stack(
     store = ArtifactStore(store_uri)
     seed_version(store, contract, reference.iloc[:20_000], 1)
     seed_version(store, contract, reference.iloc[20_000:25_000], 2, champion=False)
+    seed_version(store, contract, reference.iloc[25_000:30_000], 3, champion=False)
     asyncio.run(ensure_topics(kafka_settings, topics.ALL_TOPICS))
     serving = start_service("serving")
     monitoring = start_service(
@@ -318,7 +320,9 @@ def test_every_dashboard_and_alert_expression_evaluates_on_a_running_stack(
         _infer(serving.ready_info["grpc_address"], 0, 1)
         _wait_for(base, "flywheel_serving_requests_total", 30)
         _feed(kafka_settings, store_uri, serving.ready_info["grpc_address"])
-        _wait_for(base, 'flywheel_monitoring_actions_total{action="retrain"}', 60)
+        _wait_for(base, 'flywheel_monitoring_actions_total{action="retrain"} > 0', 60)
+        for counter in ("dlq", "quarantined", "dataset_versions"):
+            _wait_for(base, f"flywheel_monitoring_{counter}_total > 0", 30)
         _wait_for(base, "flywheel_monitoring_metric_difference", 60)
         _wait_for(
             base, 'increase(flywheel_monitoring_actions_total{action="rollback"}[1m]) > 0', 60
@@ -347,7 +351,9 @@ def test_every_dashboard_and_alert_expression_evaluates_on_a_running_stack(
         _wait_for(base, 'ALERTS{alertname="FlywheelFeatureDrift"}', 30)  # pending: for 10m
         assert all(h in ("ok", "unknown") for h in health.values()), health
 
-        pngs = render.render_all(base, tmp_path / "img", minutes=2)
+        # FLYWHEEL_DOCS_IMG=docs/img regenerates the documentation's screenshots.
+        img = Path(os.environ.get("FLYWHEEL_DOCS_IMG", tmp_path / "img"))
+        pngs = render.render_all(base, img, minutes=2)
         assert [p.name for p in pngs] == [
             "dashboard_data.png",
             "dashboard_model_quality.png",
