@@ -91,5 +91,6 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
         runtime.log,
         settings.poll_timeout_ms,
         runtime.spawn,
+        settings.topic_check_s,
     )
     return [publisher, core, consumer, Scheduler(core, runtime, settings.schedule_check_s)]

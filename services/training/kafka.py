@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -26,6 +27,9 @@ CONSUMED: dict[str, type[BaseModel]] = {
     topics.RETRAIN_REQUESTS: RetrainRequest,
     topics.MODELS_DEPLOYMENTS: Deployment,
 }
+
+
+ALL_TRAINING_TOPICS = (*CONSUMED, topics.MODELS_REGISTERED)
 
 
 class KafkaPublisher:
@@ -91,6 +95,8 @@ class TrainingConsumer:
         log: the service logger.
         poll_timeout_ms: how long one poll waits.
         spawn: starts the consumer task (``Runtime.spawn`` in the service).
+        topic_check_s: how often missing topics are recreated (a restarted embedded
+            broker has lost them, and clients do not report that as an error).
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class TrainingConsumer:
         log: Any,
         poll_timeout_ms: int = 500,
         spawn: Spawn | None = None,
+        topic_check_s: float = 30.0,
     ):
         self.settings = settings
         self.core = core
@@ -109,6 +116,7 @@ class TrainingConsumer:
         self.log = log
         self.poll_timeout_ms = poll_timeout_ms
         self.offsets = OffsetTracker()
+        self.topic_check_s = topic_check_s
         self._consumer = AIOKafkaConsumer(
             *CONSUMED, **consumer_kwargs(settings, "training-consumer", group_id)
         )
@@ -132,7 +140,17 @@ class TrainingConsumer:
 
     async def _loop(self) -> None:
         failures = 0
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked >= self.topic_check_s:
+                checked = time.monotonic()
+                try:
+                    created = await ensure_topics(self.settings, ALL_TRAINING_TOPICS, attempts=1)
+                except ConnectionError as err:
+                    self.log.warning("topics.check_failed", error=str(err))
+                else:
+                    if created:
+                        self.log.warning("topics.recreated", topics=created)
             try:
                 batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
                 for tp, records in batch.items():

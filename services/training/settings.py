@@ -39,5 +39,8 @@ class TrainingSettings(ServiceSettings):
     services (OpenMP threads spin-wait on busy cores); raise it on a dedicated host."""
     poll_timeout_ms: int = Field(500, ge=10)
     """How long one consumer poll waits for records."""
+    topic_check_s: float = Field(30.0, gt=0)
+    """How often the consumer recreates missing topics (an embedded broker that
+    restarted has lost them)."""
     schedule_check_s: float = Field(30.0, gt=0)
     """How often contracts with a ``training.schedule_seconds`` are checked."""
