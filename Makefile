@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/flywheel up
+	$(BIN)/flywheel up $(if $(filter 0,$(DEMO)),,--demo)
 
 up: install
 	$(BIN)/flywheel up

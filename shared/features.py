@@ -18,6 +18,12 @@ import pandas as pd
 import pyarrow as pa
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    StackingClassifier,
+    StackingRegressor,
+    VotingClassifier,
+    VotingRegressor,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -40,7 +46,9 @@ def category_names(contract: Contract) -> list[str]:
 
 def _numeric(values: Any) -> np.ndarray:
     arr = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    return np.asarray(arr, dtype=np.float64)
+    # The ONNX graph reads numeric features as float32: rounding here makes sklearn see the
+    # very values ONNX Runtime sees, so a tree split can never fall between the two.
+    return np.asarray(arr, dtype=np.float32).astype(np.float64)
 
 
 def _category(values: Any) -> np.ndarray:
@@ -78,8 +86,14 @@ def table_to_frame(contract: Contract, table: pa.Table) -> pd.DataFrame:
     return to_frame(contract, cols)
 
 
-def build_preprocessor(contract: Contract) -> ColumnTransformer:
-    """Imputation + scaling for numeric features, one-hot (contract vocabulary) for categories."""
+def build_preprocessor(contract: Contract, scale: bool = True) -> ColumnTransformer:
+    """Imputation (+ scaling) for numeric features, one-hot (contract vocabulary) for categories.
+
+    Args:
+        contract: the data contract.
+        scale: standardise numeric features (linear models need it; trees must not have it,
+            see :func:`build_pipeline`).
+    """
     parts: list[tuple[str, Any, list[str]]] = []
     numeric = numeric_names(contract)
     if numeric:
@@ -87,8 +101,9 @@ def build_preprocessor(contract: Contract) -> ColumnTransformer:
         if any(contract.feature(n).nullable for n in numeric):
             # ONNX's Imputer runs on float32 only, so it is added only where nulls can occur.
             steps.append(("impute", SimpleImputer(strategy="median")))
-        steps.append(("scale", StandardScaler()))
-        parts.append(("num", Pipeline(steps), numeric))
+        if scale:
+            steps.append(("scale", StandardScaler()))
+        parts.append(("num", Pipeline(steps) if steps else "passthrough", numeric))
     cats = [contract.feature(n) for n in category_names(contract)]
     if cats:
         vocab = [[*(f.values or []), MISSING_CATEGORY] for f in cats]
@@ -97,9 +112,42 @@ def build_preprocessor(contract: Contract) -> ColumnTransformer:
     return ColumnTransformer(parts, remainder="drop")
 
 
+_TREE_PREFIXES = (
+    "HistGradientBoosting",
+    "GradientBoosting",
+    "RandomForest",
+    "ExtraTrees",
+    "DecisionTree",
+)
+
+
+def is_tree_model(estimator: BaseEstimator) -> bool:
+    """True for tree ensembles, whose splits must see unscaled (float32-exact) inputs."""
+    return type(estimator).__name__.startswith(_TREE_PREFIXES)
+
+
+def _scaled(estimator: BaseEstimator) -> BaseEstimator:
+    if is_tree_model(estimator):
+        return estimator
+    return Pipeline([("scale", StandardScaler()), ("model", estimator)])
+
+
 def build_pipeline(contract: Contract, estimator: BaseEstimator) -> Pipeline:
-    """The whole model: the contract's preprocessing followed by ``estimator``."""
-    return Pipeline([("prep", build_preprocessor(contract)), ("model", estimator)])
+    """The whole model: the contract's preprocessing followed by ``estimator``.
+
+    Linear models get standardised numeric inputs. Tree models get them unscaled: ONNX
+    Runtime computes a scaler in float32, and a split threshold between the float64 and
+    float32 results would change a tree's path (seen: 0.05 probability gaps on car loans).
+    In a voting/stacking ensemble each non-tree member carries its own scaler.
+    """
+    if isinstance(
+        estimator, VotingClassifier | VotingRegressor | StackingClassifier | StackingRegressor
+    ):
+        members = [(name, _scaled(est)) for name, est in estimator.estimators]
+        estimator = estimator.set_params(estimators=members)
+        return Pipeline([("prep", build_preprocessor(contract, scale=False)), ("model", estimator)])
+    scale = not is_tree_model(estimator)
+    return Pipeline([("prep", build_preprocessor(contract, scale=scale)), ("model", estimator)])
 
 
 def onnx_initial_types(contract: Contract) -> list[tuple[str, Any]]:
@@ -126,7 +174,8 @@ def to_onnx(pipeline: Pipeline, contract: Contract) -> bytes:
         options = {id(pipeline.steps[-1][1]): options}
         # Voting/stacking ensembles convert their members too: no ZipMap anywhere.
         for est in getattr(pipeline.steps[-1][1], "estimators_", []) or []:
-            options[id(est)] = {"zipmap": False}
+            inner = est.steps[-1][1] if isinstance(est, Pipeline) else est
+            options[id(inner)] = {"zipmap": False}
     onx = _to_onnx(
         pipeline,
         initial_types=onnx_initial_types(contract),

@@ -119,6 +119,7 @@ def up(
     log_dir: Annotated[Path, typer.Option(help="Folder for service logs.")] = Path("var/logs"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
     broker_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
+    demo: Annotated[bool, typer.Option(help="Run the demo once the stack is ready.")] = False,
 ) -> None:
     """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and every service."""
     stop = _stop_event()
@@ -137,6 +138,8 @@ def up(
         asyncio.run(ensure_topics(kafka, topics.ALL_TOPICS))
         ready = supervisor.start_all(timeout)
         _print_endpoints(kafka.servers, ready)
+        if demo:
+            _run_demo(kafka, ready, stop)
         console.print("stack running; Ctrl-C stops it")
         while not stop.wait(0.5):
             supervisor.watch()
@@ -146,6 +149,25 @@ def up(
         if broker:
             broker.stop()
         console.print("stopped")
+
+
+def _run_demo(
+    kafka: KafkaSettings, ready: dict[str, dict[str, Any]], stop: threading.Event
+) -> None:
+    from shared.cli.demo import DemoAborted, Endpoints, run_demo
+    from shared.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    endpoints = Endpoints(
+        grpc=str(ready["serving"]["grpc_address"]).replace("0.0.0.0", "127.0.0.1"),
+        monitoring_metrics=f"http://127.0.0.1:{ready['monitoring']['metrics_port']}/metrics",
+        store=settings.store,
+        contracts=settings.contracts,
+    )
+    try:
+        run_demo(kafka, endpoints, stop)
+    except DemoAborted as err:
+        console.print(f"[yellow]demo stopped: {err}[/]; the stack keeps running")
 
 
 def _print_endpoints(bootstrap: str, ready: dict[str, dict[str, Any]]) -> None:

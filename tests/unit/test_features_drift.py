@@ -100,3 +100,25 @@ def test_psi_and_ks_basics() -> None:
     assert ks_binned(ref, ref) == pytest.approx(0.0)
     assert psi(ref, ref[::-1]) > 0.2
     assert ks_binned(ref, np.array([40, 30, 20, 10])) == pytest.approx(0.4)
+
+
+def test_tree_models_keep_parity_on_car_loans() -> None:
+    """Car-loan's continuous inputs once broke HGB parity (0.05 gaps) via float32 scaling."""
+    import pyarrow.csv as pacsv
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from shared.contract import load_contract
+    from shared.features import table_to_frame
+    from tests.conftest import CONTRACTS, need_data
+
+    contract = load_contract(CONTRACTS / "car_loan.yaml")
+    table = pacsv.read_csv(need_data("synthetic_car_loan_reference.csv")[0])
+    frame = table_to_frame(contract, table)
+    y = table.column("repaid").to_numpy().astype(int)
+    estimator = HistGradientBoostingClassifier(max_iter=200, max_leaf_nodes=15, random_state=42)
+    pipe = build_pipeline(contract, estimator).fit(frame[:40000], y[:40000])
+    sess = ort.InferenceSession(to_onnx(pipe, contract), providers=["CPUExecutionProvider"])
+    holdout = frame[40000:]
+    labels, probs = sess.run(None, onnx_feeds(contract, holdout))
+    assert (labels == pipe.predict(holdout)).all()
+    assert np.abs(probs - pipe.predict_proba(holdout)).max() < 1e-5
