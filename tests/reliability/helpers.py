@@ -1,0 +1,95 @@
+"""Helpers of the reliability suite: polling with a deadline, metrics, RSS, Kafka reads."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.cli.data import rows_to_events
+from shared.contract import Contract, load_contract
+from shared.datasets import DatasetCatalog
+from shared.kafka import consumer_kwargs
+from shared.procs import ServiceProcess
+from shared.settings import KafkaSettings
+from tests.conftest import CONTRACTS, need_data
+
+CENSUS: Contract = load_contract(CONTRACTS / "census_employment.yaml")
+
+
+def census_events(limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """``limit`` census reference rows from ``offset`` as data events."""
+    (path,) = need_data("employment_MA_reference.pq")
+    return rows_to_events(CENSUS, pq.read_table(path).slice(offset, limit))
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy (eventual outcomes, with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` matching ``labels`` on a service's /metrics (0 if none)."""
+    url = f"http://127.0.0.1:{proc.ready_info['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += float(sample.value)
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS from /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def latest_rows(catalog: DatasetCatalog, name: str) -> int:
+    """Rows of the latest dataset version of ``name`` (0 before the first)."""
+    latest = catalog.latest(name)
+    return latest.rows if latest else 0
+
+
+async def read_topic(
+    settings: KafkaSettings, topic: str, *, idle_s: float = 3.0, wait_s: float = 60.0
+) -> list[bytes]:
+    """Every record value of ``topic`` from the start, until ``idle_s`` without a new one."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(settings, f"reliability-{topic}", None))
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        out: list[bytes] = []
+        deadline = time.monotonic() + wait_s
+        last = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                out.extend(r.value for r in records if r.value is not None)
+                last = time.monotonic()
+        return out
+    finally:
+        await consumer.stop()
+
+
+def json_records(values: list[bytes]) -> list[dict[str, Any]]:
+    """Record values parsed as JSON objects."""
+    return [json.loads(v) for v in values]
