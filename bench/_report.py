@@ -1,0 +1,565 @@
+"""``docs/benchmarks.md`` and its plots, from one results file of ``python -m bench``.
+
+Everything here reads the recorded JSON only: a figure that a module did not produce
+is shown as missing (with the module's error), never filled in.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+IMG = ROOT / "docs" / "img"
+SERVERS = ("flywheel", "minimal", "mlserver")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    head = list(header)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if isinstance(a, int | float) and isinstance(b, int | float) and b:
+        return round(float(a) / float(b), 2)
+    return None
+
+
+def _spread(values: list[float]) -> str:
+    """Median (min-max) of repeats."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def _failed(name: str, entry: dict[str, Any]) -> list[str]:
+    if entry.get("status") == "ok":
+        return []
+    reason = entry.get("error", "no result")
+    return [f"**Not measured** ({entry.get('status')}): `{reason.splitlines()[-1][:300]}`", ""]
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency_cdf(serving: dict[str, Any], path: Path) -> bool:
+    """Latency CDF per load for each server (from the recorded percentiles)."""
+    loads = [
+        load for load in serving.get("flywheel", {}) if isinstance(serving["flywheel"][load], dict)
+    ]
+    if not loads or "quantiles_ms" not in serving["flywheel"][loads[0]]:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.8), squeeze=False)
+    for ax, load in zip(axes[0], loads, strict=True):
+        for server in SERVERS:
+            figures = serving.get(server, {}).get(load)
+            if not isinstance(figures, dict) or "quantiles_ms" not in figures:
+                continue
+            q = figures["quantiles_ms"]
+            ax.plot(q["values"], q["p"], label=server)
+        ax.set_xscale("log")
+        ax.set_title(load)
+        ax.set_xlabel("latency (ms, log)")
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Serving latency CDF (tritonclient, census model)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_batching(serving: dict[str, Any], path: Path) -> bool:
+    """Requests/s and p50 against concurrency, adaptive batching off and on."""
+    off, on = serving.get("batching_off"), serving.get("batching_on")
+    if not off or not on:
+        return False
+    plt = _plt()
+    levels = list(off)
+    xs = [int(c.lstrip("c")) for c in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, mode in (("batching off", off), ("batching on", on)):
+        left.plot(xs, [mode[c]["req_per_s"] for c in levels], marker="o", label=name)
+        right.plot(xs, [mode[c]["p50_ms"] for c in levels], marker="o", label=name)
+    for ax, label in ((left, "requests/s (batch 1)"), (right, "p50 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Flywheel serving: throughput vs concurrency, adaptive batching off/on")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_ingestion(ingestion: dict[str, Any], path: Path) -> bool:
+    """Events/s of each round: the raw consumer next to the ingestion service."""
+    raw, ing = ingestion.get("raw_rounds_per_s"), ingestion.get("ingestion_rounds_per_s")
+    if not raw or not ing:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    rounds = range(1, len(raw) + 1)
+    width = 0.38
+    ax.bar([r - width / 2 for r in rounds], raw, width, label="raw aiokafka getmany + json.loads")
+    ax.bar(
+        [r + width / 2 for r in rounds], ing, width, label="ingestion: events -> durable batches"
+    )
+    ax.set_xticks(list(rounds), [f"round {r}" for r in rounds])
+    ax.set_ylabel("events/s")
+    ax.set_title(f"Ingestion rate ({ingestion.get('events', 0):,} census events per round)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_training(training: dict[str, Any], path: Path) -> bool:
+    """Phase split of one training run next to a bare fit."""
+    phases = training.get("phases_s")
+    if not phases:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.0))
+    left = 0.0
+    for phase, seconds in phases.items():
+        ax.barh("train()", seconds, left=left, label=phase)
+        left += seconds
+    ax.barh("bare fit", training.get("bare_fit_s", 0.0), color="grey")
+    ax.set_xlabel("seconds")
+    ax.set_title("Training run: phase split vs a bare fit of the chosen estimator")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_loop(loop: dict[str, Any], path: Path) -> bool:
+    """Stages of the loop, one bar per profile."""
+    profiles = {k: v for k, v in loop.get("profiles", {}).items() if "stages_s" in v}
+    if not profiles:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.6 * len(profiles)))
+    stages = list(next(iter(profiles.values()))["stages_s"])
+    for i, stage in enumerate(stages):
+        lefts = [sum(list(p["stages_s"].values())[:i]) for p in profiles.values()]
+        widths = [p["stages_s"].get(stage, 0.0) for p in profiles.values()]
+        ax.barh(list(profiles), widths, left=lefts, label=stage)
+    ax.axvline(loop.get("goal_s", 15.0), color="red", linestyle="--", label="goal")
+    ax.set_xlabel("seconds from the last data event")
+    ax.set_title("Loop latency: last event -> model 1 answering on gRPC")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _serving(entry: dict[str, Any], made: set[str]) -> list[str]:
+    out = ["## Serving", ""]
+    out += _failed("serving", entry)
+    r = entry.get("result")
+    if not r:
+        return out
+    out += [
+        "Same census model (contract pipeline, ONNX), same tritonclient load; Flywheel and the "
+        "minimal server take turns slice by slice. "
+        f"{_fmt(r.get('seconds_per_load'))} s per load and server. MLServer serves the same "
+        "fitted pipeline with its sklearn runtime (pandas codec).",
+        "",
+    ]
+    rows: list[list[Any]] = []
+    for server in SERVERS:
+        figures = r.get(server, {})
+        if "error" in figures:
+            rows.append([server, "failed: " + str(figures["error"])[:120], "", "", "", "", ""])
+            continue
+        for load, f in figures.items():
+            if isinstance(f, dict):
+                rows.append(
+                    [
+                        server,
+                        load,
+                        f["p50_ms"],
+                        f["p99_ms"],
+                        f["req_per_s"],
+                        f["rows_per_s"],
+                        f["errors"],
+                    ]
+                )
+    out += _table(["server", "load", "p50 ms", "p99 ms", "req/s", "rows/s", "errors"], rows)
+    raw = r.get("raw_ort", {})
+    if raw:
+        out += [
+            "Raw ONNX Runtime `session.run` (no transport): "
+            + ", ".join(f"{k.replace('_p50_us', '')} p50 {_fmt(v, 1)} µs" for k, v in raw.items()),
+            "",
+        ]
+    summary = r.get("summary", {})
+    if summary:
+        out += ["Ratios (same run):", ""]
+        out += _table(["ratio", "value"], sorted(summary.items()))
+    if "bench_latency_cdf.png" in made:
+        out += ["![latency CDF](img/bench_latency_cdf.png)", ""]
+    off, on = r.get("batching_off"), r.get("batching_on")
+    if off and on:
+        out += [
+            "### Adaptive batching",
+            "",
+            f"Flywheel with the batcher off (max delay 0) and on (max delay "
+            f"{_fmt(r.get('batching_delay_ms'))} ms), batch-1 requests, interleaved.",
+            "",
+        ]
+        rows = [
+            [
+                c,
+                off[c]["req_per_s"],
+                on[c]["req_per_s"],
+                _ratio(on[c]["req_per_s"], off[c]["req_per_s"]),
+                off[c]["p50_ms"],
+                on[c]["p50_ms"],
+                off[c]["p99_ms"],
+                on[c]["p99_ms"],
+            ]
+            for c in off
+            if c in on
+        ]
+        out += _table(
+            [
+                "clients",
+                "req/s off",
+                "req/s on",
+                "on/off",
+                "p50 off",
+                "p50 on",
+                "p99 off",
+                "p99 on",
+            ],
+            rows,
+        )
+        if "bench_throughput_concurrency.png" in made:
+            out += ["![throughput vs concurrency](img/bench_throughput_concurrency.png)", ""]
+    events = r.get("flywheel_events")
+    if events:
+        out += [
+            "Prediction events during the Flywheel runs (every served row is one): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in events.items()),
+            "",
+        ]
+    return out
+
+
+def _ingestion(entry: dict[str, Any], made: set[str]) -> list[str]:
+    out = ["## Ingestion", ""]
+    out += _failed("ingestion", entry)
+    r = entry.get("result")
+    if not r:
+        return out
+    out += [
+        f"{_fmt(r['events'])} census data events (mean {_fmt(r.get('event_bytes_mean'))} bytes) "
+        f"on one embedded broker, read {r['rounds']} times by each reader in interleaved rounds. "
+        "Median (min-max) over the rounds:",
+        "",
+    ]
+    out += _table(
+        ["reader", "events/s"],
+        [
+            ["raw aiokafka getmany + json.loads", _spread(r["raw_rounds_per_s"])],
+            [
+                "ingestion: events -> Parquet batches, acknowledged",
+                _spread(r["ingestion_rounds_per_s"]),
+            ],
+            ["ratio ingestion / raw (medians)", r["ratio_ingestion_to_raw"]],
+        ],
+    )
+    if "bench_ingestion_rate.png" in made:
+        out += ["![ingestion rate](img/bench_ingestion_rate.png)", ""]
+    return out
+
+
+def _training(entry: dict[str, Any], made: set[str]) -> list[str]:
+    out = ["## Training", ""]
+    out += _failed("training", entry)
+    r = entry.get("result")
+    if not r:
+        return out
+    data = r.get("data", {})
+    out += [
+        f"One run of the training service's `train` on {_fmt(data.get('rows'))} census rows "
+        f"({_fmt(data.get('train_rows'))} train, {_fmt(data.get('holdout_rows'))} holdout), "
+        f"{r.get('threads')} thread(s), search budget {_fmt(r.get('search_budget_s'))} s, "
+        f"{r.get('candidates')} candidates; chosen `{r.get('chosen')}` "
+        f"({_fmt(r.get('primary_metric'))}).",
+        "",
+    ]
+    rows = [[phase, s] for phase, s in r["phases_s"].items()]
+    rows += [["total train()", r["total_train_s"]], ["bare fit (same rows)", r["bare_fit_s"]]]
+    rows += [["train() / bare fit", r.get("overhead_vs_bare_fit")]]
+    out += _table(["phase", "seconds"], rows)
+    if "bench_training_phases.png" in made:
+        out += ["![training phases](img/bench_training_phases.png)", ""]
+    return out
+
+
+def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
+    out = ["## Loop latency", ""]
+    out += _failed("loop", entry)
+    r = entry.get("result")
+    if not r:
+        return out
+    out += [
+        "Broker and all five services as real processes, fresh store; the census reference "
+        "data published as data events (one ingestion batch, cut by its last event); timed from "
+        "the last event acknowledged to the first gRPC response from model version 1. Stages "
+        "from the `created` timestamps of the events on the topics.",
+        "",
+    ]
+    profiles = r.get("profiles", {})
+    stages: list[str] = []
+    for p in profiles.values():
+        stages += [s for s in p.get("stages_s", {}) if s not in stages]
+    rows = []
+    for name, p in profiles.items():
+        rows.append(
+            [
+                name,
+                p.get("loop_s"),
+                *[p.get("stages_s", {}).get(s) for s in stages],
+                p.get("model_1", {}).get("rows"),
+            ]
+        )
+    out += _table(["profile", "loop s", *stages, "model 1 rows"], rows)
+    out += [f"Goal: under {_fmt(r.get('goal_s'))} s.", ""]
+    phases = {name: p.get("training_phases_s") for name, p in profiles.items()}
+    seen = {ph for v in phases.values() if v for ph in v}
+    order = ["search", "fit", "evaluate", "export", "parity"]
+    names = [ph for ph in order if ph in seen] + sorted(seen - set(order))
+    if names:
+        out += ["Training phases inside the loop (its `flywheel_training_phase_seconds`):", ""]
+        out += _table(
+            ["profile", *names],
+            [[name, *[(v or {}).get(ph) for ph in names]] for name, v in phases.items()],
+        )
+    out += _table(
+        ["profile", "settings", "publish s", "stack start s"],
+        [
+            [
+                name,
+                " ".join(f"{k}={v}" for k, v in p.get("env", {}).items()) or "defaults",
+                p.get("publish_s"),
+                p.get("stack_startup_s"),
+            ]
+            for name, p in profiles.items()
+        ],
+    )
+    if "bench_loop_stages.png" in made:
+        out += ["![loop stages](img/bench_loop_stages.png)", ""]
+    return out
+
+
+def _drift(entry: dict[str, Any], made: set[str]) -> list[str]:
+    out = ["## Drift computation", ""]
+    out += _failed("drift", entry)
+    r = entry.get("result")
+    if not r:
+        return out
+    features = r.get("features", {})
+    out += [
+        f"Synthetic seeded data, {features.get('numeric')} numeric + "
+        f"{features.get('categorical')} categorical features, reference of "
+        f"{_fmt(r.get('reference_rows'))} rows (profile built once in "
+        f"{_fmt(r.get('flywheel_profile_build_s'), 3)} s); truly drifted: "
+        f"{', '.join(r.get('truly_drifted', []))}. Evidently's DataDriftPreset on the same "
+        "data in its own venv; times are medians of repeats.",
+        "",
+    ]
+    rows: list[list[Any]] = []
+    for window, w in r.get("windows", {}).items():
+        rows.append(
+            [
+                f"{int(window):,} rows",
+                w.get("flywheel_s"),
+                w.get("evidently_s", w.get("evidently_error")),
+                w.get("speedup"),
+                w.get("agreement_psi_vs_evidently"),
+                ", ".join(w.get("flywheel_drifted_psi", [])),
+                ", ".join(w.get("evidently_drifted", [])),
+            ]
+        )
+    out += _table(
+        [
+            "window",
+            "Flywheel s",
+            "Evidently s",
+            "speed-up",
+            "verdict agreement",
+            "Flywheel drifted (PSI)",
+            "Evidently drifted",
+        ],
+        rows,
+    )
+    return out
+
+
+def _generic(name: str, entry: dict[str, Any]) -> list[str]:
+    out = [f"## {name.capitalize()}", ""]
+    out += _failed(name, entry)
+    r = entry.get("result")
+    if not r:
+        return out
+    rows: list[list[Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, int | float | str | bool) or value is None:
+            rows.append([prefix, value])
+
+    walk("", r)
+    out += _table(["figure", "value"], rows)
+    return out
+
+
+def render(results: dict[str, Any], results_path: Path) -> list[Path]:
+    """Write the plots and ``docs/benchmarks.md``; the files written."""
+    IMG.mkdir(parents=True, exist_ok=True)
+    modules = results["modules"]
+    made: set[str] = set()
+
+    def result(name: str) -> dict[str, Any]:
+        entry = modules.get(name, {})
+        value: dict[str, Any] = entry.get("result") or {}
+        return value
+
+    plots = {
+        "bench_latency_cdf.png": (plot_latency_cdf, result("serving")),
+        "bench_throughput_concurrency.png": (plot_batching, result("serving")),
+        "bench_ingestion_rate.png": (plot_ingestion, result("ingestion")),
+        "bench_training_phases.png": (plot_training, result("training")),
+        "bench_loop_stages.png": (plot_loop, result("loop")),
+    }
+    written: list[Path] = []
+    for filename, (plot, data) in plots.items():
+        if data and plot(data, IMG / filename):
+            made.add(filename)
+            written.append(IMG / filename)
+
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`python -m bench{' --quick' if results['quick'] else ''}`) "
+        f"from `{results_path.relative_to(ROOT)}`; do not edit by hand.",
+        "",
+        f"Run {results['started']} - {results['finished']} on {m['cpus']} CPU(s), "
+        f"{m['platform']}, Python {m['python']}, git `{m['git_sha'][:12]}`"
+        f"{' (uncommitted changes)' if m.get('git_dirty') else ''}. "
+        f"Load average (1 min) before/after: {m['load_average_before'][0]} / "
+        f"{m['load_average_after'][0]}. The machine is shared, so absolute numbers are noisy: "
+        "compare the ratios, measured side by side in the same run.",
+        "",
+        "## Summary",
+        "",
+    ]
+    lines += _table(
+        ["benchmark", "status", "wall s"],
+        [[name, e.get("status"), e.get("seconds")] for name, e in modules.items()],
+    )
+    lines += _goals(modules)
+    sections = {
+        "serving": _serving,
+        "ingestion": _ingestion,
+        "training": _training,
+        "drift": _drift,
+        "loop": _loop,
+    }
+    for name, entry in modules.items():
+        section = sections.get(name)
+        lines += section(entry, made) if section else _generic(name, entry)
+    versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    lines += ["## Versions", "", versions, ""]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text("\n".join(lines), encoding="utf-8")
+    written.append(DOC)
+    return written
+
+
+def _goals(modules: dict[str, Any]) -> list[str]:
+    """The issue's goals next to the figures measured (ratios in one run)."""
+    rows: list[list[Any]] = []
+
+    def res(name: str) -> dict[str, Any]:
+        value: dict[str, Any] = modules.get(name, {}).get("result") or {}
+        return value
+
+    summary = res("serving").get("summary", {})
+    for load in ("sequential b1", "16 concurrent b1", "16 concurrent b64"):
+        value = summary.get(f"throughput_ratio_vs_mlserver_{load}")
+        rows.append([f"serving req/s vs MLServer ({load})", ">= 3x", value, _ok(value, 3.0, True)])
+    for load in ("sequential b1", "16 concurrent b1", "16 concurrent b64"):
+        value = summary.get(f"p50_ratio_vs_minimal_{load}")
+        rows.append(
+            [f"serving p50 vs minimal server ({load})", "<= 1.3x", value, _ok(value, 1.3, False)]
+        )
+    value = res("ingestion").get("ratio_ingestion_to_raw")
+    rows.append(["ingestion rate vs raw consumer", ">= 0.5x", value, _ok(value, 0.5, True)])
+    for name, p in res("loop").get("profiles", {}).items():
+        value = p.get("loop_s")
+        rows.append([f"loop latency, {name} (s)", "< 15 s", value, _ok(value, 15.0, False)])
+    window = res("drift").get("windows", {}).get("100000", {})
+    value = window.get("speedup")
+    rows.append(
+        ["drift, 100k-row window: speed-up vs Evidently", ">= 5x", value, _ok(value, 5, True)]
+    )
+    value = window.get("agreement_psi_vs_evidently")
+    rows.append(
+        ["drift, 100k-row window: verdict agreement", "1.0 (same)", value, _ok(value, 1.0, True)]
+    )
+    return ["### Goals (issue 8)", "", *_table(["figure", "goal", "measured", "met"], rows)]
+
+
+def _ok(value: Any, bound: float, at_least: bool) -> str:
+    if not isinstance(value, int | float):
+        return "not measured"
+    met = value >= bound if at_least else value <= bound
+    return "yes" if met else "no"

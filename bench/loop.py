@@ -1,0 +1,348 @@
+"""Loop latency: from the last data event published to the new champion answering on gRPC.
+
+The whole system runs as it does in production, on this machine: an embedded broker
+and the five services as real processes (``python -m services.<name>``) over a fresh
+store. The census reference data (68,785 rows) is published as data events with the
+``flywheel publish`` mapping, then a tritonclient polls ``ModelInfer`` until a response
+carries ``model_version`` 1 — the first model, trained on that data, promoted and
+loaded by serving.
+
+Ingestion is configured so that the reference data is exactly one batch (``batch_rows``
+= its row count, a long time window): the batch is cut by the last event, so model 1
+is trained on all of it and the loop starts at a well-defined instant. The split comes
+from the ``created`` timestamps of the events on the topics (same machine clock):
+
+- ingestion: last event acknowledged by the broker -> ``data.batches`` event;
+- validation: -> ``data.validated`` (the dataset version model 1 is trained on);
+- training: -> ``models.registered`` version 1;
+- serving: the later of that and ``models.deployments`` promote 1 -> the first gRPC
+  response from version 1 (seen by the client).
+
+Three profiles of training settings: the contract's own search budget (30 s); the
+search capped at 3 s (``FLYWHEEL_TRAINING_SEARCH_BUDGET_S``); and that cap with
+training on the latest 10,000 rows (``FLYWHEEL_TRAINING_MAX_TRAIN_ROWS``), which shows
+what the rest of the loop costs. Training's own phase split comes from its
+``flywheel_training_phase_seconds`` metric. ``--quick`` runs the last profile only.
+
+``python -m bench.loop [--quick]``; ``run(quick)`` returns the figures as a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "census_employment"
+DATA = ROOT / "var" / "data" / "employment_MA_reference.pq"
+SESSION_TIMEOUT_MS = 3000
+"""Consumer group timeouts as in the test suite: Tansu joins a group in about half of it."""
+PROFILES: dict[str, dict[str, str]] = {
+    "contract_budget": {},
+    "search_3s": {"FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "3"},
+    "search_3s_10k_rows": {
+        "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "3",
+        "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "10000",
+    },
+}
+ANSWER_TIMEOUT_S = 600.0
+POLL_INTERVAL_S = 0.02
+
+
+@dataclass
+class Stack:
+    """The running services and where to reach them."""
+
+    procs: list[Any]
+    grpc_address: str
+    bootstrap: str
+
+
+def _env(bootstrap: str, store: str, rows: int, extra: dict[str, str]) -> dict[str, str]:
+    from shared.embedded import free_port
+
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        "FLYWHEEL_STORE": store,
+        "FLYWHEEL_CONTRACTS": str(ROOT / "contracts"),
+        "FLYWHEEL_LOG_LEVEL": "INFO",
+        "FLYWHEEL_SERVING_GRPC_PORT": str(free_port()),
+        # One batch = the reference data: the count cuts it at the last event.
+        "FLYWHEEL_INGESTION_BATCH_ROWS": str(rows),
+        "FLYWHEEL_INGESTION_BATCH_SECONDS": "120",
+        **extra,
+    }
+    for name in ("INGESTION", "VALIDATION", "TRAINING", "SERVING", "MONITORING"):
+        env[f"FLYWHEEL_{name}_METRICS_PORT"] = "0"
+    return env
+
+
+def start_stack(env: dict[str, str]) -> Stack:
+    """Start every service (in parallel) and wait for each ready line."""
+    from shared.procs import SERVICES, ServiceProcess
+
+    procs = [ServiceProcess(name, env=env) for name in SERVICES]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.wait_ready(180)
+    except BaseException:
+        stop_stack(procs)
+        raise
+    serving = next(p for p in procs if p.name == "serving")
+    return Stack(procs, str(serving.ready_info["grpc_address"]), env["KAFKA_BOOTSTRAP_SERVERS"])
+
+
+def training_phases(stack: Stack) -> dict[str, float]:
+    """Seconds per phase of the training runs so far, from the service's metrics."""
+    import urllib.request
+
+    training = next(p for p in stack.procs if p.name == "training")
+    url = f"http://127.0.0.1:{training.ready_info['metrics_port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    phases: dict[str, float] = {}
+    prefix = "flywheel_training_phase_seconds_sum{"
+    for line in text.splitlines():
+        if line.startswith(prefix) and f'model="{MODEL}"' in line:
+            phase = line.split('phase="', 1)[1].split('"', 1)[0]
+            phases[phase] = round(float(line.rsplit(" ", 1)[1]), 3)
+    return phases
+
+
+def stop_stack(procs: list[Any]) -> dict[str, int | None]:
+    """SIGTERM every service; their exit codes."""
+    return {proc.name: proc.terminate() for proc in reversed(procs)}
+
+
+async def _probe_ingestion(bootstrap: str) -> float:
+    """Seconds until ingestion dead-letters a malformed probe event (it is consuming)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from shared import topics
+    from shared.kafka import ensure_topics
+    from shared.settings import KafkaSettings
+
+    await ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), topics.ALL_TOPICS)
+    dlq = AIOKafkaConsumer(
+        topics.DATA_EVENTS_DLQ, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await dlq.start()
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        await producer.send_and_wait(topics.DATA_EVENTS, b"bench probe: not json", key=b"probe")
+        deadline = started + 120
+        while time.perf_counter() < deadline:
+            if any((await dlq.getmany(timeout_ms=200)).values()):
+                return time.perf_counter() - started
+        raise TimeoutError("ingestion did not dead-letter the probe event in 120 s")
+    finally:
+        await producer.stop()
+        await dlq.stop()
+
+
+def _publish(bootstrap: str) -> tuple[int, float, float]:
+    """(events, publish seconds, wall time of the last acknowledgement)."""
+    import pyarrow.parquet as pq
+
+    from shared.cli.data import publish_events, rows_to_events
+    from shared.contract import load_contract
+    from shared.settings import KafkaSettings
+
+    contract = load_contract(ROOT / "contracts" / f"{MODEL}.yaml")
+    events = rows_to_events(contract, pq.read_table(DATA))
+    started = time.perf_counter()
+    done = asyncio.run(publish_events(KafkaSettings(bootstrap_servers=bootstrap), events))
+    last = time.time()
+    return done, time.perf_counter() - started, last
+
+
+def _poll_answer(address: str, deadline_s: float) -> tuple[float, int]:
+    """Wall time of the first response from version 1; the number of polls."""
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from services.serving.testing import census_rows, feature_matrix
+    from shared.contract import load_contract
+
+    contract = load_contract(ROOT / "contracts" / f"{MODEL}.yaml")
+    x = feature_matrix(contract, census_rows(DATA.parent, 1)).astype(np.float32)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    polls = 0
+    deadline = time.monotonic() + deadline_s
+    with triton.InferenceServerClient(address) as client:
+        while time.monotonic() < deadline:
+            polls += 1
+            try:
+                result = client.infer(MODEL, [inp], client_timeout=5)
+            except InferenceServerException:
+                result = None
+            if result is not None and result.get_response().model_version == "1":
+                return time.time(), polls
+            time.sleep(POLL_INTERVAL_S)
+    raise TimeoutError(f"no answer from version 1 in {deadline_s} s ({polls} polls)")
+
+
+async def _read_topics(bootstrap: str) -> dict[str, list[dict[str, Any]]]:
+    """Every record on the loop's topics, decoded, from the beginning."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from shared import topics
+
+    names = [
+        topics.DATA_BATCHES,
+        topics.DATA_VALIDATED,
+        topics.MODELS_REGISTERED,
+        topics.MODELS_DEPLOYMENTS,
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                out[tp.topic].extend(json.loads(r.value) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _created(event: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(event["created"]).timestamp()
+
+
+def split(records: dict[str, list[dict[str, Any]]], last_event: float, answered: float) -> Any:
+    """The loop's stages in seconds, from the events of model version 1."""
+    from shared import topics
+
+    registered = next(
+        e for e in records[topics.MODELS_REGISTERED] if e["model"] == MODEL and e["version"] == 1
+    )
+    validated = next(
+        e
+        for e in records[topics.DATA_VALIDATED]
+        if e["dataset_version"] == registered["dataset_version"]
+    )
+    batches = [
+        e for e in records[topics.DATA_BATCHES] if e["batch_id"] in set(validated["batch_ids"])
+    ]
+    promoted = [
+        e
+        for e in records[topics.MODELS_DEPLOYMENTS]
+        if e["model"] == MODEL and e["version"] == 1 and e["action"] == "promote"
+    ]
+    batch_at = max(_created(e) for e in batches)
+    # Training publishes the promotion and the registration together; serving acts on
+    # the deployment event, so its stage starts at whichever came last.
+    deployed = max(_created(registered), *(_created(e) for e in promoted))
+    marks = [
+        ("ingestion->batch", batch_at),
+        ("validation->dataset version", _created(validated)),
+        ("training->registered", _created(registered)),
+        ("serving->answering", answered),
+    ]
+    stages: dict[str, float] = {}
+    previous = last_event
+    for name, at in marks:
+        stages[name] = round(at - (deployed if name == "serving->answering" else previous), 3)
+        previous = at
+    return {
+        "stages_s": stages,
+        "promote_event_after_registered_s": (
+            round(_created(promoted[0]) - _created(registered), 3) if promoted else None
+        ),
+        "model_1": {
+            "dataset_version": registered["dataset_version"],
+            "rows": validated["rows"],
+            "batches": len(batches),
+            "promoted": registered.get("promoted"),
+            "metrics": registered.get("metrics", {}),
+        },
+    }
+
+
+def measure(extra_env: dict[str, str]) -> dict[str, Any]:
+    """One loop on a fresh broker and store with the given service settings."""
+    import pyarrow.parquet as pq
+
+    from shared.embedded import EmbeddedBroker, free_port
+
+    rows = pq.read_metadata(DATA).num_rows
+    with (
+        tempfile.TemporaryDirectory(prefix="flywheel-loop-") as tmp,
+        EmbeddedBroker(free_port(), log=Path(tmp) / "broker.log") as broker,
+    ):
+        env = _env(broker.bootstrap, f"file://{tmp}/store", rows, extra_env)
+        started = time.perf_counter()
+        stack = start_stack(env)
+        try:
+            startup_s = time.perf_counter() - started
+            probe_s = asyncio.run(_probe_ingestion(broker.bootstrap))
+            events, publish_s, last_event = _publish(broker.bootstrap)
+            answered, polls = _poll_answer(stack.grpc_address, ANSWER_TIMEOUT_S)
+            records = asyncio.run(_read_topics(broker.bootstrap))
+            phases = training_phases(stack)
+        finally:
+            codes = stop_stack(stack.procs)
+    out = {
+        "env": extra_env,
+        "events": events,
+        "loop_s": round(answered - last_event, 3),
+        **split(records, last_event, answered),
+        "training_phases_s": phases,
+        "publish_s": round(publish_s, 3),
+        "stack_startup_s": round(startup_s, 3),
+        "ingestion_probe_s": round(probe_s, 3),
+        "polls": polls,
+        "exit_codes": codes,
+    }
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The loop latency under each profile (``quick``: the 10k-row capped profile only)."""
+    load_before = os.getloadavg()
+    names = ["search_3s_10k_rows"] if quick else list(PROFILES)
+    profiles = {name: measure(PROFILES[name]) for name in names}
+    return {
+        "quick": quick,
+        "goal_s": 15.0,
+        "profiles": profiles,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    """Print the figures."""
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+
+
+if __name__ == "__main__":
+    main()
