@@ -328,7 +328,7 @@ def _training(entry: dict[str, Any], made: set[str]) -> list[str]:
         f"({_fmt(data.get('train_rows'))} train, {_fmt(data.get('holdout_rows'))} holdout), "
         f"{r.get('threads')} thread(s), search budget {_fmt(r.get('search_budget_s'))} s, "
         f"{r.get('candidates')} candidates; chosen `{r.get('chosen')}` "
-        f"({_fmt(r.get('primary_metric'))}).",
+        f"({', '.join(f'{k} {_fmt(v, 3)}' for k, v in r.get('primary_metric', {}).items())}).",
         "",
     ]
     rows = [[phase, s] for phase, s in r["phases_s"].items()]
@@ -365,9 +365,10 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
                 p.get("loop_s"),
                 *[p.get("stages_s", {}).get(s) for s in stages],
                 p.get("model_1", {}).get("rows"),
+                _fmt(p.get("model_1", {}).get("metrics", {}).get("roc_auc"), 3),
             ]
         )
-    out += _table(["profile", "loop s", *stages, "model 1 rows"], rows)
+    out += _table(["profile", "loop s", *stages, "model 1 rows", "model 1 roc_auc"], rows)
     out += [f"Goal: under {_fmt(r.get('goal_s'))} s.", ""]
     phases = {name: p.get("training_phases_s") for name, p in profiles.items()}
     seen = {ph for v in phases.values() if v for ph in v}

@@ -18,11 +18,13 @@ from the ``created`` timestamps of the events on the topics (same machine clock)
 - serving: the later of that and ``models.deployments`` promote 1 -> the first gRPC
   response from version 1 (seen by the client).
 
-Three profiles of training settings: the contract's own search budget (30 s); the
-search capped at 3 s (``FLYWHEEL_TRAINING_SEARCH_BUDGET_S``); and that cap with
-training on the latest 10,000 rows (``FLYWHEEL_TRAINING_MAX_TRAIN_ROWS``), which shows
-what the rest of the loop costs. Training's own phase split comes from its
-``flywheel_training_phase_seconds`` metric. ``--quick`` runs the last profile only.
+Four profiles of training settings: the contract's own search budget (30 s); the
+search capped at 3 s (``FLYWHEEL_TRAINING_SEARCH_BUDGET_S``); that cap with training on
+the latest 10,000 rows (``FLYWHEEL_TRAINING_MAX_TRAIN_ROWS``); and that plus a leaner
+evaluation (2 CV folds, permutation importance on 1,000 holdout rows, one repeat),
+which shows what the rest of the loop costs. Training's own phase split comes from
+its ``flywheel_training_phase_seconds`` metric. ``--quick`` runs the 10k-row profile
+only.
 
 ``python -m bench.loop [--quick]``; ``run(quick)`` returns the figures as a dict.
 """
@@ -50,6 +52,13 @@ PROFILES: dict[str, dict[str, str]] = {
     "search_3s_10k_rows": {
         "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "3",
         "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "10000",
+    },
+    "lean_evaluation": {
+        "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "3",
+        "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "10000",
+        "FLYWHEEL_TRAINING_CV_FOLDS": "2",
+        "FLYWHEEL_TRAINING_IMPORTANCE_ROWS": "1000",
+        "FLYWHEEL_TRAINING_IMPORTANCE_REPEATS": "1",
     },
 }
 ANSWER_TIMEOUT_S = 600.0
