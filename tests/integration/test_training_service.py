@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,6 +28,7 @@ from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, StartService, need_data
+from tests.unit.test_training_core import lossy_table
 from tests.unit.test_training_data import add_dataset
 
 pytestmark = pytest.mark.integration
@@ -164,7 +164,7 @@ def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
     [path] = need_data("employment_MA_reference.pq")
     store = ArtifactStore(service_env["FLYWHEEL_STORE"])
     first = start_service("training", **FAST)
-    announce(kafka_settings, store, "census_employment", pq.read_table(path).slice(0, 20000))
+    announce(kafka_settings, store, "census_employment", pq.read_table(path))
     first_seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
     assert first_seen[topics.MODELS_REGISTERED][0]["promoted"] is True
     assert first.terminate() == 0
@@ -222,15 +222,14 @@ def test_an_export_that_disagrees_with_sklearn_fails_the_parity_gate(
     (contracts / "lossy.yaml").write_text(
         "name: lossy\ntask: classification\nid: id\n"
         "label: {name: y, classes: [0, 1]}\n"
-        "features:\n  - {name: big, type: float}\n"
+        "features:\n  - {name: a, type: float}\n  - {name: b, type: float}\n"
         "training: {min_rows: 100}\n"
     )
     store = ArtifactStore(service_env["FLYWHEEL_STORE"])
     proc = start_service("training", FLYWHEEL_CONTRACTS=str(contracts), **FAST)
     asyncio.run(publish_raw(kafka_settings, topics.DATA_VALIDATED, b"{not json"))
-    # float32 (the ONNX input type) cannot tell these values apart: a lossy export.
-    noise = np.random.default_rng(0).normal(0, 4, 1500)
-    table = pa.table({"id": np.arange(1500), "big": 1e8 + noise, "y": (noise > 0).astype(int)})
+    # ONNX's float32 Scaler shifts these standardised inputs: a lossy export.
+    table = lossy_table()
     announce(kafka_settings, store, "lossy", table)
     seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
     [registered] = seen[topics.MODELS_REGISTERED]

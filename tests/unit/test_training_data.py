@@ -91,7 +91,8 @@ def test_holdout_is_the_latest_event_time_then_id() -> None:
     assert data.holdout["first_id"] == "800"
     assert data.holdout["last_id"] == "999"
     assert data.holdout["method"] == "time-ordered"
-    assert data.x_holdout["x"].tolist() == table.column("x").to_pylist()[800:]
+    expected = np.asarray(table.column("x").to_numpy()[800:], dtype=np.float32)
+    assert (data.x_holdout["x"].to_numpy() == expected).all()
 
 
 def test_holdout_words_say_when_event_times_tie() -> None:
