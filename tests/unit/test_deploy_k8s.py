@@ -188,7 +188,7 @@ def test_the_store_and_contracts_are_mounted_where_the_settings_point(name: str)
 def test_contracts_configmap_matches_the_contract_files() -> None:
     [config] = [c for c in objects("ConfigMap") if c["metadata"]["name"] == "flywheel-contracts"]
     files = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "contracts").glob("*.yaml")}
-    assert config["data"] == files
+    assert config["data"] == files, "stale: run `python tools/gen_k8s_contracts.py`"
 
 
 def test_services_select_pods_and_target_named_ports() -> None:
