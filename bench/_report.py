@@ -340,6 +340,13 @@ def _training(entry: dict[str, Any], made: set[str]) -> list[str]:
     return out
 
 
+def _loop_spread(profile: dict[str, Any]) -> str:
+    runs = profile.get("loop_s_runs") or [profile.get("loop_s")]
+    if len(runs) < 2:
+        return _fmt(profile.get("loop_s"))
+    return f"{_fmt(profile.get('loop_s'))} ({_fmt(min(runs))}-{_fmt(max(runs))})"
+
+
 def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
     out = ["## Loop latency", ""]
     out += _failed("loop", entry)
@@ -350,7 +357,8 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
         "Broker and all five services as real processes, fresh store; the census reference "
         "data published as data events (one ingestion batch, cut by its last event); timed from "
         "the last event acknowledged to the first gRPC response from model version 1. Stages "
-        "from the `created` timestamps of the events on the topics.",
+        "from the `created` timestamps of the events on the topics. Loop: median (min-max) "
+        "over the repeats; stages and phases: medians.",
         "",
     ]
     profiles = r.get("profiles", {})
@@ -362,7 +370,7 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
         rows.append(
             [
                 name,
-                p.get("loop_s"),
+                _loop_spread(p),
                 *[p.get("stages_s", {}).get(s) for s in stages],
                 p.get("model_1", {}).get("rows"),
                 _fmt(p.get("model_1", {}).get("metrics", {}).get("roc_auc"), 3),

@@ -338,22 +338,47 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
     # The labelled drifted period also comes back as data: new dataset versions to learn from.
     _publish(ctx, "publishing labelled second half", rows_to_events(contract, second))
 
-    def challenger() -> int | None:
-        versions = ctx.registry.version_numbers(contract.name)
-        newer = [v for v in versions if v > champion]
-        return newer[-1] if newer else None
+    target_rows = reference.num_rows + second.num_rows
 
-    version = _wait(ctx, "a retrained car_loan model", challenger)
+    def trained_on_new_data() -> int | None:
+        # Monitoring's drift request may retrain first on the old data (and rightly not
+        # deploy it); the model that matters learned from the drifted period.
+        for v in ctx.registry.version_numbers(contract.name):
+            manifest = ctx.registry.get(contract.name, v)
+            if (
+                v > champion
+                and ctx.catalog.get(contract.name, manifest.dataset_version).rows >= target_rows
+            ):
+                return v
+        return None
+
+    version = _wait(ctx, "a model trained on the drifted period", trained_on_new_data)
+    for v in ctx.registry.version_numbers(contract.name):
+        if champion < v <= version:
+            m = ctx.registry.get(contract.name, v)
+            failed = [g for g, r in m.gates.items() if not r.passed]
+            report.car_retrain_reasons.append(m.reason)
+            console.print(
+                f"v{v} trained ({m.reason}); {m.metrics.get('roc_auc', float('nan')):.4f} roc_auc; "
+                f"gates failed: {failed or 'none'}"
+            )
     manifest = ctx.registry.get(contract.name, version)
-    report.car_challenger = version
-    report.car_retrain_reasons.append(manifest.reason)
     failed = [g for g, r in manifest.gates.items() if not r.passed]
-    console.print(f"v{version} trained ({manifest.reason}); gates failed: {failed or 'none'}")
-    aliases = ctx.registry.aliases(contract.name)
-    if aliases["challenger"] != version and aliases["champion"] != version:
-        report.car_outcome = "registered, not deployed: " + ", ".join(failed or ["strategy"])
+    report.car_challenger = version
+    if failed:
+        report.car_outcome = "registered, not deployed: " + ", ".join(failed)
         console.print(report.car_outcome)
         return
+    # The manifest is written before the aliases move: wait for the deployment itself.
+    aliases = _wait(
+        ctx,
+        f"v{version}'s deployment",
+        lambda: (
+            (a := ctx.registry.aliases(contract.name))
+            and version in (a["challenger"], a["champion"])
+            and a
+        ),
+    )
     if aliases["champion"] != version:
         console.print(f"v{version} is the canary beside champion v{aliases['champion']}")
         # Labelled traffic for the canary: monitoring compares it with the champion.
