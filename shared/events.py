@@ -80,6 +80,12 @@ class DeadLetter(Event):
     payload: str
     """The original bytes: UTF-8 text when decodable, else base64."""
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_bytes: int | None = None
+    """Size of the original message in bytes."""
+    payload_truncated: bool = False
+    """True when ``payload`` holds only a prefix (an oversized message: see ``error``)."""
+    payload_sha256: str | None = None
+    """sha256 of the whole original message, when ``payload`` is truncated."""
 
 
 class PartitionOffsets(BaseModel):

@@ -24,6 +24,7 @@ async def build(settings: IngestionSettings, runtime: Runtime) -> list[Component
         batch_rows=settings.batch_rows,
         batch_seconds=settings.batch_seconds,
         dedup_window=settings.dedup_window,
+        max_event_bytes=settings.max_event_bytes,
     )
     runtime.info["datasets"] = sorted(contracts)
     return [IngestionWorker(settings, ingestor, runtime)]

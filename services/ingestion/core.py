@@ -14,6 +14,7 @@ the adapter must publish before it commits offsets.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,12 @@ _OFFSET = attrgetter("offset")
 UNKNOWN_DATASET = "_unknown"
 """Metric label for messages whose dataset is missing or not a known contract."""
 
+DEFAULT_MAX_EVENT_BYTES = 512 * 1024
+"""Largest data event accepted. Larger ones go to the DLQ with a prefix of their bytes:
+the whole of a huge payload (base64-expanded) could exceed the broker's message limit."""
+DLQ_PREFIX_BYTES = 4096
+"""Bytes of an oversized event kept in its dead letter (with its size and sha256)."""
+
 
 class SourceMessage(Protocol):
     """What the core needs of a consumed record (aiokafka's ConsumerRecord fits)."""
@@ -81,8 +88,16 @@ def dead_letter(
     dataset: str | None = None,
     event_id: str | None = None,
 ) -> DeadLetter:
-    """A DLQ record carrying the original bytes (UTF-8 text when decodable, else base64)."""
+    """A DLQ record carrying the original bytes (UTF-8 text when decodable, else base64).
+
+    ``reason`` ``too_large`` keeps only the first :data:`DLQ_PREFIX_BYTES` bytes, with the
+    size and sha256 of the whole.
+    """
     raw = msg.value or b""
+    size, digest, truncated = len(raw), None, False
+    if reason == "too_large":
+        digest, truncated = hashlib.sha256(raw).hexdigest(), True
+        raw = raw[:DLQ_PREFIX_BYTES]
     try:
         payload, encoding = raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -97,6 +112,9 @@ def dead_letter(
         error=f"{reason}: {error}",
         payload=payload,
         payload_encoding=encoding,
+        payload_bytes=size,
+        payload_truncated=truncated,
+        payload_sha256=digest,
     )
 
 
@@ -115,6 +133,7 @@ class Ingestor:
         batch_rows: rows of one dataset that make :meth:`due` true.
         batch_seconds: age of the oldest buffered row that makes :meth:`due` true.
         dedup_window: ids remembered per dataset.
+        max_event_bytes: larger messages are rejected (``too_large``) before decoding.
     """
 
     def __init__(
@@ -126,6 +145,7 @@ class Ingestor:
         batch_rows: int,
         batch_seconds: float,
         dedup_window: int,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ):
         self.contracts = dict(contracts)
         self.store = store
@@ -133,6 +153,7 @@ class Ingestor:
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.dedup_window = dedup_window
+        self.max_event_bytes = max_event_bytes
         self.log = BatchLog(store)
         self._checkers = {name: EnvelopeChecker(c) for name, c in self.contracts.items()}
         self._fast = FastDecoder(self.contracts)
@@ -185,13 +206,26 @@ class Ingestor:
         """Check and buffer ``messages``; the dead letters to publish for the bad ones."""
         now = utcnow().isoformat()
         messages = list(messages)
+        letters: list[DeadLetter] = []
+        limit = self.max_event_bytes
+        if any(len(m.value or b"") > limit for m in messages):
+            # Rejected before any decoding: a huge payload costs neither parse time nor memory.
+            letters = [
+                dead_letter(
+                    m, "too_large", "$", f"{len(m.value or b'')} bytes > the {limit}-byte limit"
+                )
+                for m in messages
+                if len(m.value or b"") > limit
+            ]
+            self._count_unknown(letters)
+            messages = [m for m in messages if len(m.value or b"") <= limit]
         fast, slow_idx = self._fast.split(list(map(_VALUE, messages)))
         for name, (idx, events) in fast.items():
             columns = self._fast.columns(name, events, now)
             self._accept(name, take(messages, idx), columns, list(range(len(idx))))
         if not slow_idx:
-            return []
-        return self._process_slow(take(messages, slow_idx), now)
+            return letters
+        return letters + self._process_slow(take(messages, slow_idx), now)
 
     def _process_slow(self, messages: list[SourceMessage], now: str) -> list[DeadLetter]:
         """The column-wise checker: accepts what it can, names what is wrong otherwise."""
@@ -220,9 +254,7 @@ class Ingestor:
                 group = groups[name] = ([], [])
             group[0].append(msg)
             group[1].append(obj)
-        for letter in letters:
-            self.metrics.events.labels(UNKNOWN_DATASET, "rejected").inc()
-            self.metrics.dlq.labels(UNKNOWN_DATASET, dlq_reason(letter)).inc()
+        self._count_unknown(letters)
         for name, (msgs, objs) in groups.items():
             columns, errors = self._checkers[name].check(objs, now)
             ids = columns[self.contracts[name].id]
@@ -234,6 +266,12 @@ class Ingestor:
                     letters.append(self._reject(msgs[i], name, ids[i], problem))
             self._accept(name, msgs, columns, ok)
         return letters
+
+    def _count_unknown(self, letters: list[DeadLetter]) -> None:
+        """Count rejections made before the dataset was known."""
+        for letter in letters:
+            self.metrics.events.labels(UNKNOWN_DATASET, "rejected").inc()
+            self.metrics.dlq.labels(UNKNOWN_DATASET, dlq_reason(letter)).inc()
 
     def _accept(
         self,
@@ -247,7 +285,9 @@ class Ingestor:
             return
         checker = self._checkers[name]
         ids = columns[checker.contract.id]
-        fresh = self.window(name).fresh(take(ids, ok))
+        window = self.window(name)
+        fresh = window.fresh(take(ids, ok))
+        self.metrics.dedup_ids.labels(name).set(len(window))
         keep = ok if False not in fresh else [i for i, new in zip(ok, fresh, strict=True) if new]
         duplicates = len(ok) - len(keep)
         if duplicates:

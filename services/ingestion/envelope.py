@@ -90,6 +90,10 @@ _ALLOWED: dict[str, frozenset[type]] = {
 }
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Range of the Arrow ``int64`` columns that int features and labels are stored in."""
+
+
 def _norm_int(v: Any) -> Any:
     return int(v) if type(v) is float else v
 
@@ -222,7 +226,29 @@ class EnvelopeChecker:
             norm = _norm_bool
         if norm is not None:
             values = list(map(norm, values))
+        if f.type in ("int", "float") and int in set(map(type, values)):
+            self._fit_int64(values, errors, f"features.{name}", as_float=f.type == "float")
         return values
+
+    @staticmethod
+    def _fit_int64(
+        values: list[Any], errors: list[Rejection | None], field: str, *, as_float: bool
+    ) -> None:
+        """Reject integers an Arrow column cannot hold (JSON integers have no size limit).
+
+        For a float column a wide integer becomes a float, unless even that overflows.
+        """
+        ints = [v for v in values if type(v) is int]
+        if min(ints) >= INT64_MIN and max(ints) <= INT64_MAX:
+            return
+        for i, v in enumerate(values):
+            if type(v) is not int or INT64_MIN <= v <= INT64_MAX:
+                continue
+            if as_float and abs(v) < 2**1023:
+                values[i] = float(v)
+            else:
+                _reject(errors, i, "wrong_type", field, "integer outside the 64-bit range")
+                values[i] = None
 
     def _label(self, values: list[Any], errors: list[Rejection | None]) -> list[Any]:
         types = set(map(type, values))
@@ -254,6 +280,17 @@ class EnvelopeChecker:
                 elif type(v) not in (int, float):
                     _reject(errors, i, "wrong_type", "label", f"expected a number, got {v!r:.40}")
                     values[i] = None
+        if self._label_type == pa.int64() and float in set(map(type, values)):
+            for i, v in enumerate(values):
+                if type(v) is float:
+                    if v.is_integer():
+                        values[i] = int(v)
+                    else:
+                        _reject(errors, i, "wrong_type", "label", f"expected an integer, got {v!r}")
+                        values[i] = None
+        if int in set(map(type, values)):
+            as_float = self._label_type != pa.int64()
+            self._fit_int64(values, errors, "label", as_float=as_float)
         return values
 
 

@@ -27,8 +27,12 @@ from .envelope import event_time_column
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An integer an Arrow int64 column can hold (wider ones take the slow path)."""
+
+
 def _feature_type(f: Feature) -> Any:
-    base: Any = {"float": float, "int": int, "bool": bool}.get(f.type, str | int)
+    base: Any = {"float": float, "int": _Int64, "bool": bool}.get(f.type, str | int)
     return base | None if f.nullable else base
 
 
@@ -36,7 +40,7 @@ def _label_type(contract: Contract) -> Any:
     classes = contract.label.classes
     if classes is not None:
         return Literal[tuple(classes)]
-    return float
+    return _Int64 if contract.label.type == "int" else float
 
 
 def event_struct(contract: Contract) -> type[msgspec.Struct]:
@@ -77,7 +81,6 @@ class FastDecoder:
         types = tuple(self._types.values())
         target: Any = types[0] if len(types) == 1 else Union[types]  # noqa: UP007
         self._decoder = msgspec.json.Decoder(target)
-        self._list_decoder = msgspec.json.Decoder(list[target])
         self._feature_attrs = {
             name: [(f, attrgetter(f"f{i}")) for i, f in enumerate(c.features)]
             for name, c in self.contracts.items()
@@ -90,15 +93,17 @@ class FastDecoder:
         indices that need the slow path."""
         names = self._names
         errors = (msgspec.ValidationError, msgspec.DecodeError)
-        if values and None not in values:
-            # The common case, a clean chunk: one C call decodes it as a JSON array.
+        joined = b"\n".join(values) if values and None not in values else b""  # type: ignore[arg-type]
+        # The common case, a clean chunk: one C call decodes it as JSON lines. Only when
+        # no message holds a newline of its own, so that line i is exactly message i (a
+        # message can then never borrow bytes from its neighbour); blank lines are skipped
+        # by the decoder, so an empty message shows as a count mismatch.
+        if joined and joined.count(b"\n") == len(values) - 1:
             try:
-                decoded: list[Any] | None = self._list_decoder.decode(
-                    b"[" + b",".join(values) + b"]"  # type: ignore[arg-type]
-                )
+                decoded: list[Any] | None = self._decoder.decode_lines(joined)
             except errors:
                 decoded = None  # some message is not strict: sort them out one by one
-            if decoded is not None:
+            if decoded is not None and len(decoded) == len(values):
                 kinds = set(map(type, decoded))
                 if len(kinds) == 1:
                     return {names[kinds.pop()]: (list(range(len(decoded))), decoded)}, []

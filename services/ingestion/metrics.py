@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class IngestionMetrics:
@@ -35,6 +35,12 @@ class IngestionMetrics:
             "flywheel_ingestion_dlq_total",
             "Events sent to data.events.dlq, by reason.",
             ["dataset", "reason"],
+            registry=registry,
+        )
+        self.dedup_ids = Gauge(
+            "flywheel_ingestion_dedup_ids",
+            "Event ids held in the bounded deduplication window, per dataset.",
+            ["dataset"],
             registry=registry,
         )
         self.flush_seconds = Histogram(

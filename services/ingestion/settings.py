@@ -28,6 +28,9 @@ class IngestionSettings(ServiceSettings):
     dedup_window: int = Field(1_000_000, ge=2)
     """Event ids remembered per dataset for deduplication (memory bound: about 100 bytes
     per id). Replays older than this many newer events are not recognised."""
+    max_event_bytes: int = Field(512 * 1024, ge=1024)
+    """Largest data event accepted; larger ones go to the DLQ (reason ``too_large``)
+    with their first 4 KiB, size and sha256."""
     topic_check_s: float = Field(10.0, gt=0)
     """While idle, how often to make sure the service's topics still exist (an embedded
     broker loses them on restart; creating them again is idempotent)."""
