@@ -92,6 +92,7 @@ def seed_version(
             onnx_sha256=onnx_sha,
             training_time_s=0.0,
             reason="test fixture",
+            dataset_rows=len(reference),  # what training records, for its new-rows policy
         )
     )
     if champion:

@@ -97,8 +97,10 @@ class ModelRepository:
     # --- loading -----------------------------------------------------------------------
 
     def _load_sync(self, name: str, version: int) -> LoadedModel:
-        manifest = self.registry.get(name, version)
-        onnx = self.registry.onnx_bytes(manifest)  # raises TamperedArtifactError
+        # Both raise TamperedArtifactError: an edited manifest (its digest recorded at
+        # registration), then ONNX bytes that are not what the manifest names.
+        manifest = self.registry.verify(name, version)
+        onnx = self.registry.onnx_bytes(manifest)
         model = LoadedModel(manifest, onnx, self.specs[name], self.intra_op_threads)
         model.warm_up()
         return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -51,7 +51,7 @@ class ServingSettings(ServiceSettings):
     """CA bundle for client certificates; when set, clients must present one (mTLS)."""
     auth_tokens_file: str | None = None
     """File of accepted bearer tokens, one per line (``#`` starts a comment)."""
-    auth_tokens: str | None = None
+    auth_tokens: SecretStr | None = None
     """Comma-separated accepted bearer tokens (e.g. from a secret in the environment).
     With tokens configured, inference and metadata calls need ``authorization: Bearer
     <token>``; liveness, readiness and health stay open."""

@@ -26,6 +26,23 @@ class Predictions:
         self.proba = proba
 
 
+def labels_like(contract: Contract, y: np.ndarray, pred: Predictions) -> Predictions:
+    """``pred`` with its labels as the contract's classes in ``y``'s type, matched by text.
+
+    A champion exported elsewhere (an older release, another tool) may carry the
+    classes as strings where this run's labels are numbers, or the reverse; the
+    comparison on the holdout must not depend on that.
+    """
+    classes = contract.label.classes
+    if pred.proba is None or not classes or y.dtype.kind == pred.labels.dtype.kind:
+        return pred
+    by_text = {str(c): c for c in classes}
+    mapped = [by_text.get(str(v)) for v in pred.labels.tolist()]
+    if None in mapped:
+        return pred  # not the contract's classes: left as they are, and counted wrong
+    return Predictions(np.asarray(mapped, dtype=y.dtype), pred.proba)
+
+
 def metrics(contract: Contract, y: np.ndarray, pred: Predictions) -> dict[str, float]:
     """The task's metrics for ``pred`` against ``y``."""
     if contract.task == "regression":

@@ -403,7 +403,9 @@ def _evaluate(
     champion = registry.champion(contract.name)
     if champion is not None:
         try:
-            theirs = onnx_predictions(contract, registry.onnx_bytes(champion), x)
+            theirs = evaluation.labels_like(
+                contract, y, onnx_predictions(contract, registry.onnx_bytes(champion), x)
+            )
         except TamperedArtifactError as err:
             # A champion that cannot be verified cannot be compared against: refuse the
             # comparison loudly rather than promote blindly over it.

@@ -26,8 +26,9 @@ from services.monitoring.testing import load_car_loan, prediction_events, seed_v
 from shared import topics
 from shared.cli.main import app
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, Feedback, Prediction, RetrainRequest
+from shared.events import Deployment, Feedback, ModelRegistered, Prediction, RetrainRequest
 from shared.kafka import ensure_topics
+from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, StartService, need_data
@@ -261,3 +262,54 @@ def test_a_worse_canary_is_rolled_back_and_serving_switches_back(
     assert (rollback.action, rollback.version) == ("rollback", 1)
     assert "canary v2" in rollback.reason
     _until(lambda: _model_info(serving_port) == {"1": "champion"}, 60, "serving back on v1 alone")
+
+
+TRAINING_FAST = {
+    "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "1",
+    "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "4000",
+    "FLYWHEEL_TRAINING_CV_FOLDS": "2",
+    "FLYWHEEL_TRAINING_IMPORTANCE_ROWS": "1000",
+    "FLYWHEEL_TRAINING_IMPORTANCE_REPEATS": "1",
+}
+
+
+def test_the_drift_retrain_request_makes_training_register_a_new_version(
+    start_service: StartService,
+    kafka_settings: KafkaSettings,
+    store_uri: str,
+    contract: Contract,
+    car_loan: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    reference, analysis = car_loan
+    store = ArtifactStore(store_uri)
+    manifest = seed_version(store, contract, reference.iloc[:20_000], 1)
+    asyncio.run(ensure_topics(kafka_settings, topics.ALL_TOPICS))
+    start_service("training", **TRAINING_FAST)
+    start_service("monitoring", **MONITORING_ENV)
+    preds = list(prediction_events(contract, analysis.iloc[-4000:], manifest))
+    asyncio.run(_publish(kafka_settings, topics.PREDICTIONS, ((p.model, p) for p in preds)))
+
+    request = asyncio.run(
+        _first(
+            kafka_settings,
+            topics.RETRAIN_REQUESTS,
+            RetrainRequest.model_validate_json,
+            lambda e: True,
+            timeout_s=60,
+        )
+    )
+    assert isinstance(request, RetrainRequest)
+    assert request.evidence["trigger"] == "drift"
+    registered = asyncio.run(
+        _first(
+            kafka_settings,
+            topics.MODELS_REGISTERED,
+            ModelRegistered.model_validate_json,
+            lambda e: True,
+            timeout_s=120,
+        )
+    )
+    assert isinstance(registered, ModelRegistered)
+    assert (registered.model, registered.version) == ("car_loan", 2)
+    assert registered.reason.startswith("requested by monitoring: drift")
+    assert Registry(store).get("car_loan", 2).reason == registered.reason

@@ -282,6 +282,24 @@ async def test_a_model_whose_bytes_do_not_match_its_manifest_is_refused(
     assert manifest.version == 1
 
 
+async def test_an_edited_manifest_is_refused(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    v1 = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    v2 = register_model(registry, contract, models["onnx2"], dataset_version="d2", alias=None)
+    # v2's manifest edited to run v1's (genuine, registered) ONNX: every sha256 still matches
+    path = Path(registry.store.root) / "models" / MODEL / "versions" / "000002.json"
+    path.chmod(0o644)
+    path.write_text(
+        path.read_text().replace(v2.onnx_sha256, v1.onnx_sha256).replace(v2.onnx_uri, v1.onnx_uri)
+    )
+    repo, metrics = _repository(contract, registry)
+    await repo.load_from_registry()
+    assert not await repo.apply(_deploy("promote", 2))
+    assert metrics.load_failures.labels(MODEL, "tampered")._value.get() == 1
+    assert repo.route(MODEL, "", "r")[0].model.version == 1
+
+
 def _tamper(root: Path, data: bytes) -> int:
     """Overwrite every stored ONNX file (after registration); how many there were."""
     files = list(root.rglob("*.onnx"))

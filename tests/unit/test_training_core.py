@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from services.training.core import TrainingCore
 from services.training.deploy import previous_champion
+from services.training.evaluation import Predictions, labels_like, metrics
 from services.training.metrics import TrainingMetrics
 from services.training.reproduce import reproduce
 from services.training.trainer import TrainConfig
@@ -398,3 +399,14 @@ async def test_stopping_abandons_a_run_without_acking_or_registering(tmp_path: P
     assert acked == []
     assert Registry(store).version_numbers("toy") == []
     assert recorder.sent == []
+
+
+def test_a_champion_with_string_labels_is_scored_on_the_contract_classes() -> None:
+    contract = toy_contract()
+    y = np.array([0, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    same = labels_like(contract, y, Predictions(np.array(["0", "1", "0"]), proba))
+    assert same.labels.tolist() == [0, 1, 0]
+    assert metrics(contract, y, same)["accuracy"] == pytest.approx(2 / 3)
+    odd = Predictions(np.array(["0", "yes", "1"]), proba)
+    assert labels_like(contract, y, odd) is odd  # not the contract's classes: left as is

@@ -67,7 +67,10 @@ class GrpcServer:
     async def start(self) -> None:
         """Bind and start serving."""
         interceptors = []
-        tokens = load_tokens(self.settings.auth_tokens_file, self.settings.auth_tokens)
+        inline = self.settings.auth_tokens
+        tokens = load_tokens(
+            self.settings.auth_tokens_file, inline.get_secret_value() if inline else None
+        )
         if tokens:
             metric = self.dataplane.metrics.auth_failures
             interceptors.append(TokenAuthInterceptor(tokens, metric.inc))
