@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from shared.embedded import free_port
 from shared.procs import SERVICES
 from tests.conftest import ROOT, StartService
+from tests.flywheel_up import flywheel_up
 
 pytestmark = pytest.mark.integration
 
@@ -39,25 +37,8 @@ def test_flywheel_up_lists_topics_in_kcat_and_stops(tmp_path: Path) -> None:
     )
     for name in SERVICES:
         env[f"FLYWHEEL_{name.upper()}_METRICS_PORT"] = "0"
-    flywheel = str(Path(sys.executable).parent / "flywheel")
-    cmd = [flywheel, "up", "--broker-port", str(port), "--log-dir", str(tmp_path / "logs")]
-    up = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    running = threading.Event()
-
-    def read() -> None:
-        assert up.stdout is not None
-        for line in up.stdout:
-            lines.append(line)
-            if "stack running" in line:
-                running.set()
-        running.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert running.wait(120), "".join(lines)
-        assert up.poll() is None, "".join(lines)
+    args = ["--broker-port", str(port), "--log-dir", str(tmp_path / "logs")]
+    with flywheel_up(args, env) as lines:
         kcat = subprocess.run(
             [str(ROOT / "tools" / "kcat"), "-b", f"127.0.0.1:{port}", "-L"],
             capture_output=True,
@@ -70,12 +51,7 @@ def test_flywheel_up_lists_topics_in_kcat_and_stops(tmp_path: Path) -> None:
         assert kcat.returncode == 0, kcat.stderr
         for topic in ("data.events", "data.events.dlq", "models.deployments", "predictions"):
             assert f'topic "{topic}" with 3 partitions' in kcat.stdout
-    finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
-        reader.join(5)
     output = "".join(lines)
-    assert code == 0, output
     assert "stopped" in output
     for name in SERVICES:
         assert f"{name}" in output
