@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run up demo test test-unit test-integration test-e2e test-reliability lint format proto proto-check bench kcat prometheus clean
+.PHONY: install run up demo test test-unit test-integration test-e2e test-reliability reliability-report lint format proto proto-check bench kcat prometheus clean
 
 install: $(STAMP)
 
@@ -42,7 +42,7 @@ proto-check: install
 	$(BIN)/python tools/gen_proto.py --check
 
 test: install lint proto-check kcat prometheus
-	$(BIN)/pytest -m "not slow and not reliability" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest -m "not integration and not e2e and not slow and not reliability" $(PYTEST_ARGS)
@@ -55,6 +55,13 @@ test-e2e: install
 
 test-reliability: install
 	$(BIN)/pytest -m "reliability" $(PYTEST_ARGS)
+
+# Runs the reliability suite and regenerates docs/reliability.md from its figures.
+reliability-report: install
+	@mkdir -p var
+	@set -o pipefail; $(BIN)/pytest -m "reliability" -s -p no:cacheprovider $(PYTEST_ARGS) \
+		| tee var/reliability.log; status=$$?; \
+		$(BIN)/python tools/reliability_report.py var/reliability.log && exit $$status
 
 bench: install
 	$(BIN)/python -m bench

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -158,6 +159,42 @@ async def ensure_topics(
         finally:
             await admin.close()
     raise ConnectionError(f"cannot reach Kafka at {settings.servers}: {last}")
+
+
+class TopicWatch:
+    """Recreates a service's missing topics, at most once every ``every_s`` seconds.
+
+    A restarted embedded broker has forgotten every topic, and a consumer does not
+    notice: it just fetches nothing. Calling :meth:`check` while idle brings the topics
+    back (creating them is idempotent on any broker).
+
+    Args:
+        settings: the Kafka settings.
+        topics: the topics this service consumes or produces.
+        every_s: the least time between two checks.
+        log: the service logger (``topics.recreated`` / ``topics.check_failed``).
+    """
+
+    def __init__(self, settings: KafkaSettings, topics: Iterable[str], every_s: float, log: Any):
+        self.settings = settings
+        self.topics = list(topics)
+        self.every_s = every_s
+        self.log = log
+        self._checked = time.monotonic()
+
+    async def check(self) -> list[str]:
+        """Recreate missing topics if the last check is old enough; the ones created."""
+        if time.monotonic() - self._checked < self.every_s:
+            return []
+        self._checked = time.monotonic()
+        try:
+            created = await ensure_topics(self.settings, self.topics, attempts=1)
+        except ConnectionError as err:
+            self.log.warning("topics.check_failed", error=str(err))
+            return []
+        if created:
+            self.log.warning("topics.recreated", topics=created)
+        return created
 
 
 async def describe_topics(settings: KafkaSettings) -> dict[str, int]:

@@ -31,6 +31,9 @@ class IngestionSettings(ServiceSettings):
     max_event_bytes: int = Field(512 * 1024, ge=1024)
     """Largest data event accepted; larger ones go to the DLQ (reason ``too_large``)
     with their first 4 KiB, size and sha256."""
+    publish_retry_s: float = Field(60.0, ge=0)
+    """How long a failed dead-letter or batch event send is retried (topics recreated,
+    back-off) before the service gives up and stops without committing."""
     topic_check_s: float = Field(10.0, gt=0)
     """While idle, how often to make sure the service's topics still exist (an embedded
     broker loses them on restart; creating them again is idempotent)."""

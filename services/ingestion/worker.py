@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -21,13 +22,24 @@ from aiokafka.structs import OffsetAndMetadata
 
 from shared import topics
 from shared.events import BatchCreated, DeadLetter, new_id
-from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.service import Runtime
 
 from .core import Ingestor
 from .settings import IngestionSettings
 
 TOPICS = (topics.DATA_EVENTS, topics.DATA_EVENTS_DLQ, topics.DATA_BATCHES)
+
+
+@dataclass
+class _Outgoing:
+    """One record to publish, kept until acknowledged so a failed send can be repeated."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    delivery: asyncio.Future[Any] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -58,11 +70,11 @@ class IngestionWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
-        self._pending: list[asyncio.Future[Any]] = []
+        self._pending: list[_Outgoing] = []
         self._positions: dict[TopicPartition, int] = {}
         self._inflight: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._topics_checked = time.monotonic()
+        self._topics = TopicWatch(settings.kafka, TOPICS, settings.topic_check_s, self.log)
 
     async def start(self) -> None:
         """Create topics, connect, and start the consume loop."""
@@ -100,15 +112,6 @@ class IngestionWorker:
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def _check_topics(self) -> None:
-        """Recreate missing topics, at most every ``topic_check_s`` while idle."""
-        if time.monotonic() - self._topics_checked < self.settings.topic_check_s:
-            return
-        self._topics_checked = time.monotonic()
-        created = await ensure_topics(self.settings.kafka, TOPICS)
-        if created:
-            self.log.warning("topics.recreated", topics=created)
-
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -124,7 +127,7 @@ class IngestionWorker:
                 await ensure_topics(self.settings.kafka, TOPICS)
                 continue
             if not fetched:
-                await self._check_topics()
+                await self._topics.check()
             async with self._lock:
                 for tp, records in fetched.items():
                     if not records:
@@ -135,30 +138,67 @@ class IngestionWorker:
                 if self.ingestor.due() or (self._positions and not self.ingestor.buffered_rows):
                     await self._start_flush()
 
-    def _send_letters(self, letters: list[DeadLetter]) -> None:
+    def _send(self, records: list[_Outgoing]) -> list[_Outgoing]:
+        """Start sending ``records`` (delivery reports in their ``delivery``)."""
         assert self._producer is not None
-        for letter in letters:
-            key = letter.dataset.encode() if letter.dataset else None
-            send = self._producer.send(
-                topics.DATA_EVENTS_DLQ,
-                letter.model_dump_json().encode(),
-                key=key,
-                headers=_kafka_headers(letter.id),
-            )
-            self._pending.append(asyncio.ensure_future(_delivered(send)))
+        for r in records:
+            send = self._producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+            r.delivery = asyncio.ensure_future(_delivered(send))
+        return records
 
-    async def _publish(self, batches: list[BatchCreated]) -> list[asyncio.Future[Any]]:
-        assert self._producer is not None
-        futures = []
-        for batch in batches:
-            fut = await self._producer.send(
-                topics.DATA_BATCHES,
-                batch.model_dump_json().encode(),
-                key=batch.dataset.encode(),
-                headers=_kafka_headers(batch.id),
-            )
-            futures.append(fut)
-        return futures
+    def _send_letters(self, letters: list[DeadLetter]) -> None:
+        self._pending += self._send(
+            [
+                _Outgoing(
+                    topics.DATA_EVENTS_DLQ,
+                    letter.model_dump_json().encode(),
+                    letter.dataset.encode() if letter.dataset else None,
+                    _kafka_headers(letter.id),
+                )
+                for letter in letters
+            ]
+        )
+
+    def _publish(self, batches: list[BatchCreated]) -> list[_Outgoing]:
+        return self._send(
+            [
+                _Outgoing(
+                    topics.DATA_BATCHES,
+                    batch.model_dump_json().encode(),
+                    batch.dataset.encode(),
+                    _kafka_headers(batch.id),
+                )
+                for batch in batches
+            ]
+        )
+
+    async def _deliver(self, records: list[_Outgoing]) -> None:
+        """Wait until every record is acknowledged, sending the failed ones again.
+
+        A broker that restarted (or a leader that moved) fails sends for a while: the
+        topics are recreated and the failed records re-sent with back-off, for up to
+        ``publish_retry_s``; then the error propagates and the service stops without
+        committing (a restart re-reads the records; consumers deduplicate).
+        """
+        deadline = time.monotonic() + self.settings.publish_retry_s
+        delay = 0.25
+        while records:
+            deliveries = [r.delivery for r in records if r.delivery is not None]
+            results = await asyncio.gather(*deliveries, return_exceptions=True)
+            failed = [
+                r for r, res in zip(records, results, strict=True) if isinstance(res, BaseException)
+            ]
+            if not failed:
+                return
+            error = next(res for res in results if isinstance(res, BaseException))
+            if not isinstance(error, KafkaError) or time.monotonic() + delay > deadline:
+                raise error
+            self.log.warning("ingestion.publish_retry", records=len(failed), error=repr(error))
+            await asyncio.sleep(delay)  # back-off before a retry, not a readiness wait
+            delay = min(delay * 2, 5.0)
+            with contextlib.suppress(ConnectionError):
+                await ensure_topics(self.settings.kafka, TOPICS, attempts=1)
+            records = self._send(failed)
 
     async def _start_flush(self) -> None:
         """Hand what is buffered to a background flush; at most one runs at a time.
@@ -192,22 +232,26 @@ class IngestionWorker:
         self,
         tables: dict[str, Any],
         positions: dict[TopicPartition, int],
-        pending: list[asyncio.Future[Any]],
+        pending: list[_Outgoing],
     ) -> None:
         """Write, publish, wait for every acknowledgement, then commit ``positions``."""
         assert self._consumer is not None
         with self.ingestor.metrics.flush_seconds.time():
             batches = await asyncio.to_thread(self.ingestor.write, tables)
-            pending += await self._publish(batches)
-            # gather raises if any send failed: then nothing is committed.
-            await asyncio.gather(*pending)
+            # raises if a send cannot be delivered: then nothing is committed.
+            await self._deliver(pending + self._publish(batches))
         for batch in batches:
             self.log.info(
                 "ingestion.batch", dataset=batch.dataset, rows=batch.rows, batch_id=batch.batch_id
             )
         if positions:
             offsets = {tp: OffsetAndMetadata(pos, "") for tp, pos in positions.items()}
-            await self._consumer.commit(offsets)
+            try:
+                await self._consumer.commit(offsets)
+            except KafkaError as err:
+                # The group moved on (a rebalance, a broker restart): whoever reads these
+                # records again finds their ids in the dedup window, so nothing doubles.
+                self.log.warning("ingestion.commit_failed", error=repr(err))
 
     # --- rebalancing ---------------------------------------------------------------------
 
@@ -224,7 +268,7 @@ class IngestionWorker:
         async with self._lock:
             await self._drain()
             newest = await asyncio.to_thread(self.ingestor.reload)
-            await asyncio.gather(*await self._publish(newest))
+            await self._deliver(self._publish(newest))
         self.log.info(
             "ingestion.assigned",
             partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),

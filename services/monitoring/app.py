@@ -64,6 +64,7 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
         runtime.log,
         runtime.spawn,
         settings.poll_timeout_ms,
+        settings.topic_check_s,
     )
     lag = LagProbe(settings.kafka, metrics, runtime.log, runtime.spawn, settings.lag_interval_s)
     return [publisher, consumer, lag]

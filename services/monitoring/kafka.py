@@ -27,7 +27,7 @@ from shared.events import (
     ModelRegistered,
     Prediction,
 )
-from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.settings import KafkaSettings
 
 from .core import MonitoringCore, Outgoing
@@ -104,6 +104,8 @@ class MonitoringConsumer:
         log: the service logger.
         spawn: runs the loop as a supervised task (a crash stops the service).
         poll_timeout_ms: how long one poll waits.
+        topic_check_s: while idle, how often missing topics are recreated (a restarted
+            embedded broker has lost them, and clients do not report that as an error).
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class MonitoringConsumer:
         log: Any,
         spawn: Spawn,
         poll_timeout_ms: int = 500,
+        topic_check_s: float = 10.0,
     ):
         self.settings = settings
+        self._topics = TopicWatch(settings, CONSUMED, topic_check_s, log)
         self.spawn = spawn
         self.core = core
         self.publisher = publisher
@@ -150,6 +154,8 @@ class MonitoringConsumer:
         while True:
             try:
                 batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
+                if not batch:
+                    await self._topics.check()
                 for tp, records in batch.items():
                     await self._handle(tp.topic, records)
                     self._uncommitted[tp] = records[-1].offset + 1

@@ -35,5 +35,8 @@ class MonitoringSettings(ServiceSettings):
     """Prediction-log rows buffered before a Parquet object is written."""
     log_flush_s: float = Field(10.0, gt=0)
     """Longest time a prediction-log row stays buffered (offsets commit after the flush)."""
+    topic_check_s: float = Field(10.0, gt=0)
+    """While idle, how often to make sure the consumed topics still exist (an embedded
+    broker loses them on restart; creating them again is idempotent)."""
     lag_interval_s: float = Field(15.0, gt=0)
     """How often consumer-group lag is measured."""

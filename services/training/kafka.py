@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import topics
 from shared.events import DatasetValidated, Deployment, Event, RetrainRequest
-from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.settings import KafkaSettings
 
 from .core import Spawn, TrainingCore
@@ -116,7 +115,7 @@ class TrainingConsumer:
         self.log = log
         self.poll_timeout_ms = poll_timeout_ms
         self.offsets = OffsetTracker()
-        self.topic_check_s = topic_check_s
+        self._topics = TopicWatch(settings, ALL_TRAINING_TOPICS, topic_check_s, log)
         self._consumer = AIOKafkaConsumer(
             *CONSUMED, **consumer_kwargs(settings, "training-consumer", group_id)
         )
@@ -140,17 +139,8 @@ class TrainingConsumer:
 
     async def _loop(self) -> None:
         failures = 0
-        checked = time.monotonic()
         while True:
-            if time.monotonic() - checked >= self.topic_check_s:
-                checked = time.monotonic()
-                try:
-                    created = await ensure_topics(self.settings, ALL_TRAINING_TOPICS, attempts=1)
-                except ConnectionError as err:
-                    self.log.warning("topics.check_failed", error=str(err))
-                else:
-                    if created:
-                        self.log.warning("topics.recreated", topics=created)
+            await self._topics.check()
             try:
                 batch = await self._consumer.getmany(timeout_ms=self.poll_timeout_ms)
                 for tp, records in batch.items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from shared import topics
 from shared.events import BatchCreated, DatasetValidated
-from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
 from shared.service import Runtime
 
 from .core import Outcome, Validator
@@ -45,7 +44,7 @@ class ValidationWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._topics_checked = time.monotonic()
+        self._topics = TopicWatch(settings.kafka, TOPICS, settings.topic_check_s, self.log)
 
     async def start(self) -> None:
         """Create topics, connect, restore gauges and start consuming."""
@@ -73,15 +72,6 @@ class ValidationWorker:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def _check_topics(self) -> None:
-        """Recreate missing topics, at most every ``topic_check_s`` while idle."""
-        if time.monotonic() - self._topics_checked < self.settings.topic_check_s:
-            return
-        self._topics_checked = time.monotonic()
-        created = await ensure_topics(self.settings.kafka, TOPICS)
-        if created:
-            self.log.warning("topics.recreated", topics=created)
-
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -93,7 +83,7 @@ class ValidationWorker:
                 await ensure_topics(self.settings.kafka, TOPICS)
                 continue
             if not fetched:
-                await self._check_topics()
+                await self._topics.check()
             for tp, records in fetched.items():
                 for record in records:
                     await self._handle(record.value)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
+import tritonclient.grpc as triton
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from shared.cli.data import rows_to_events
 from shared.contract import Contract, load_contract
@@ -22,6 +26,66 @@ from shared.settings import KafkaSettings
 from tests.conftest import CONTRACTS, need_data
 
 CENSUS: Contract = load_contract(CONTRACTS / "census_employment.yaml")
+
+
+def report(name: str, **figures: Any) -> None:
+    """Print the figures a test measured (collected into docs/reliability.md)."""
+    print(f"RELIABILITY {name} " + json.dumps(figures, sort_keys=True))
+
+
+class Answer(NamedTuple):
+    """One successful ModelInfer call: when it was sent and answered, and what it said."""
+
+    sent: float
+    answered: float
+    ids: list[str]
+    version: str
+
+
+class Load:
+    """Threads calling ModelInfer in a loop; every outcome recorded with its time."""
+
+    def __init__(self, address: str, inputs: list[triton.InferInput], threads: int = 4):
+        self.address = address
+        self.inputs = inputs
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.ok: list[Answer] = []
+        self.errors: list[tuple[float, str]] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        client = triton.InferenceServerClient(self.address)
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                result = client.infer(
+                    CENSUS.name, self.inputs, request_id=uuid.uuid4().hex, client_timeout=5
+                )
+                ids = [i.decode() for i in result.as_numpy("prediction_id")]
+                answer = Answer(sent, time.monotonic(), ids, result.get_response().model_version)
+                with self.lock:
+                    self.ok.append(answer)
+            except InferenceServerException as exc:
+                with self.lock:
+                    self.errors.append((time.monotonic(), str(exc)))
+                time.sleep(0.05)  # the server is down: do not spin
+        client.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def count(self) -> int:
+        """Successful calls so far."""
+        with self.lock:
+            return len(self.ok)
 
 
 def census_events(limit: int, offset: int = 0) -> list[dict[str, Any]]:

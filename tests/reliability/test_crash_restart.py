@@ -9,17 +9,13 @@ recorded in docs/reliability.md.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 
 from services.monitoring.testing import load_car_loan, prediction_events, seed_version
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
@@ -34,11 +30,13 @@ from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, DATA, StartService, need_data
 from tests.reliability.helpers import (
     CENSUS,
+    Load,
     census_events,
     json_records,
     latest_rows,
     metric,
     read_topic,
+    report,
     wait_for,
 )
 
@@ -50,11 +48,6 @@ FAST_TRAINING = {
     "FLYWHEEL_TRAINING_IMPORTANCE_ROWS": "1000",
     "FLYWHEEL_TRAINING_IMPORTANCE_REPEATS": "1",
 }
-
-
-def report(name: str, **figures: Any) -> None:
-    """Print the figures a test measured (collected into docs/reliability.md)."""
-    print(f"RELIABILITY {name} " + json.dumps(figures, sort_keys=True))
 
 
 async def test_validation_sigkill_mid_stream_keeps_rows_equal_to_unique_events(
@@ -104,49 +97,6 @@ async def test_validation_sigkill_mid_stream_keeps_rows_equal_to_unique_events(
     assert [v.parent for v in versions[1:]] == [v.id for v in versions[:-1]]
 
 
-class Load:
-    """Threads calling ModelInfer in a loop; every outcome recorded with its time."""
-
-    def __init__(self, address: str, inputs: list[triton.InferInput], threads: int = 4):
-        self.address = address
-        self.inputs = inputs
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.ok: list[tuple[float, list[str]]] = []
-        self.errors: list[tuple[float, str]] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        client = triton.InferenceServerClient(self.address)
-        while not self.stop.is_set():
-            try:
-                result = client.infer(
-                    CENSUS.name, self.inputs, request_id=uuid.uuid4().hex, client_timeout=5
-                )
-                ids = [i.decode() for i in result.as_numpy("prediction_id")]
-                with self.lock:
-                    self.ok.append((time.monotonic(), ids))
-            except InferenceServerException as exc:
-                with self.lock:
-                    self.errors.append((time.monotonic(), str(exc)))
-                time.sleep(0.05)  # the server is down: do not spin
-        client.close()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.ok)
-
-
 async def test_serving_sigkill_under_load_errors_only_while_down(
     start_service: StartService, kafka_settings: KafkaSettings, store_uri: str
 ) -> None:
@@ -173,7 +123,7 @@ async def test_serving_sigkill_under_load_errors_only_while_down(
     # errors only between the kill and the restarted process's ready line (+ reconnect slack)
     outside = [e for t, e in errors if not killed_at - 0.5 <= t <= ready_at + 2.0]
     assert outside == [], outside[:3]
-    served = [pid for _, ids in ok for pid in ids]
+    served = [pid for a in ok for pid in a.ids]
     assert len(served) == len(set(served))  # prediction ids are unique across processes
     wait_for(lambda: metric(restarted, "flywheel_serving_requests_total") >= 300, 30, "metrics")
     events = json_records(await read_topic(kafka_settings, topics.PREDICTIONS))
@@ -185,9 +135,9 @@ async def test_serving_sigkill_under_load_errors_only_while_down(
     served_set = set(served)
     # Events leave the process off the response path (a buffer drained every linger
     # interval): a SIGKILL loses the rows answered in the last moments before it.
-    before = [pid for t, ids in ok if t < killed_at - 2.0 for pid in ids]
-    after = [pid for t, ids in ok if t > ready_at for pid in ids]
-    window = [pid for t, ids in ok if killed_at - 2.0 <= t <= ready_at for pid in ids]
+    before = [pid for a in ok if a.answered < killed_at - 2.0 for pid in a.ids]
+    after = [pid for a in ok if a.answered > ready_at for pid in a.ids]
+    window = [pid for a in ok if killed_at - 2.0 <= a.answered <= ready_at for pid in a.ids]
     lost_window = [pid for pid in window if pid not in counts]
     report(
         "serving_sigkill",
