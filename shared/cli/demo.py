@@ -205,14 +205,14 @@ def _answering_version(ctx: _Ctx, contract: Contract, table: pa.Table) -> int:
 
 
 def _metrics(ctx: _Ctx, name: str) -> list[tuple[dict[str, str], float]]:
-    """Samples of one metric family from the monitoring endpoint."""
+    """Samples named ``name`` (a counter's with ``_total``) from the monitoring endpoint."""
     with urllib.request.urlopen(ctx.ep.monitoring_metrics, timeout=5) as resp:
         text = resp.read().decode()
     return [
         (dict(s.labels), float(s.value))
         for family in text_string_to_metric_families(text)
-        if family.name == name
         for s in family.samples
+        if s.name == name
     ]
 
 
@@ -321,7 +321,18 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
         ctx, _serve(ctx, report, contract, second, "second half (drifts)")
     )
 
+    served_car = analysis.num_rows
+
     def drift() -> dict[str, float]:
+        # Only once monitoring has consumed every served row: its latest window is then
+        # the drifted period, not the first half it may still be working through.
+        consumed = sum(
+            value
+            for lab, value in _metrics(ctx, "flywheel_monitoring_predictions_total")
+            if lab.get("model") == contract.name
+        )
+        if consumed < served_car:
+            return {}
         return {
             lab["feature"]: value
             for lab, value in _metrics(ctx, "flywheel_monitoring_drift_score")

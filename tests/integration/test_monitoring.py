@@ -112,6 +112,15 @@ def _feedback(rows: pd.DataFrame, predictions: list[Prediction]) -> list[tuple[s
     ]
 
 
+TRAINING_FAST = {
+    "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "1",
+    "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "4000",
+    "FLYWHEEL_TRAINING_CV_FOLDS": "2",
+    "FLYWHEEL_TRAINING_IMPORTANCE_ROWS": "1000",
+    "FLYWHEEL_TRAINING_IMPORTANCE_REPEATS": "1",
+}
+"""Training as small as it gets: the test checks that a request trains, not how well."""
+
 MONITORING_ENV = {
     "FLYWHEEL_MONITORING_LOG_FLUSH_S": "1",
     "FLYWHEEL_MONITORING_LAG_INTERVAL_S": "1",
@@ -119,7 +128,7 @@ MONITORING_ENV = {
 }
 
 
-def test_served_drift_raises_the_metric_requests_a_retrain_and_is_traceable(
+def test_served_drift_raises_the_metric_and_its_retrain_request_trains_v2_traceably(
     start_service: StartService,
     kafka_settings: KafkaSettings,
     store_uri: str,
@@ -130,6 +139,8 @@ def test_served_drift_raises_the_metric_requests_a_retrain_and_is_traceable(
     reference, analysis = car_loan
     store = ArtifactStore(store_uri)
     manifest = seed_version(store, contract, reference.iloc[:20_000], 1)
+    asyncio.run(ensure_topics(kafka_settings, topics.ALL_TOPICS))
+    start_service("training", **TRAINING_FAST)  # closes the loop: the request trains v2
     proc = start_service("monitoring", **MONITORING_ENV)
     port = int(proc.ready_info["metrics_port"])
     # First half of the analysis period (no drift), then its drifted second half.
@@ -204,6 +215,21 @@ def test_served_drift_raises_the_metric_requests_a_retrain_and_is_traceable(
     assert trail["batches"][0]["offsets"][0]["last"] == 19_999
     assert runner.invoke(app, ["lineage", "no-such-id"]).exit_code == 1
 
+    # Training acted on the request: version 2, registered for that reason.
+    registered = asyncio.run(
+        _first(
+            kafka_settings,
+            topics.MODELS_REGISTERED,
+            ModelRegistered.model_validate_json,
+            lambda e: True,
+            timeout_s=120,
+        )
+    )
+    assert isinstance(registered, ModelRegistered)
+    assert (registered.model, registered.version) == ("car_loan", 2)
+    assert registered.reason.startswith("requested by monitoring: drift")
+    assert Registry(store).get("car_loan", 2).reason == registered.reason
+
 
 def _model_info(port: int) -> dict[str, str]:
     return {
@@ -262,54 +288,3 @@ def test_a_worse_canary_is_rolled_back_and_serving_switches_back(
     assert (rollback.action, rollback.version) == ("rollback", 1)
     assert "canary v2" in rollback.reason
     _until(lambda: _model_info(serving_port) == {"1": "champion"}, 60, "serving back on v1 alone")
-
-
-TRAINING_FAST = {
-    "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "1",
-    "FLYWHEEL_TRAINING_MAX_TRAIN_ROWS": "4000",
-    "FLYWHEEL_TRAINING_CV_FOLDS": "2",
-    "FLYWHEEL_TRAINING_IMPORTANCE_ROWS": "1000",
-    "FLYWHEEL_TRAINING_IMPORTANCE_REPEATS": "1",
-}
-
-
-def test_the_drift_retrain_request_makes_training_register_a_new_version(
-    start_service: StartService,
-    kafka_settings: KafkaSettings,
-    store_uri: str,
-    contract: Contract,
-    car_loan: tuple[pd.DataFrame, pd.DataFrame],
-) -> None:
-    reference, analysis = car_loan
-    store = ArtifactStore(store_uri)
-    manifest = seed_version(store, contract, reference.iloc[:20_000], 1)
-    asyncio.run(ensure_topics(kafka_settings, topics.ALL_TOPICS))
-    start_service("training", **TRAINING_FAST)
-    start_service("monitoring", **MONITORING_ENV)
-    preds = list(prediction_events(contract, analysis.iloc[-4000:], manifest))
-    asyncio.run(_publish(kafka_settings, topics.PREDICTIONS, ((p.model, p) for p in preds)))
-
-    request = asyncio.run(
-        _first(
-            kafka_settings,
-            topics.RETRAIN_REQUESTS,
-            RetrainRequest.model_validate_json,
-            lambda e: True,
-            timeout_s=60,
-        )
-    )
-    assert isinstance(request, RetrainRequest)
-    assert request.evidence["trigger"] == "drift"
-    registered = asyncio.run(
-        _first(
-            kafka_settings,
-            topics.MODELS_REGISTERED,
-            ModelRegistered.model_validate_json,
-            lambda e: True,
-            timeout_s=120,
-        )
-    )
-    assert isinstance(registered, ModelRegistered)
-    assert (registered.model, registered.version) == ("car_loan", 2)
-    assert registered.reason.startswith("requested by monitoring: drift")
-    assert Registry(store).get("car_loan", 2).reason == registered.reason

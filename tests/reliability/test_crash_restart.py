@@ -186,21 +186,24 @@ async def test_monitoring_sigkill_mid_window_logs_every_prediction(
         finally:
             await producer.stop()
 
-    publishing = asyncio.create_task(publish(preds))
-    while len(store.list(prefix)) < 2:
-        assert not publishing.done() or len(store.list(prefix)) >= 2, "too fast to kill"
-        await asyncio.sleep(0.02)
-    monitoring.kill()
-    files_at_kill = len(store.list(prefix))
-    await publishing
-    restarted = start_service("monitoring", **env)
-    expected = {p.id for p in preds}
-
     def logged_ids() -> list[str]:
         out: list[str] = []
         for key in store.list(prefix):
             out += store.get_parquet(key).column("prediction_id").to_pylist()
         return out
+
+    publishing = asyncio.create_task(publish(preds))
+    # kill once two log files are flushed: some rows durable, the rest still in memory
+    await asyncio.to_thread(
+        wait_for, lambda: len(store.list(prefix)) >= 2, 120, "two prediction log files"
+    )
+    monitoring.kill()
+    files_at_kill = len(store.list(prefix))
+    logged_at_kill = len(logged_ids())
+    assert logged_at_kill < len(preds), "everything was logged before the kill: not mid-stream"
+    await publishing
+    restarted = start_service("monitoring", **env)
+    expected = {p.id for p in preds}
 
     ids = await asyncio.to_thread(
         wait_for, lambda: (i := logged_ids()) and set(i) >= expected and i, 120, "every row"
@@ -210,6 +213,7 @@ async def test_monitoring_sigkill_mid_window_logs_every_prediction(
         "monitoring_sigkill",
         predictions_published=len(preds),
         log_files_at_kill=files_at_kill,
+        logged_rows_at_kill=logged_at_kill,
         logged_rows=len(ids),
         lost=len(expected - set(ids)),
         duplicates=duplicates,
