@@ -19,10 +19,8 @@ categorical). Reported: median time of 3 runs each and the per-feature verdict a
 ``python -m bench.drift [--quick]``; ``run(quick)`` returns the figures as a dict.
 ``--quick`` uses a 20,000-row reference and one 10,000-row window.
 
-Set up Evidently once::
-
-    python3 -m venv bench/.venv-evidently
-    bench/.venv-evidently/bin/pip install "evidently>=0.7,<0.8" "pandas>=2.2,<3"
+Evidently is installed into ``bench/.venv-evidently`` on first use
+(``evidently>=0.7,<0.8``, ``pandas>=2.2,<3``).
 """
 
 from __future__ import annotations
@@ -39,8 +37,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench._venv import ensure_venv
+
 ROOT = Path(__file__).resolve().parent.parent
-EVIDENTLY_PY = ROOT / "bench" / ".venv-evidently" / "bin" / "python"
+EVIDENTLY_VENV = ROOT / "bench" / ".venv-evidently"
+EVIDENTLY_PACKAGES = ["evidently>=0.7,<0.8", "pandas>=2.2,<3"]
 RESULTS = ROOT / "bench" / "results" / "drift.json"
 NUMERIC = [f"n{i:02d}" for i in range(15)]
 CATEGORIES = [f"c{i}" for i in range(5)]
@@ -151,12 +152,14 @@ def _agreement(a: dict[str, bool], b: dict[str, bool]) -> float:
 
 
 def _evidently(ref_path: Path, cur_path: Path) -> dict[str, Any]:
-    if not EVIDENTLY_PY.exists():
-        return {"error": f"{EVIDENTLY_PY} missing: see the set-up in bench/drift.py"}
+    try:
+        python = ensure_venv(EVIDENTLY_VENV, EVIDENTLY_PACKAGES, "python") / "python"
+    except subprocess.CalledProcessError as err:
+        return {"error": f"installing Evidently failed: {err}"}
     start = time.perf_counter()
     done = subprocess.run(
         [
-            str(EVIDENTLY_PY),
+            str(python),
             "-c",
             EVIDENTLY_SCRIPT,
             str(ref_path),

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from bench._venv import ensure_venv
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "census_employment"
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
@@ -273,23 +275,10 @@ def flywheel_events(proc: Any) -> dict[str, float]:
 
 def ensure_mlserver() -> Path:
     """The MLServer venv's ``mlserver`` executable, installing it on first use."""
-    exe = MLSERVER_VENV / "bin" / "mlserver"
-    if exe.exists():
-        return exe
     import sklearn
 
-    subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
-    subprocess.run(
-        [
-            str(MLSERVER_VENV / "bin" / "pip"),
-            "install",
-            "-q",
-            *MLSERVER_PACKAGES,
-            f"scikit-learn=={sklearn.__version__}",
-        ],
-        check=True,
-    )
-    return exe
+    packages = [*MLSERVER_PACKAGES, f"scikit-learn=={sklearn.__version__}"]
+    return ensure_venv(MLSERVER_VENV, packages, "mlserver") / "mlserver"
 
 
 def start_mlserver(fx: Fixture) -> tuple[subprocess.Popen[bytes], str]:
