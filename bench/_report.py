@@ -13,6 +13,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
 IMG = ROOT / "docs" / "img"
 SERVERS = ("flywheel", "minimal", "mlserver")
 
@@ -530,7 +531,48 @@ def render(results: dict[str, Any], results_path: Path) -> list[Path]:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(lines), encoding="utf-8")
     written.append(DOC)
+    if _quote_in_readme(results, results_path, _goals(modules) + _headlines(modules)):
+        written.append(README)
     return written
+
+
+README_START, README_END = "<!-- bench:goals -->", "<!-- /bench:goals -->"
+
+
+def _quote_in_readme(results: dict[str, Any], results_path: Path, goals: list[str]) -> bool:
+    """Replace the README's quoted goals table (between its markers) with this run's."""
+    if results["quick"] or not README.exists():
+        return False  # a quick run is a smoke test, not figures to quote
+    text = README.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        return False
+    m = results["machine"]
+    block = [
+        README_START,
+        f"From `{results_path.relative_to(ROOT)}` ({results['started'][:10]}, {m['cpus']} "
+        f"CPUs, load average {m['load_average_before'][0]} before): ratios measured side by "
+        "side in one run.",
+        "",
+        *goals[2:],  # the tables without the goals heading
+        README_END,
+    ]
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    README.write_text(head + "\n".join(block) + tail, encoding="utf-8")
+    return True
+
+
+def _headlines(modules: dict[str, Any]) -> list[str]:
+    """Absolute figures behind the ratios that the README quotes."""
+    out: list[str] = []
+    ing = modules.get("ingestion", {}).get("result") or {}
+    if ing:
+        out.append(
+            f"- ingestion, census events/s (median, min-max): Flywheel end to end "
+            f"{_spread(ing['ingestion_rounds_per_s'])}; raw aiokafka `getmany` + `json.loads` "
+            f"{_spread(ing['raw_rounds_per_s'])}"
+        )
+    return ["", *out] if out else []
 
 
 def _goals(modules: dict[str, Any]) -> list[str]:
