@@ -300,7 +300,9 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
         report.car_outcome = f"already ran: champion v{aliases['champion']}"
         for change in ctx.registry.history(contract.name):
             console.print(
-                f"  {change.alias} -> v{change.version} by {change.actor}: {change.reason}"
+                f"  {change.alias} -> "
+                f"{'none' if change.version is None else f'v{change.version}'}"
+                f" by {change.actor}: {change.reason}"
             )
         return
     _publish(ctx, "publishing car-loan reference", rows_to_events(contract, reference))
