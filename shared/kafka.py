@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 from faststream.security import (
     BaseSecurity,
@@ -25,6 +26,7 @@ from faststream.security import (
     SASLScram512,
 )
 
+from shared.events import Event
 from shared.settings import KafkaSettings
 from shared.topics import (
     HEADER_CONTENT_TYPE,
@@ -159,6 +161,50 @@ async def ensure_topics(
         finally:
             await admin.close()
     raise ConnectionError(f"cannot reach Kafka at {settings.servers}: {last}")
+
+
+class EventPublisher:
+    """Publishes events keyed by name, with the standard headers, waiting for ``acks=all``.
+
+    A failed send is retried with back-off after recreating its topic (a restarted
+    embedded broker has lost it); the last error is raised after ``attempts`` tries.
+
+    Args:
+        settings: Kafka settings.
+        client: a short name for the client id (e.g. ``training-producer``).
+        log: the service logger (retries are logged).
+        attempts: sends tried before the error is raised.
+    """
+
+    def __init__(self, settings: KafkaSettings, client: str, log: Any, attempts: int = 5):
+        self.settings = settings
+        self.log = log
+        self.attempts = attempts
+        self._producer = AIOKafkaProducer(**client_kwargs(settings, client), acks="all")
+
+    async def start(self) -> None:
+        """Connect."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        await self._producer.stop()
+
+    async def publish(self, topic: str, key: str, event: Event) -> None:
+        """Send ``event`` to ``topic`` and wait for the broker's acknowledgement."""
+        value = event.model_dump_json().encode()
+        hdrs = [(k, v.encode()) for k, v in headers(event.id).items()]
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await self._producer.send_and_wait(topic, value, key=key.encode(), headers=hdrs)
+                return
+            except KafkaError as err:
+                if attempt == self.attempts:
+                    raise
+                self.log.warning("publish.retry", topic=topic, attempt=attempt, error=repr(err))
+                await asyncio.sleep(0.5 * 2**attempt)  # back-off between attempts
+                with contextlib.suppress(ConnectionError):
+                    await ensure_topics(self.settings, [topic], attempts=5)
 
 
 class TopicWatch:

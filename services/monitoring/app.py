@@ -54,7 +54,7 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
     )
     core.load_aliases()
     runtime.info["models"] = sorted(contracts)
-    publisher = KafkaPublisher(settings.kafka, runtime.log)
+    publisher = KafkaPublisher(settings.kafka, "monitoring-producer", runtime.log)
     consumer = MonitoringConsumer(
         settings.kafka,
         settings.group_id,

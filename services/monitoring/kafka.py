@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, ValidationError
@@ -27,7 +27,12 @@ from shared.events import (
     ModelRegistered,
     Prediction,
 )
-from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import (
+    EventPublisher,
+    TopicWatch,
+    consumer_kwargs,
+    ensure_topics,
+)
 from shared.settings import KafkaSettings
 
 from .core import MonitoringCore, Outgoing
@@ -46,50 +51,8 @@ CONSUMED: dict[str, type[BaseModel]] = {
 }
 
 
-class KafkaPublisher:
-    """Publishes action events keyed by model name, with the standard headers.
-
-    Args:
-        settings: Kafka settings.
-        log: the service logger.
-        attempts: sends tried before the error is raised.
-    """
-
-    def __init__(self, settings: KafkaSettings, log: Any, attempts: int = 5):
-        self.settings = settings
-        self.log = log
-        self.attempts = attempts
-        self._producer = AIOKafkaProducer(
-            **client_kwargs(settings, "monitoring-producer"), acks="all"
-        )
-
-    async def start(self) -> None:
-        """Connect."""
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        """Flush and disconnect."""
-        await self._producer.stop()
-
-    async def publish(self, item: Outgoing) -> None:
-        """Send one event and wait for the broker's acknowledgement (retried)."""
-        for attempt in range(1, self.attempts + 1):
-            try:
-                await self._producer.send_and_wait(
-                    item.topic,
-                    value=item.event.model_dump_json().encode(),
-                    key=item.key.encode(),
-                    headers=[(k, v.encode()) for k, v in headers(item.event.id).items()],
-                )
-                return
-            except KafkaError as err:
-                if attempt == self.attempts:
-                    raise
-                self.log.warning(
-                    "publish.retry", topic=item.topic, attempt=attempt, error=repr(err)
-                )
-                await asyncio.sleep(0.5 * 2**attempt)  # back-off between attempts
-                await ensure_topics(self.settings, [item.topic], attempts=5)
+KafkaPublisher = EventPublisher
+"""Monitoring's actions go out through the shared publisher (acks=all, retried)."""
 
 
 class MonitoringConsumer:
@@ -204,7 +167,7 @@ class MonitoringConsumer:
                 elif isinstance(e, BatchQuarantined):
                     self.core.on_quarantined(e)
         for item in out:
-            await self.publisher.publish(item)
+            await self.publisher.publish(item.topic, item.key, item.event)
 
     async def _flush_and_commit(self) -> None:
         if self.core.predlog.pending:

@@ -71,7 +71,7 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
     runtime.info["models"] = sorted(contracts)
     store = ArtifactStore(settings.store)
     metrics = TrainingMetrics(runtime.registry)
-    publisher = KafkaPublisher(settings.kafka, log=runtime.log)
+    publisher = KafkaPublisher(settings.kafka, "training-producer", runtime.log)
     core = TrainingCore(
         contracts,
         Registry(store),

@@ -7,14 +7,19 @@ import contextlib
 import json
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import BaseModel, ValidationError
 
 from shared import topics
-from shared.events import DatasetValidated, Deployment, Event, RetrainRequest
-from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.events import DatasetValidated, Deployment, RetrainRequest
+from shared.kafka import (
+    EventPublisher,
+    TopicWatch,
+    consumer_kwargs,
+    ensure_topics,
+)
 from shared.settings import KafkaSettings
 
 from .core import Spawn, TrainingCore
@@ -31,53 +36,8 @@ CONSUMED: dict[str, type[BaseModel]] = {
 ALL_TRAINING_TOPICS = (*CONSUMED, topics.MODELS_REGISTERED)
 
 
-class KafkaPublisher:
-    """Publishes events keyed by model name, with the standard headers.
-
-    Args:
-        settings: Kafka settings.
-        attempts: sends tried before an error is raised.
-        log: the service logger (retries are logged).
-    """
-
-    def __init__(self, settings: KafkaSettings, attempts: int = 5, log: Any = None):
-        self.settings = settings
-        self.attempts = attempts
-        self.log = log
-        self._producer = AIOKafkaProducer(
-            **client_kwargs(settings, "training-producer"), acks="all"
-        )
-
-    async def start(self) -> None:
-        """Connect."""
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        """Flush and disconnect."""
-        await self._producer.stop()
-
-    async def publish(self, topic: str, key: str, event: Event) -> None:
-        """Send ``event`` and wait for the broker's acknowledgement.
-
-        A failed send is retried with back-off after recreating the topic (a restarted
-        Tansu broker has lost it); the last error is raised after ``attempts`` tries.
-        """
-        for attempt in range(1, self.attempts + 1):
-            try:
-                await self._producer.send_and_wait(
-                    topic,
-                    value=event.model_dump_json().encode(),
-                    key=key.encode(),
-                    headers=[(k, v.encode()) for k, v in headers(event.id).items()],
-                )
-                return
-            except KafkaError as err:
-                if attempt == self.attempts:
-                    raise
-                if self.log is not None:
-                    self.log.warning("publish.retry", topic=topic, attempt=attempt, error=repr(err))
-                await asyncio.sleep(0.5 * 2**attempt)  # back-off between attempts
-                await ensure_topics(self.settings, [topic], attempts=5)
+KafkaPublisher = EventPublisher
+"""Training's events go out through the shared publisher (acks=all, retried)."""
 
 
 class TrainingConsumer:

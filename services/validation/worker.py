@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from shared import topics
 from shared.events import BatchCreated, DatasetValidated
-from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import EventPublisher, TopicWatch, consumer_kwargs, ensure_topics
 from shared.service import Runtime
 
 from .core import Outcome, Validator
@@ -42,7 +42,7 @@ class ValidationWorker:
         self.runtime = runtime
         self.log = runtime.log
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._publisher: EventPublisher | None = None
         self._task: asyncio.Task[None] | None = None
         self._topics = TopicWatch(settings.kafka, TOPICS, settings.topic_check_s, self.log)
 
@@ -51,8 +51,8 @@ class ValidationWorker:
         kafka = self.settings.kafka
         await ensure_topics(kafka, TOPICS)
         await asyncio.to_thread(self.validator.restore)
-        self._producer = AIOKafkaProducer(**client_kwargs(kafka, "validation-producer"), acks="all")
-        await self._producer.start()
+        self._publisher = EventPublisher(kafka, "validation-producer", self.log)
+        await self._publisher.start()
         self._consumer = AIOKafkaConsumer(
             topics.DATA_BATCHES,
             **consumer_kwargs(kafka, "validation-consumer", self.settings.group_id),
@@ -69,8 +69,8 @@ class ValidationWorker:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -87,7 +87,12 @@ class ValidationWorker:
             for tp, records in fetched.items():
                 for record in records:
                     await self._handle(record.value)
-                    await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+                    try:
+                        await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+                    except KafkaError as err:
+                        # The group moved on (a rebalance, a broker restart): a replayed
+                        # batch is recognised by its id and gets its stored outcome again.
+                        self.log.warning("validation.commit_failed", error=repr(err))
 
     async def _handle(self, value: bytes | None) -> None:
         try:
@@ -108,17 +113,13 @@ class ValidationWorker:
         )
 
     async def _publish(self, event: Outcome) -> None:
-        assert self._producer is not None
+        assert self._publisher is not None
         topic = (
             topics.DATA_VALIDATED
             if isinstance(event, DatasetValidated)
             else topics.DATA_QUARANTINED
         )
-        hdrs = [(k, v.encode()) for k, v in headers(event.id).items()]
-        fut = await self._producer.send(
-            topic, event.model_dump_json().encode(), key=event.dataset.encode(), headers=hdrs
-        )
-        await fut
+        await self._publisher.publish(topic, event.dataset, event)
 
 
 __all__ = ["TOPICS", "ValidationWorker"]

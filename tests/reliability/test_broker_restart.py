@@ -167,7 +167,10 @@ async def test_every_service_resumes_after_a_broker_restart(
 
     await asyncio.to_thread(wait_for, lambda: set(ids) <= logged(), 120, "the prediction log")
     client.close()
-    assert all(p.returncode is None for p in procs.values())
+    dead = {n: p for n, p in procs.items() if p.returncode is not None}
+    assert not dead, "\n\n".join(
+        f"{n} exited {p.returncode}:\n" + "\n".join(list(p.tail)[-15:]) for n, p in dead.items()
+    )
     report(
         "broker_restart",
         services=len(procs),
