@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +177,16 @@ def _query(base: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
-def _wait_for(base: str, expr: str, timeout_s: float) -> None:
+def _wait_for(
+    base: str, expr: str, timeout_s: float, tick: Callable[[], None] | None = None
+) -> None:
+    """Poll until ``expr`` returns a series; ``tick`` runs between polls (e.g. traffic)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _query(base, expr):
             return
+        if tick is not None:
+            tick()
         time.sleep(0.5)  # Prometheus scrapes every second: poll with a deadline
     raise AssertionError(f"no series for {expr} within {timeout_s}s")
 
@@ -328,7 +334,15 @@ def test_every_dashboard_and_alert_expression_evaluates_on_a_running_stack(
             base, 'increase(flywheel_monitoring_actions_total{action="rollback"}[1m]) > 0', 60
         )
         _wait_for(base, 'flywheel_monitoring_consumer_lag{group="flywheel-monitoring"}', 30)
-        _wait_for(base, "rate(flywheel_serving_requests_total[5m]) > 0", 30)
+        # A rate needs an increase between two scrapes of one series: keep traffic going
+        # (on a loaded machine a scrape can miss the burst of _feed).
+        address = serving.ready_info["grpc_address"]
+        _wait_for(
+            base,
+            "rate(flywheel_serving_requests_total[5m]) > 0",
+            60,
+            tick=lambda: _infer(address, 0, 1),
+        )
         _wait_for(base, "rate(flywheel_monitoring_labels_total[5m]) > 0", 30)
 
         empty: list[str] = []
