@@ -144,6 +144,11 @@ class Registry:
         digest recorded at registration, when its ONNX is not the content its
         content-addressed name and sha256 say, or KeyError for an unknown version.
         """
+        return self.verified(model, version)[0]
+
+    def verified(self, model: str, version: int) -> tuple[ModelManifest, bytes]:
+        """The manifest and ONNX bytes of a version, checked as :meth:`verify` does
+        (the ONNX is read once, for loaders that need its bytes)."""
         manifest = self.get(model, version)
         data = self.store.get(f"models/{model}/versions/{version:06d}.json")
         digest_key = f"models/{model}/digests/{version:06d}.json"
@@ -160,8 +165,7 @@ class Registry:
                 f"{model} v{version}: onnx_sha256 {manifest.onnx_sha256[:12]} does not name "
                 f"the stored object {name[:12]}"
             )
-        self.onnx_bytes(manifest)
-        return manifest
+        return manifest, self.onnx_bytes(manifest)
 
     def history(self, model: str) -> list[AliasChange]:
         """The alias history of ``model``, oldest first."""

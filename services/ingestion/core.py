@@ -208,17 +208,16 @@ class Ingestor:
         messages = list(messages)
         letters: list[DeadLetter] = []
         limit = self.max_event_bytes
-        if any(len(m.value or b"") > limit for m in messages):
+        sizes = [len(m.value or b"") for m in messages]
+        if max(sizes, default=0) > limit:
             # Rejected before any decoding: a huge payload costs neither parse time nor memory.
             letters = [
-                dead_letter(
-                    m, "too_large", "$", f"{len(m.value or b'')} bytes > the {limit}-byte limit"
-                )
-                for m in messages
-                if len(m.value or b"") > limit
+                dead_letter(m, "too_large", "$", f"{n} bytes > the {limit}-byte limit")
+                for m, n in zip(messages, sizes, strict=True)
+                if n > limit
             ]
             self._count_unknown(letters)
-            messages = [m for m in messages if len(m.value or b"") <= limit]
+            messages = [m for m, n in zip(messages, sizes, strict=True) if n <= limit]
         fast, slow_idx = self._fast.split(list(map(_VALUE, messages)))
         for name, (idx, events) in fast.items():
             columns = self._fast.columns(name, events, now)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from shared import topics
 from shared.contract import load_contracts
 from shared.datasets import DatasetCatalog
-from shared.kafka import ensure_topics
+from shared.kafka import EventPublisher, ensure_topics
 from shared.registry import Registry
 from shared.service import Component, Runtime
 from shared.store import ArtifactStore
 
 from .core import Limits, MonitoringCore
 from .join import LabelJoin
-from .kafka import KafkaPublisher, MonitoringConsumer
+from .kafka import MonitoringConsumer
 from .lag import LagProbe
 from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
@@ -54,7 +54,7 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
     )
     core.load_aliases()
     runtime.info["models"] = sorted(contracts)
-    publisher = KafkaPublisher(settings.kafka, "monitoring-producer", runtime.log)
+    publisher = EventPublisher(settings.kafka, "monitoring-producer", runtime.log)
     consumer = MonitoringConsumer(
         settings.kafka,
         settings.group_id,

@@ -51,10 +51,6 @@ CONSUMED: dict[str, type[BaseModel]] = {
 }
 
 
-KafkaPublisher = EventPublisher
-"""Monitoring's actions go out through the shared publisher (acks=all, retried)."""
-
-
 class MonitoringConsumer:
     """Consumes monitoring's topics in batches and hands them to the core.
 
@@ -76,7 +72,7 @@ class MonitoringConsumer:
         settings: KafkaSettings,
         group_id: str,
         core: MonitoringCore,
-        publisher: KafkaPublisher,
+        publisher: EventPublisher,
         metrics: MonitoringMetrics,
         log: Any,
         spawn: Spawn,

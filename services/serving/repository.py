@@ -97,10 +97,9 @@ class ModelRepository:
     # --- loading -----------------------------------------------------------------------
 
     def _load_sync(self, name: str, version: int) -> LoadedModel:
-        # Both raise TamperedArtifactError: an edited manifest (its digest recorded at
-        # registration), then ONNX bytes that are not what the manifest names.
-        manifest = self.registry.verify(name, version)
-        onnx = self.registry.onnx_bytes(manifest)
+        # Raises TamperedArtifactError for an edited manifest (its digest is recorded at
+        # registration) or ONNX bytes that are not what the manifest names.
+        manifest, onnx = self.registry.verified(name, version)
         model = LoadedModel(manifest, onnx, self.specs[name], self.intra_op_threads)
         model.warm_up()
         return model

@@ -8,13 +8,13 @@ import time
 from shared import topics
 from shared.contract import load_contracts
 from shared.datasets import DatasetCatalog
-from shared.kafka import ensure_topics
+from shared.kafka import EventPublisher, ensure_topics
 from shared.registry import Registry
 from shared.service import Component, Runtime
 from shared.store import ArtifactStore
 
 from .core import TrainingCore
-from .kafka import KafkaPublisher, TrainingConsumer
+from .kafka import TrainingConsumer
 from .metrics import TrainingMetrics
 from .settings import TrainingSettings
 from .trainer import TrainConfig
@@ -71,7 +71,7 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
     runtime.info["models"] = sorted(contracts)
     store = ArtifactStore(settings.store)
     metrics = TrainingMetrics(runtime.registry)
-    publisher = KafkaPublisher(settings.kafka, "training-producer", runtime.log)
+    publisher = EventPublisher(settings.kafka, "training-producer", runtime.log)
     core = TrainingCore(
         contracts,
         Registry(store),

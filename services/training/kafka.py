@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 from shared import topics
 from shared.events import DatasetValidated, Deployment, RetrainRequest
 from shared.kafka import (
-    EventPublisher,
     TopicWatch,
     consumer_kwargs,
     ensure_topics,
@@ -34,10 +33,6 @@ CONSUMED: dict[str, type[BaseModel]] = {
 
 
 ALL_TRAINING_TOPICS = (*CONSUMED, topics.MODELS_REGISTERED)
-
-
-KafkaPublisher = EventPublisher
-"""Training's events go out through the shared publisher (acks=all, retried)."""
 
 
 class TrainingConsumer:
