@@ -1,9 +1,11 @@
 """The transport-free core of ingestion: raw messages -> dead letters + buffered batches.
 
 :meth:`Ingestor.process` takes one fetched chunk of messages (any objects with
-``topic``, ``partition``, ``offset`` and ``value``), decodes and type-checks them in C
-(:mod:`services.ingestion.fastpath`), sends the rest through the column-wise
-:class:`~services.ingestion.envelope.EnvelopeChecker` (which names what is wrong),
+``topic``, ``partition``, ``offset`` and ``value``). A clean chunk of one dataset is
+parsed by Arrow's C++ JSON reader straight into columns (:mod:`services.ingestion.arrowpath`);
+any other chunk is decoded and type-checked message by message in C
+(:mod:`services.ingestion.fastpath`), and what that refuses goes through the column-wise
+:class:`~services.ingestion.envelope.EnvelopeChecker` (which names what is wrong). It
 drops duplicate ids
 (:mod:`services.ingestion.dedup`) and buffers the accepted rows as Arrow tables. It
 returns the dead letters to publish. :meth:`Ingestor.flush` writes one content-addressed
@@ -29,6 +31,7 @@ from shared.contract import Contract
 from shared.events import BatchCreated, DeadLetter, PartitionOffsets, utcnow
 from shared.store import ArtifactStore
 
+from .arrowpath import ArrowDecoder
 from .dedup import BatchLog, IdWindow
 from .envelope import (
     SOURCE_OFFSET,
@@ -118,6 +121,13 @@ def dead_letter(
     )
 
 
+def _take_any(values: list[Any] | pa.ChunkedArray, keep: list[int]) -> Any:
+    """``values`` at the indices ``keep``, for a Python list or an Arrow column."""
+    if isinstance(values, list):
+        return take(values, keep)
+    return values if len(keep) == len(values) else values.take(keep)
+
+
 def dlq_reason(letter: DeadLetter) -> str:
     """The short reason of a dead letter (the prefix of its error)."""
     return letter.error.split(":", 1)[0]
@@ -156,6 +166,7 @@ class Ingestor:
         self.max_event_bytes = max_event_bytes
         self.log = BatchLog(store)
         self._checkers = {name: EnvelopeChecker(c) for name, c in self.contracts.items()}
+        self._arrow = ArrowDecoder(self.contracts)
         self._fast = FastDecoder(self.contracts)
         self._windows: dict[str, IdWindow] = {}
         self._buffers: dict[str, _Buffer] = {}
@@ -218,7 +229,13 @@ class Ingestor:
             ]
             self._count_unknown(letters)
             messages = [m for m, n in zip(messages, sizes, strict=True) if n <= limit]
-        fast, slow_idx = self._fast.split(list(map(_VALUE, messages)))
+        values = list(map(_VALUE, messages))
+        clean = self._arrow.decode(values, now)
+        if clean is not None:  # the common case: a clean chunk of one dataset
+            name, arrays = clean
+            self._accept(name, messages, arrays, list(range(len(messages))))
+            return letters
+        fast, slow_idx = self._fast.split(values)
         for name, (idx, events) in fast.items():
             columns = self._fast.columns(name, events, now)
             self._accept(name, take(messages, idx), columns, list(range(len(idx))))
@@ -276,14 +293,17 @@ class Ingestor:
         self,
         name: str,
         msgs: list[SourceMessage],
-        columns: dict[str, list[Any]],
+        columns: Mapping[str, list[Any] | pa.ChunkedArray],
         ok: list[int],
     ) -> None:
-        """Deduplicate the rows ``ok`` of ``columns`` and buffer the new ones."""
+        """Deduplicate the rows ``ok`` of ``columns`` (Python lists, or Arrow columns of
+        every row) and buffer the new ones."""
         if not ok:
             return
         checker = self._checkers[name]
         ids = columns[checker.contract.id]
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.to_pylist()
         window = self.window(name)
         fresh = window.fresh(take(ids, ok))
         self.metrics.dedup_ids.labels(name).set(len(window))
@@ -297,7 +317,7 @@ class Ingestor:
         kept_msgs = take(msgs, keep)
         table = build_table(
             checker.schema,
-            {k: take(v, keep) for k, v in columns.items()},
+            {k: _take_any(v, keep) for k, v in columns.items()},
             kept_msgs[0].topic,
             list(map(_PARTITION, kept_msgs)),
             list(map(_OFFSET, kept_msgs)),

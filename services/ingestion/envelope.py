@@ -10,7 +10,7 @@ vocabularies are validation's job (row rules); ingestion checks presence and typ
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ def batch_schema(contract: Contract) -> pa.Schema:
         pa.field(contract.id, pa.string(), nullable=False),
         pa.field(event_time_column(contract), pa.string(), nullable=False),
     ]
-    fields += [pa.field(f.name, _feature_type(f), nullable=f.nullable) for f in contract.features]
+    fields += [pa.field(f.name, feature_type(f), nullable=f.nullable) for f in contract.features]
     fields.append(pa.field(contract.label.name, label_type(contract), nullable=False))
     fields += [
         pa.field(SOURCE_TOPIC, pa.string(), nullable=False),
@@ -69,7 +69,8 @@ def batch_schema(contract: Contract) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _feature_type(f: Feature) -> pa.DataType:
+def feature_type(f: Feature) -> pa.DataType:
+    """Arrow type of a feature column in batch tables."""
     return {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}.get(f.type, pa.string())
 
 
@@ -312,21 +313,25 @@ def take(values: list[Any], keep: list[int]) -> list[Any]:
 
 def build_table(
     schema: pa.Schema,
-    columns: dict[str, list[Any]],
+    columns: Mapping[str, list[Any] | pa.ChunkedArray],
     topic: str,
     partitions: list[int],
     offsets: list[int],
 ) -> pa.Table:
-    """The batch table from accepted rows' normalised columns and their source positions."""
+    """The batch table from accepted rows' normalised columns (Python lists, or Arrow
+    columns of the schema's types) and their source positions."""
     n = len(offsets)
-    arrays: list[pa.Array] = []
+    arrays: list[pa.ChunkedArray] = []
     for field in schema:
         if field.name == SOURCE_TOPIC:
-            arrays.append(pa.array([topic] * n, pa.string()))
+            arrays.append(pa.chunked_array([pa.array([topic] * n, pa.string())]))
         elif field.name == SOURCE_PARTITION:
-            arrays.append(pa.array(partitions, pa.int32()))
+            arrays.append(pa.chunked_array([pa.array(partitions, pa.int32())]))
         elif field.name == SOURCE_OFFSET:
-            arrays.append(pa.array(offsets, pa.int64()))
+            arrays.append(pa.chunked_array([pa.array(offsets, pa.int64())]))
         else:
-            arrays.append(pa.array(columns[field.name], field.type))
+            values = columns[field.name]
+            if not isinstance(values, pa.ChunkedArray):
+                values = pa.chunked_array([pa.array(values, field.type)])
+            arrays.append(values)
     return pa.Table.from_arrays(arrays, schema=schema)
