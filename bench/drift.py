@@ -5,16 +5,20 @@ reference of 100,000 rows and current windows of 10,000 and 100,000 rows in whic
 features drift (some strongly, some barely) and 13 do not.
 
 Flywheel: the reference profile is built once (``shared.drift.build_profile``, timed
-separately); per window, each feature is counted on the reference bins
-(``StreamingHistogram``) and scored (PSI + binned KS, or PSI + JS + chi-square) — what
-monitoring does per window, in O(bins) memory. Verdicts: monitoring's (PSI > 0.2) and
-validation's (``is_drifted``: PSI > 0.2 or KS > 0.1 or JS > 0.1).
+separately); per window, each feature is counted and summed on the reference bins
+(``StreamingHistogram``) and scored (PSI + binned KS + binned normed Wasserstein, or
+PSI + JS + chi-square) — what monitoring does per window, in O(bins) memory; the timed
+part includes every score. Verdicts, with the contract's default thresholds: PSI alone
+(PSI > 0.2, the rule before the Wasserstein score), monitoring's (PSI > 0.2 or
+Wasserstein >= 0.1) and validation's (``is_drifted``: PSI > 0.2 or KS > 0.1 or
+Wasserstein >= 0.1 or JS > 0.1).
 
 Evidently 0.7 runs in its own virtualenv (``bench/.venv-evidently``; never a project
 dependency) through a subprocess that times ``Report([DataDriftPreset()]).run`` on the
 same Parquet files; its per-column verdicts use its defaults for these sizes
 (Wasserstein distance normed >= 0.1 for numeric, Jensen-Shannon >= 0.1 for
-categorical). Reported: median time of 3 runs each and the per-feature verdict agreement.
+categorical). Reported: median time of 3 runs each, the per-feature verdict agreement
+with Evidently and with the truth (``DRIFTED``).
 
 ``python -m bench.drift [--quick]``; ``run(quick)`` returns the figures as a dict.
 ``--quick`` uses a 20,000-row reference and one 10,000-row window.
@@ -138,12 +142,39 @@ def flywheel_window(profile: Any, contract: Any, window: pd.DataFrame) -> dict[s
     for f in contract.feature_names:
         _, hist = reference_counts(profile, f)
         hist.update(frame[f].to_numpy())
-        scores[f] = feature_scores(profile, f, hist.counts)
+        scores[f] = feature_scores(profile, f, hist.counts, hist.sums)
+    val, mon = contract.validation, contract.monitoring
     return {
         "scores": scores,
-        "psi_verdict": {f: s["psi"] > 0.2 for f, s in scores.items()},
-        "validation_verdict": {f: is_drifted(s, 0.2, 0.1, 0.1) for f, s in scores.items()},
+        "psi_verdict": {f: s["psi"] > mon.drift_psi_threshold for f, s in scores.items()},
+        "monitoring_verdict": {
+            f: s["psi"] > mon.drift_psi_threshold
+            or s.get("wasserstein", 0.0) >= mon.drift_wasserstein_threshold
+            for f, s in scores.items()
+        },
+        "validation_verdict": {
+            f: is_drifted(
+                s, val.psi_threshold, val.ks_threshold, val.js_threshold, val.wasserstein_threshold
+            )
+            for f, s in scores.items()
+        },
     }
+
+
+def _wasserstein_error(
+    scores: dict[str, dict[str, float]], reference: pd.DataFrame, current: pd.DataFrame
+) -> float:
+    """Largest |binned - exact| normed Wasserstein over the numeric features (untimed)."""
+    from scipy.stats import wasserstein_distance
+
+    errors = [
+        abs(
+            scores[f]["wasserstein"]
+            - wasserstein_distance(reference[f], current[f]) / np.std(reference[f])
+        )
+        for f in NUMERIC
+    ]
+    return round(float(max(errors)), 5)
 
 
 def _agreement(a: dict[str, bool], b: dict[str, bool]) -> float:
@@ -215,10 +246,23 @@ def run(quick: bool = False) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "flywheel_s": round(statistics.median(times), 4),
                 "flywheel_drifted_psi": sorted(f for f, v in ours["psi_verdict"].items() if v),
+                "flywheel_drifted_monitoring": sorted(
+                    f for f, v in ours["monitoring_verdict"].items() if v
+                ),
                 "flywheel_drifted_validation": sorted(
                     f for f, v in ours["validation_verdict"].items() if v
                 ),
                 "flywheel_psi_vs_truth": _agreement(ours["psi_verdict"], truth),
+                "flywheel_monitoring_vs_truth": _agreement(ours["monitoring_verdict"], truth),
+                "flywheel_validation_vs_truth": _agreement(ours["validation_verdict"], truth),
+                "wasserstein": {
+                    f: round(s["wasserstein"], 4)
+                    for f, s in ours["scores"].items()
+                    if "wasserstein" in s
+                },
+                "wasserstein_max_abs_error_vs_exact": _wasserstein_error(
+                    ours["scores"], reference, current
+                ),
             }
             if "error" in theirs:
                 entry["evidently_error"] = theirs["error"]
@@ -231,6 +275,9 @@ def run(quick: bool = False) -> dict[str, Any]:
                         "evidently_drifted": sorted(f for f, v in ev.items() if v),
                         "evidently_methods": sorted(set(theirs["methods"].values())),
                         "agreement_psi_vs_evidently": _agreement(ours["psi_verdict"], ev),
+                        "agreement_monitoring_vs_evidently": _agreement(
+                            ours["monitoring_verdict"], ev
+                        ),
                         "agreement_validation_vs_evidently": _agreement(
                             ours["validation_verdict"], ev
                         ),

@@ -87,6 +87,11 @@ class TrainingPolicy(_Strict):
     """Latest share of event time kept out for the honest holdout."""
     search_time_budget_s: float = Field(60.0, gt=0)
     """Time box of the hyperparameter search."""
+    search_max_rows: int | None = Field(20_000, ge=100)
+    """Cross-validate the search's candidates on at most this many training rows (a
+    seeded, label-stratified sample); the chosen candidate is then refit on every
+    training row. None: the search uses every row, several times slower on large data
+    for the same choice (measured on the census data: see ``docs/benchmarks.md``)."""
     seed: int = 42
 
 
@@ -116,6 +121,9 @@ class ValidationPolicy(_Strict):
     psi_threshold: float = Field(0.2, ge=0)
     ks_threshold: float = Field(0.1, ge=0)
     js_threshold: float = Field(0.1, ge=0)
+    wasserstein_threshold: float = Field(0.1, ge=0)
+    """Normed Wasserstein distance (numeric features) at or above which a feature
+    drifted; 0.1 is Evidently's default."""
     min_label_share: float = Field(0.01, ge=0, le=1)
     """Smallest share any class may have in a batch before label balance fails."""
 
@@ -130,6 +138,9 @@ class MonitoringPolicy(_Strict):
     min_quality: float | None = None
     """Retrain when the live primary metric falls below this (none: no quality trigger)."""
     drift_psi_threshold: float = Field(0.2, ge=0)
+    drift_wasserstein_threshold: float = Field(0.1, ge=0)
+    """A served window drifted when a feature's PSI is above ``drift_psi_threshold`` or
+    its normed Wasserstein distance (numeric features) at or above this."""
     rollback_margin: float = Field(0.02, ge=0)
     """Roll back when a new champion or canary is worse than the previous one by this."""
     cooldown_s: float = Field(300.0, ge=0)

@@ -5,12 +5,16 @@ edges with their counts plus a robust range; per category, value counts; and the
 label distribution. Drift of new data is measured *on the reference bins*
 (:class:`StreamingHistogram`), so a window of any size costs O(bins) memory:
 
-- numeric: PSI and a two-sample KS statistic computed on the binned CDFs;
+- numeric: PSI, a two-sample KS statistic computed on the binned CDFs, and the
+  normed Wasserstein-1 distance (:func:`wasserstein_binned`) computed from per-bin
+  counts and sums;
 - categorical: Jensen-Shannon distance and a chi-square test p-value.
 
 KS on bins is a lower bound of the exact statistic (it can only miss differences
 inside one bin); with 20 quantile bins that is what Evidently's and NannyML's
-binned drift methods accept too.
+binned drift methods accept too. PSI is blind to small shifts (0.15 std moves
+little mass across quantile edges); the normed Wasserstein distance, which
+Evidently uses by default on numeric columns, is not.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from shared.events import DriftSummary
 N_BINS = 20
 EPS = 1e-4
 """Floor for empty-bin shares in PSI (the usual convention)."""
+WASSERSTEIN_MIN_STD = 1e-3
+"""Floor of the reference std that norms the Wasserstein distance (Evidently's)."""
 
 
 class NumericProfile(BaseModel):
@@ -40,6 +46,9 @@ class NumericProfile(BaseModel):
     edges: list[float]
     """Inner bin edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)."""
     counts: list[int]
+    bin_means: list[float] | None = None
+    """Mean of the reference values in each bin (one per count); None in profiles
+    stored before the Wasserstein score existed, which then get no such score."""
     nulls: int = 0
     mean: float
     std: float
@@ -80,12 +89,15 @@ def _numeric_profile(values: np.ndarray) -> NumericProfile:
         finite = np.zeros(1)
     qs = np.quantile(finite, np.linspace(0, 1, N_BINS + 1)[1:-1])
     edges = np.unique(qs)
-    counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
+    idx = np.searchsorted(edges, finite, side="left")
+    counts = np.bincount(idx, minlength=edges.size + 1)
+    sums = np.bincount(idx, weights=finite, minlength=edges.size + 1)
     q01, q99 = np.quantile(finite, [0.01, 0.99])
     spread = float(q99 - q01)
     return NumericProfile(
         edges=[float(e) for e in edges],
         counts=[int(c) for c in counts],
+        bin_means=[float(m) for m in _bin_means(counts, sums, edges)],
         nulls=int(values.size - finite.size),
         mean=float(finite.mean()),
         std=float(finite.std()),
@@ -94,6 +106,12 @@ def _numeric_profile(values: np.ndarray) -> NumericProfile:
         low=float(q01 - 1.5 * spread),
         high=float(q99 + 1.5 * spread),
     )
+
+
+def _bin_means(counts: np.ndarray, sums: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    # An empty bin carries no weight; its atom sits on its lower edge to keep them ordered.
+    fill = np.concatenate([edges[:1], edges])
+    return np.where(counts > 0, sums / np.maximum(counts, 1), fill)
 
 
 def _value_counts(values: np.ndarray) -> dict[str, int]:
@@ -143,6 +161,45 @@ def ks_binned(ref: np.ndarray, cur: np.ndarray) -> float:
     return float(np.max(np.abs(np.cumsum(ref) / ref.sum() - np.cumsum(cur) / cur.sum())))
 
 
+def wasserstein_binned(
+    ref_counts: np.ndarray,
+    ref_means: np.ndarray,
+    cur_counts: np.ndarray,
+    cur_sums: np.ndarray,
+    ref_std: float,
+) -> float:
+    """Normed Wasserstein-1 distance from per-bin counts and means (O(bins)).
+
+    Each sample is replaced by its bins' atoms: mass ``count / total`` placed at the
+    mean of that sample's values in the bin. Replacing a bin's values by their mean
+    keeps the integral of the CDF over the bin, so ``W1 = integral |F_ref - F_cur|``
+    comes out exact whenever, inside every bin, one sample lies to the left of the
+    other (its CDF above and its bin mean below, as under a shift of a normal); it errs
+    only in bins where that fails: where the CDFs cross, or sampling noise dominates.
+    Normed like Evidently's "Wasserstein distance (normed)": divided by the reference
+    std, floored at 0.001 as Evidently does.
+
+    Measured against ``scipy.stats.wasserstein_distance(ref, cur) / std(ref)`` on
+    ``bench.drift.make_data`` (100k-row reference, 15 numeric features, windows of 10k
+    and 100k rows, 30 pairs): largest absolute error 0.0056; relative error at most 0.3%
+    on the strongly drifted features (W 0.79-1.15) and 3.7% on the 0.15-std shift
+    (0.1557 for 0.1500); undrifted features (exact 0.004-0.026) read up to 0.0056 high,
+    as sampling noise makes the CDFs cross inside bins. Far from the 0.1 threshold.
+
+    Args:
+        ref_counts: reference counts per bin.
+        ref_means: mean of the reference values in each bin.
+        cur_counts: current counts per bin (the same bins).
+        cur_sums: sum of the current values in each bin.
+        ref_std: standard deviation of the reference values.
+    """
+    if ref_counts.sum() == 0 or cur_counts.sum() == 0:
+        return 0.0
+    cur_means = np.where(cur_counts > 0, cur_sums / np.maximum(cur_counts, 1), ref_means)
+    distance = stats.wasserstein_distance(ref_means, cur_means, ref_counts, cur_counts)
+    return float(distance / max(ref_std, WASSERSTEIN_MIN_STD))
+
+
 def js_distance(ref: np.ndarray, cur: np.ndarray) -> float:
     """Jensen-Shannon distance (base 2, in [0, 1]) between two count vectors."""
     if ref.sum() == 0 or cur.sum() == 0:
@@ -163,7 +220,8 @@ def chi2_pvalue(ref: np.ndarray, cur: np.ndarray) -> float:
 class StreamingHistogram:
     """Counts of a stream of values on fixed reference bins (bounded memory).
 
-    Numeric features use the reference's bin edges; categories its vocabulary plus an
+    Numeric features use the reference's bin edges and also sum the values per bin
+    (for the Wasserstein score); categories use the reference's vocabulary plus an
     ``other`` slot for values the reference never saw.
     """
 
@@ -175,19 +233,30 @@ class StreamingHistogram:
         self._index = {v: i for i, v in enumerate(vocab or [])}
         size = len(edges) + 1 if edges is not None else len(vocab or []) + 1
         self.counts = np.zeros(size, dtype=np.int64)
+        self.sums = np.zeros(size, dtype=np.float64)
+        """Sum of the finite values per bin (numeric only)."""
 
     def update(self, values: Any) -> None:
         """Add a batch of values."""
         if self.edges is not None:
-            self.counts += bin_counts(self.edges, np.asarray(values, dtype=np.float64))
+            x = np.asarray(values, dtype=np.float64)
+            x = x[~np.isnan(x)]
+            idx = np.searchsorted(np.asarray(self.edges), x, side="left")
+            size = self.counts.size
+            self.counts += np.bincount(idx, minlength=size)
+            # An infinite value still counts in its outer bin, but summing it would turn
+            # the bin's mean (and every score built on it) into inf or nan.
+            finite = np.isfinite(x)
+            self.sums += np.bincount(idx[finite], weights=x[finite], minlength=size)
         else:
             other = len(self._index)
-            idx = [self._index.get(str(v), other) for v in values]
-            self.counts += np.bincount(np.asarray(idx, dtype=np.int64), minlength=other + 1)
+            codes = [self._index.get(str(v), other) for v in values]
+            self.counts += np.bincount(np.asarray(codes, dtype=np.int64), minlength=other + 1)
 
     def reset(self) -> None:
         """Start a new window."""
         self.counts[:] = 0
+        self.sums[:] = 0.0
 
     @property
     def total(self) -> int:
@@ -206,21 +275,47 @@ def reference_counts(profile: Profile, feature: str) -> tuple[np.ndarray, Stream
     return ref, StreamingHistogram(vocab=vocab)
 
 
-def feature_scores(profile: Profile, feature: str, cur: np.ndarray) -> dict[str, float]:
-    """Drift scores of one feature: psi+ks (numeric) or js+chi2_p+psi (category)."""
+def feature_scores(
+    profile: Profile, feature: str, cur: np.ndarray, sums: np.ndarray | None = None
+) -> dict[str, float]:
+    """Drift scores of one feature: psi+ks+wasserstein (numeric) or psi+js+chi2_p (category).
+
+    Args:
+        profile: the reference profile.
+        feature: the feature's name.
+        cur: the current window's counts on the reference bins.
+        sums: the current window's per-bin sums (:attr:`StreamingHistogram.sums`);
+            without them, or with a profile that has no bin means, there is no
+            ``wasserstein`` score.
+    """
     ref, _ = reference_counts(profile, feature)
     if feature in profile.numeric:
-        return {"psi": psi(ref, cur), "ks": ks_binned(ref, cur)}
+        num = profile.numeric[feature]
+        scores = {"psi": psi(ref, cur), "ks": ks_binned(ref, cur)}
+        if sums is not None and num.bin_means is not None:
+            means = np.asarray(num.bin_means)
+            scores["wasserstein"] = wasserstein_binned(ref, means, cur, sums, num.std)
+        return scores
     return {"psi": psi(ref, cur), "js": js_distance(ref, cur), "chi2_p": chi2_pvalue(ref, cur)}
 
 
 def is_drifted(
-    scores: Mapping[str, float], psi_threshold: float, ks_threshold: float, js_threshold: float
+    scores: Mapping[str, float],
+    psi_threshold: float,
+    ks_threshold: float,
+    js_threshold: float,
+    wasserstein_threshold: float,
 ) -> bool:
-    """The drift verdict for one feature's scores."""
+    """The drift verdict for one feature's scores: any score beyond its threshold.
+
+    PSI, KS and JS count when above their thresholds; the normed Wasserstein distance
+    when at or above its threshold, as Evidently decides.
+    """
     if scores.get("psi", 0.0) > psi_threshold:
         return True
     if "ks" in scores and scores["ks"] > ks_threshold:
+        return True
+    if "wasserstein" in scores and scores["wasserstein"] >= wasserstein_threshold:
         return True
     return "js" in scores and scores["js"] > js_threshold
 
@@ -236,8 +331,14 @@ def compare(
         _, hist = reference_counts(profile, f.name)
         col = frame[f.name].to_numpy()
         hist.update(col)
-        scores[f.name] = feature_scores(profile, f.name, hist.counts)
-        if is_drifted(scores[f.name], pol.psi_threshold, pol.ks_threshold, pol.js_threshold):
+        scores[f.name] = feature_scores(profile, f.name, hist.counts, hist.sums)
+        if is_drifted(
+            scores[f.name],
+            pol.psi_threshold,
+            pol.ks_threshold,
+            pol.js_threshold,
+            pol.wasserstein_threshold,
+        ):
             drifted.append(f.name)
     label_drift = None
     if labels is not None and profile.label:

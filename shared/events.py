@@ -123,7 +123,9 @@ class DriftSummary(BaseModel):
 
     drifted: bool = False
     features: dict[str, dict[str, float]] = Field(default_factory=dict)
-    """feature -> {"psi": .., "ks": .., "js": .., "chi2_p": ..} (what applies to its type)."""
+    """feature -> {"psi": .., "ks": .., "wasserstein": .., "js": .., "chi2_p": ..} (what
+    applies to its type: psi, ks and the normed wasserstein for numeric features, psi,
+    js and chi2_p for categories)."""
     drifted_features: list[str] = Field(default_factory=list)
     label_drift: float | None = None
 

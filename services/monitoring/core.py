@@ -43,6 +43,8 @@ ACTOR = "monitoring"
 UNKNOWN = "unknown"
 ACTIONS = ("retrain", "rollback", "promote")
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
+DECIDING = ("psi", "wasserstein")
+"""The drift scores monitoring's verdict is made of (the evidence quotes them)."""
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,13 @@ class MonitoringCore:
             self.logger.warning("drift.no_profile", model=contract.name, version=version)
             self.metrics.rejected.labels("predictions", "no_reference").inc()
             return None
+        policy = contract.monitoring
         return VersionDrift(
-            contract, profile, self._window_rows(contract), contract.monitoring.drift_psi_threshold
+            contract,
+            profile,
+            self._window_rows(contract),
+            policy.drift_psi_threshold,
+            policy.drift_wasserstein_threshold,
         )
 
     def _evict_versions(self, state: ModelState) -> None:
@@ -383,7 +390,10 @@ class MonitoringCore:
         evidence = {
             "window": vs.windows,
             "rows": report.rows,
-            "drifted": {f: round(report.features[f]["psi"], 4) for f in report.drifted},
+            "drifted": {
+                f: {k: round(v, 4) for k, v in report.features[f].items() if k in DECIDING}
+                for f in report.drifted
+            },
         }
         state.recent_windows.append(evidence)
         if not state.drift_trigger.observe(bool(report.drifted), self.clock()):
@@ -399,6 +409,9 @@ class MonitoringCore:
                     "model_version": vs.version,
                     "data_version": self.registry.get(model, vs.version).dataset_version,
                     "psi_threshold": state.contract.monitoring.drift_psi_threshold,
+                    "wasserstein_threshold": (
+                        state.contract.monitoring.drift_wasserstein_threshold
+                    ),
                     "windows": windows,
                     "prediction_drift": report.prediction_drift,
                     "scores": report.features,

@@ -34,7 +34,8 @@ class WindowReport:
 
     rows: int
     features: dict[str, dict[str, float]]
-    """feature -> {"psi", "ks"} (numeric) or {"psi", "js", "chi2_p"} (category)."""
+    """feature -> {"psi", "ks", "wasserstein"} (numeric) or {"psi", "js", "chi2_p"}
+    (category); no "wasserstein" with a profile stored before it existed."""
     prediction_drift: float | None
     drifted: list[str] = field(default_factory=list)
 
@@ -56,15 +57,23 @@ class VersionDrift:
         profile: the reference profile of the version's training data.
         window_rows: rows per window.
         psi_threshold: a feature whose PSI exceeds this is reported as drifted.
+        wasserstein_threshold: so is a numeric feature whose normed Wasserstein distance
+            reaches this (it sees small shifts that PSI misses).
     """
 
     def __init__(
-        self, contract: Contract, profile: Profile, window_rows: int, psi_threshold: float
+        self,
+        contract: Contract,
+        profile: Profile,
+        window_rows: int,
+        psi_threshold: float,
+        wasserstein_threshold: float,
     ):
         self.contract = contract
         self.profile = profile
         self.window_rows = window_rows
         self.psi_threshold = psi_threshold
+        self.wasserstein_threshold = wasserstein_threshold
         known = set(contract.feature_names)
         self.features = [f for f in (*profile.numeric, *profile.categories) if f in known]
         self.hists: dict[str, StreamingHistogram] = {
@@ -99,8 +108,15 @@ class VersionDrift:
         self.scores.update([_as_float(s) for s in scores])
 
     def _close(self) -> WindowReport:
-        per_feature = {f: feature_scores(self.profile, f, h.counts) for f, h in self.hists.items()}
-        drifted = [f for f, s in per_feature.items() if s["psi"] > self.psi_threshold]
+        per_feature = {
+            f: feature_scores(self.profile, f, h.counts, h.sums) for f, h in self.hists.items()
+        }
+        drifted = [
+            f
+            for f, s in per_feature.items()
+            if s["psi"] > self.psi_threshold
+            or s.get("wasserstein", 0.0) >= self.wasserstein_threshold
+        ]
         prediction_drift: float | None = None
         if self.scores.total:
             if self.score_reference is None:

@@ -48,6 +48,9 @@ def test_good_contract_defaults(tmp_path: Path) -> None:
     assert contract.feature("sex").values == ["1", "2"]  # values normalised to strings
     assert contract.promotion.strategy == "direct"
     assert contract.feature("age").owner == "me"
+    # Evidently's default for its normed Wasserstein drift score, in both verdicts.
+    assert contract.validation.wasserstein_threshold == 0.1
+    assert contract.monitoring.drift_wasserstein_threshold == 0.1
 
 
 def mutate(**changes: object) -> dict[str, object]:
@@ -80,6 +83,11 @@ def mutate(**changes: object) -> dict[str, object]:
         (mutate(label={"name": "y", "classes": [1]}), "(top level)", "at least two classes"),
         (mutate(features=[]), "features", "at least 1"),
         (mutate(promotion={"strategy": "yolo"}), "promotion.strategy", "direct"),
+        (
+            mutate(validation={"wasserstein_threshold": -1}),
+            "validation.wasserstein_threshold",
+            "greater than or equal to 0",
+        ),
     ],
 )
 def test_bad_contract_names_file_and_field(

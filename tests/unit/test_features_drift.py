@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
+from scipy.stats import wasserstein_distance
 from sklearn.linear_model import LogisticRegression
 
 from shared.contract import parse_contract
 from shared.drift import (
+    Profile,
     StreamingHistogram,
     bin_counts,
     build_profile,
     compare,
+    feature_scores,
+    is_drifted,
     ks_binned,
     psi,
+    reference_counts,
 )
 from shared.features import build_pipeline, onnx_feeds, to_frame, to_onnx
 
@@ -100,6 +108,96 @@ def test_psi_and_ks_basics() -> None:
     assert ks_binned(ref, ref) == pytest.approx(0.0)
     assert psi(ref, ref[::-1]) > 0.2
     assert ks_binned(ref, np.array([40, 30, 20, 10])) == pytest.approx(0.4)
+
+
+ONE_FLOAT = parse_contract(
+    {
+        "name": "one",
+        "task": "classification",
+        "id": "id",
+        "label": {"name": "y", "classes": [0, 1]},
+        "features": [{"name": "x", "type": "float"}],
+    }
+)
+
+
+def _window_scores(profile: Profile, values: np.ndarray) -> dict[str, float]:
+    _, hist = reference_counts(profile, "x")
+    for chunk in np.array_split(values, 3):  # streamed, as monitoring counts it
+        hist.update(chunk)
+    return feature_scores(profile, "x", hist.counts, hist.sums)
+
+
+def _pair(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 50k-row reference and a 20k-row window of one kind of change."""
+    if kind == "lognormal stretched":
+        return rng.lognormal(0.0, 0.5, 50_000), rng.lognormal(0.0, 0.5, 20_000) * 1.4
+    reference = rng.normal(0.0, 1.0, 50_000)
+    current = {
+        "shift": lambda: rng.normal(0.3, 1.0, 20_000),
+        "wider": lambda: rng.normal(0.0, 1.6, 20_000),  # the CDFs cross in the middle
+        "no drift": lambda: rng.normal(0.0, 1.0, 20_000),  # sampling noise only
+    }[kind]()
+    return reference, current
+
+
+@pytest.mark.parametrize("kind", ["shift", "wider", "lognormal stretched", "no drift"])
+def test_binned_wasserstein_is_close_to_the_exact_one(kind: str) -> None:
+    reference, current = _pair(kind, np.random.default_rng(5))
+    profile = build_profile(ONE_FLOAT, pd.DataFrame({"x": reference}))
+    exact = wasserstein_distance(reference, current) / reference.std()
+    assert _window_scores(profile, current)["wasserstein"] == pytest.approx(exact, abs=0.01)
+
+
+def test_wasserstein_flags_a_small_shift_that_psi_misses() -> None:
+    rng = np.random.default_rng(6)
+    reference = rng.normal(10.0, 2.0, 50_000)
+    profile = build_profile(ONE_FLOAT, pd.DataFrame({"x": reference}))
+    small = _window_scores(profile, rng.normal(10.0 + 0.15 * 2.0, 2.0, 20_000))
+    tiny = _window_scores(profile, rng.normal(10.0 + 0.02 * 2.0, 2.0, 20_000))
+    assert small["psi"] < 0.2
+    assert small["ks"] < 0.1
+    assert small["wasserstein"] == pytest.approx(0.15, abs=0.015)
+    assert is_drifted(small, 0.2, 0.1, 0.1, 0.1)
+    assert tiny["wasserstein"] < 0.05
+    assert not is_drifted(tiny, 0.2, 0.1, 0.1, 0.1)
+    # The contract's threshold decides in compare().
+    shifted = pd.DataFrame({"x": rng.normal(10.3, 2.0, 20_000)})
+    assert compare(ONE_FLOAT, profile, shifted).drifted_features == ["x"]
+    lenient = ONE_FLOAT.model_copy(
+        update={
+            "validation": ONE_FLOAT.validation.model_copy(update={"wasserstein_threshold": 0.5})
+        }
+    )
+    assert not compare(lenient, profile, shifted).drifted
+    assert compare(lenient, profile, shifted).features["x"]["wasserstein"] > 0.1
+
+
+def test_profiles_without_bin_means_still_load_and_score() -> None:
+    cols, y = sample(2000)
+    profile = build_profile(CONTRACT, to_frame(CONTRACT, cols), y)
+    stored = profile.model_dump(mode="json")
+    for num in stored["numeric"].values():
+        del num["bin_means"]  # a profile written before the Wasserstein score
+    old = Profile.model_validate_json(json.dumps(stored))
+    assert old.numeric["x"].bin_means is None
+    shifted_cols, _ = sample(2000, shift=1.0, seed=2)
+    frame = to_frame(CONTRACT, shifted_cols)
+    drift = compare(CONTRACT, old, frame)
+    assert set(drift.features["x"]) == {"psi", "ks"}
+    assert "x" in drift.drifted_features
+    assert set(compare(CONTRACT, profile, frame).features["x"]) == {"psi", "ks", "wasserstein"}
+
+
+def test_streaming_sums_ignore_nan_and_survive_infinities() -> None:
+    edges = [0.0, 1.0]
+    hist = StreamingHistogram(edges=edges)
+    hist.update([-1.0, 0.5, 0.25, np.nan, 2.0, np.inf])
+    assert hist.counts.tolist() == [1, 2, 2]
+    assert hist.sums.tolist() == [-1.0, 0.75, 2.0]  # inf is counted but not summed
+    hist.reset()
+    assert hist.total == 0
+    assert not hist.sums.any()
 
 
 def test_tree_models_keep_parity_on_car_loans() -> None:

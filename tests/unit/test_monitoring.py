@@ -21,7 +21,7 @@ from services.monitoring.testing import load_car_loan, prediction_events, seed_v
 from services.monitoring.window_drift import VersionDrift
 from shared import topics
 from shared.cli.lineage import find_feedback, find_prediction, lineage
-from shared.contract import Contract, load_contract
+from shared.contract import Contract, load_contract, parse_contract
 from shared.datasets import DatasetCatalog
 from shared.drift import build_profile
 from shared.events import Deployment, Feedback, Prediction, RetrainRequest
@@ -116,7 +116,9 @@ def test_window_drift_flags_the_drifted_car_loan_features(
     reference, analysis = car_loan
     frame = to_frame(contract, {f: reference[f].to_numpy() for f in contract.feature_names})
     profile = build_profile(contract, frame, reference["repaid"].to_numpy())
-    drift = VersionDrift(contract, profile, window_rows=5000, psi_threshold=0.2)
+    drift = VersionDrift(
+        contract, profile, window_rows=5000, psi_threshold=0.2, wasserstein_threshold=0.1
+    )
     first = analysis.iloc[:5000]
     second = analysis.iloc[-5000:]
     rows = [*first.to_dict(orient="records"), *second.to_dict(orient="records")]
@@ -136,11 +138,37 @@ def test_window_drift_flags_the_drifted_car_loan_features(
     )
     assert {"car_value", "loan_length"} <= set(reports[1].drifted)
     assert reports[1].features["debt_to_income_ratio"]["psi"] < 0.05
+    assert reports[1].features["debt_to_income_ratio"]["wasserstein"] < 0.1
+    assert reports[1].features["car_value"]["wasserstein"] > 0.5
     assert reports[0].prediction_drift == 0.0  # the first window is the score reference
     assert reports[1].prediction_drift is not None
     assert reports[1].prediction_drift > 0
     # Bounded memory: only the reference bins are counted, whatever the traffic.
     assert all(h.counts.size <= 21 for h in drift.hists.values())
+
+
+def test_window_drift_flags_a_small_shift_by_wasserstein() -> None:
+    contract = parse_contract(
+        {
+            "name": "one",
+            "task": "classification",
+            "id": "id",
+            "label": {"name": "y", "classes": [0, 1]},
+            "features": [{"name": "x", "type": "float"}],
+        }
+    )
+    rng = np.random.default_rng(7)
+    profile = build_profile(contract, pd.DataFrame({"x": rng.normal(0.0, 1.0, 50_000)}))
+    drift = VersionDrift(
+        contract, profile, window_rows=10_000, psi_threshold=0.2, wasserstein_threshold=0.1
+    )
+    rows = [{"x": v} for v in rng.normal(0.02, 1.0, 10_000)]
+    rows += [{"x": v} for v in rng.normal(0.15, 1.0, 10_000)]
+    calm, shifted = drift.add(rows, [None] * len(rows))
+    assert calm.drifted == []
+    assert shifted.features["x"]["psi"] < 0.2  # PSI alone would miss it
+    assert shifted.features["x"]["wasserstein"] >= 0.1
+    assert shifted.drifted == ["x"]
 
 
 def _core(
@@ -201,6 +229,16 @@ def test_served_drift_raises_the_metric_and_requests_a_retrain_with_evidence(
     )
     assert psi_drift is not None
     assert psi_drift > 0.2 > psi_calm
+    wasserstein_drift = _value(
+        reg,
+        "flywheel_monitoring_drift_score",
+        model="car_loan",
+        version="1",
+        feature="car_value",
+        stat="wasserstein",
+    )
+    assert wasserstein_drift is not None
+    assert wasserstein_drift > 0.1
     assert [o.topic for o in out] == [topics.RETRAIN_REQUESTS]  # after two windows in a row
     request = out[0].event
     assert isinstance(request, RetrainRequest)
@@ -210,6 +248,8 @@ def test_served_drift_raises_the_metric_and_requests_a_retrain_with_evidence(
     assert request.evidence["model_version"] == 1
     assert len(request.evidence["windows"]) == 2
     assert {"car_value", "loan_length"} <= set(request.evidence["windows"][-1]["drifted"])
+    assert set(request.evidence["windows"][-1]["drifted"]["car_value"]) == {"psi", "wasserstein"}
+    assert request.evidence["wasserstein_threshold"] == 0.1
     # Cool-down: more drifted windows do not loop.
     assert (
         core.on_predictions(list(prediction_events(contract, analysis.iloc[-8000:-4000], manifest)))
