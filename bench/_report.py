@@ -298,6 +298,9 @@ def _ingestion(entry: dict[str, Any], made: set[str]) -> list[str]:
     out += [
         f"{_fmt(r['events'])} census data events (mean {_fmt(r.get('event_bytes_mean'))} bytes) "
         f"on one embedded broker, read {r['rounds']} times by each reader in interleaved rounds. "
+        "Ingestion is timed from its first fetched chunk until the `data.batches` events cover "
+        "every row, so it includes the last partial batch waiting for the time window "
+        f"(gap before the last batch event: {r.get('last_batch_gap_s', '?')} s). "
         "Median (min-max) over the rounds:",
         "",
     ]
