@@ -48,7 +48,7 @@ test-unit: install
 	$(BIN)/pytest -m "not integration and not e2e and not slow and not reliability" $(PYTEST_ARGS)
 
 test-integration: install kcat
-	$(BIN)/pytest -m "integration" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "integration and not e2e and not reliability and not slow" $(PYTEST_ARGS)
 
 test-e2e: install
 	$(BIN)/pytest -m "e2e" $(PYTEST_ARGS)
