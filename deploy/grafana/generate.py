@@ -217,25 +217,34 @@ DATA: list[Panel] = [
         "s",
     ),
     (
-        "Batch drift at validation (PSI)",
+        "Batch drift at validation (PSI; normed Wasserstein for numeric features)",
         "timeseries",
         [
             (
                 'max by (dataset, feature) (flywheel_validation_drift_score{stat="psi"})',
-                "{{dataset}} {{feature}}",
-            )
+                "{{dataset}} {{feature}} PSI",
+            ),
+            (
+                'max by (dataset, feature) (flywheel_validation_drift_score{stat="wasserstein"})',
+                "{{dataset}} {{feature}} W1/std",
+            ),
         ],
         "none",
     ),
     (
-        "Served drift per feature (PSI, last window)",
+        "Served drift per feature (PSI; normed Wasserstein; last window)",
         "timeseries",
         [
             (
                 f"max by (model, version, feature) "
                 f'(flywheel_monitoring_drift_score{{{M},stat="psi"}})',
-                "{{model}} v{{version}} {{feature}}",
-            )
+                "{{model}} v{{version}} {{feature}} PSI",
+            ),
+            (
+                f"max by (model, version, feature) "
+                f'(flywheel_monitoring_drift_score{{{M},stat="wasserstein"}})',
+                "{{model}} v{{version}} {{feature}} W1/std",
+            ),
         ],
         "none",
     ),
