@@ -90,6 +90,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "search_budget_s": config.budget(contract),
         "candidates": extra["runs_tried"],
+        # The search cross-validates on a capped sample (training.search_max_rows); the
+        # chosen estimator is refit on every training row.
+        "search_rows": extra["search"]["rows"],
+        "search_max_rows": extra["search"]["max_rows"],
         "chosen": extra["chosen"],
         "primary_metric": {
             contract.promotion.primary_metric: manifest.metrics.get(
@@ -109,7 +113,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 def main() -> None:
     """Print the figures and write them to ``bench/results/training.json``."""
     results = run(quick="--quick" in sys.argv)
-    print(f"chosen: {results['chosen']} ({results['candidates']} candidates)")
+    print(
+        f"chosen: {results['chosen']} ({results['candidates']} candidates, "
+        f"searched on {results['search_rows']} rows, refit on {results['data']['train_rows']})"
+    )
     for phase, seconds in results["phases_s"].items():
         print(f"  {phase:<9} {seconds:8.2f} s")
     print(f"  {'total':<9} {results['total_train_s']:8.2f} s (train() wall time)")

@@ -87,11 +87,12 @@ class TrainingPolicy(_Strict):
     """Latest share of event time kept out for the honest holdout."""
     search_time_budget_s: float = Field(60.0, gt=0)
     """Time box of the hyperparameter search."""
-    search_max_rows: int | None = Field(20_000, ge=100)
+    search_max_rows: int | None = Field(10_000, ge=100)
     """Cross-validate the search's candidates on at most this many training rows (a
     seeded, label-stratified sample); the chosen candidate is then refit on every
-    training row. None: the search uses every row, several times slower on large data
-    for the same choice (measured on the census data: see ``docs/benchmarks.md``)."""
+    training row. None: search on every row. 10,000 is FLAML's first sample size; on the
+    census data (55,028 training rows) it chose the same model as a search on every row
+    in under a third of the time."""
     seed: int = 42
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.inspection import permutation_importance
+from sklearn.metrics import get_scorer
 from sklearn.pipeline import Pipeline
 
 from shared.contract import Contract
@@ -127,6 +127,37 @@ def fairness_gap(groups: dict[str, Any]) -> float:
     return max((float(a["max_gap"]) for a in groups.values()), default=0.0)
 
 
+def _encoded_blocks(
+    pipeline: Pipeline, x: pd.DataFrame
+) -> tuple[Any, np.ndarray, list[np.ndarray]] | None:
+    """The model step, ``x`` encoded once, and each feature's block of encoded columns.
+
+    Shuffling a feature's rows before a column-wise preprocessor is shuffling its encoded
+    columns after it, so the preprocessor need not run again for every shuffle. Each
+    feature's block is found by rolling that feature's rows by one: an encoded column
+    that changes belongs to it, and one that does not is constant, so no shuffle could
+    change it either. None when the pipeline has no such preprocessor (an ensemble of
+    whole pipelines) or one encoded column depends on two features.
+    """
+    if [name for name, _ in pipeline.steps] != ["prep", "model"]:
+        return None
+    prep, model = pipeline.steps[0][1], pipeline.steps[1][1]
+    encoded = np.asarray(prep.transform(x), dtype=np.float64)
+    owner = np.full(encoded.shape[1], -1)
+    blocks = []
+    for j, name in enumerate(x.columns):
+        rolled = x.copy()
+        rolled[name] = np.roll(x[name].to_numpy(), 1)
+        after = np.asarray(prep.transform(rolled), dtype=np.float64)
+        same = (after == encoded) | (np.isnan(after) & np.isnan(encoded))
+        changed = np.flatnonzero(~same.all(axis=0))
+        if (owner[changed] >= 0).any():
+            return None
+        owner[changed] = j
+        blocks.append(changed)
+    return model, encoded, blocks
+
+
 def importance(
     contract: Contract,
     pipeline: Pipeline,
@@ -137,24 +168,46 @@ def importance(
     repeats: int,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """Permutation importance of each contract feature on the (latest rows of the) holdout."""
+    """Permutation importance of each contract feature on the (latest rows of the) holdout.
+
+    A feature's importance is the primary metric lost when its values are shuffled
+    across rows, averaged over ``repeats`` seeded shuffles. The preprocessing runs once
+    and each shuffle moves the feature's encoded columns (see :func:`_encoded_blocks`);
+    an ensemble of whole pipelines gets its raw columns shuffled instead.
+    """
     metric = contract.promotion.primary_metric
     scoring = CV_SCORERS.get(metric, "accuracy")
     if metric == "roc_auc" and len(contract.label.classes or []) == 2:
         scoring = "roc_auc"
+    scorer = get_scorer(scoring)
     x, y = x.iloc[-rows:], y[-rows:]
-    result = permutation_importance(
-        pipeline, x, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
-    )
-    # importances are score drops; sklearn's neg_* scorers already make higher better.
-    ranked = [
-        {
-            "feature": name,
-            "mean": float(result.importances_mean[i]),
-            "std": float(result.importances_std[i]),
-        }
-        for i, name in enumerate(x.columns)
-    ]
+    found = _encoded_blocks(pipeline, x)
+    estimator: Any = pipeline
+    data: Any = x
+    blocks = [np.array([j]) for j in range(x.shape[1])]
+    if found is not None:
+        estimator, data, blocks = found
+
+    def shuffled(cols: np.ndarray, order: np.ndarray) -> Any:
+        out = data.copy()
+        if isinstance(data, pd.DataFrame):
+            out.iloc[:, cols] = data.iloc[order, cols].to_numpy()
+        else:
+            out[:, cols] = data[np.ix_(order, cols)]
+        return out
+
+    # sklearn's neg_* scorers make higher better, so a drop is always a loss of the metric.
+    baseline = float(scorer(estimator, data, y))
+    rng = np.random.default_rng(seed)
+    ranked = []
+    for name, cols in zip(x.columns, blocks, strict=True):
+        drops = []
+        for _ in range(repeats):
+            order = rng.permutation(len(y))
+            # A feature whose encoded columns are all constant cannot lose anything.
+            score = float(scorer(estimator, shuffled(cols, order), y)) if len(cols) else baseline
+            drops.append(baseline - score)
+        ranked.append({"feature": name, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
     return sorted(ranked, key=lambda r: r["mean"], reverse=True)
 
 

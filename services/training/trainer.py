@@ -228,6 +228,7 @@ def _train(
             budget_s=config.budget(contract),
             folds=config.cv_folds,
             seed=seed,
+            max_rows=contract.training.search_max_rows,
             cancel=cancel,
         )
     _report(on_phase, phases, "search", cancel)
@@ -283,6 +284,10 @@ def _train(
             "not_run": found.not_run,
             "cv_folds": config.cv_folds,
             "seed": seed,
+            "search_rows": found.rows,
+            "search_max_rows": found.max_rows,
+            "search_sample": found.sample,
+            "refit_rows": len(prepared.y_train),
             "chosen": best.as_record()["name"],
             "candidates": [r.as_record() for r in found.runs],
             "created": utcnow().isoformat(),
@@ -327,6 +332,9 @@ def _train(
             "seconds": round(phases.seconds["search"], 3),
             "cv_folds": config.cv_folds,
             "not_run": found.not_run,
+            "rows": found.rows,
+            "max_rows": found.max_rows,
+            "sample": found.sample,
         },
         runs=[
             {"name": r.as_record()["name"], "cv_mean": r.cv_mean, "status": r.status}
@@ -434,9 +442,10 @@ def model_card(contract: Contract, m: ModelManifest) -> list[str]:
         f"Data: dataset version {m.dataset_version[:12]} ({extra['dataset_rows']} rows); "
         f"{holdout['train_rows']} training rows, holdout = {holdout['description']} "
         f"({holdout['rows']} rows).",
-        f"Search: {extra['runs_tried']} candidates (seed {m.seed}), "
-        f"cross-validated {metric} {extra['cv_score']['mean']:.4f} ± "
-        f"{extra['cv_score']['std']:.4f} for the chosen one"
+        f"Search: {extra['runs_tried']} candidates (seed {m.seed}) cross-validated on "
+        f"{extra['search'].get('sample') or 'the training rows'}, {metric} "
+        f"{extra['cv_score']['mean']:.4f} ± {extra['cv_score']['std']:.4f} for the chosen "
+        f"one, then refit on all {holdout['train_rows']} training rows"
         + (
             f"; the {extra['search']['budget_s']:g} s budget left out "
             f"{len(extra['search']['not_run'])} grid points."
