@@ -92,21 +92,20 @@ class ArrowDecoder:
         return options
 
     def decode(
-        self, values: Sequence[bytes | None], ingested_at: str
+        self, values: Sequence[bytes], lines: bytes, ingested_at: str
     ) -> tuple[str, dict[str, pa.ChunkedArray]] | None:
         """The dataset and its batch columns (id, event time, features, label; source
-        columns excluded) for a clean chunk of ``values``, else None."""
+        columns excluded) for a clean chunk of ``values``, else None.
+
+        ``lines`` is the chunk as JSON lines (:func:`~services.ingestion.envelope.json_lines`),
+        one line per message.
+        """
         n = len(values)
-        if not n or None in values:
-            return None
-        # One line per message, each starting with "{" (see the module docstring).
-        if {v[:1] for v in values} != {b"{"}:  # type: ignore[index]
-            return None
-        joined = b"\n".join(values)  # type: ignore[arg-type]
-        if joined.count(b"\n") != n - 1 or not _utf8(joined):
+        # Each line starts with "{" (see the module docstring).
+        if {v[:1] for v in values} != {b"{"} or not _utf8(lines):
             return None
         try:
-            head = _HEAD.decode(values[0])  # type: ignore[arg-type]
+            head = _HEAD.decode(values[0])
         except (msgspec.ValidationError, msgspec.DecodeError):
             return None
         contract = self.contracts.get(head.dataset)
@@ -114,7 +113,7 @@ class ArrowDecoder:
             return None
         options = self._parse_options(contract, type(head.event_time))
         try:
-            table = pajson.read_json(io.BytesIO(joined), read_options=_READ, parse_options=options)
+            table = pajson.read_json(io.BytesIO(lines), read_options=_READ, parse_options=options)
         except (pa.ArrowException, ValueError):  # ArrowInvalid; UnicodeDecodeError on bad bytes
             return None
         if table.num_rows != n:

@@ -41,6 +41,7 @@ from .envelope import (
     Rejection,
     build_table,
     event_time_column,
+    json_lines,
     take,
 )
 from .fastpath import FastDecoder
@@ -230,12 +231,13 @@ class Ingestor:
             self._count_unknown(letters)
             messages = [m for m, n in zip(messages, sizes, strict=True) if n <= limit]
         values = list(map(_VALUE, messages))
-        clean = self._arrow.decode(values, now)
+        lines = json_lines(values)
+        clean = self._arrow.decode(values, lines, now) if lines is not None else None
         if clean is not None:  # the common case: a clean chunk of one dataset
             name, arrays = clean
             self._accept(name, messages, arrays, list(range(len(messages))))
             return letters
-        fast, slow_idx = self._fast.split(values)
+        fast, slow_idx = self._fast.split(values, lines)
         for name, (idx, events) in fast.items():
             columns = self._fast.columns(name, events, now)
             self._accept(name, take(messages, idx), columns, list(range(len(idx))))

@@ -311,6 +311,17 @@ def take(values: list[Any], keep: list[int]) -> list[Any]:
     return list(operator.itemgetter(*keep)(values))
 
 
+def json_lines(values: Sequence[bytes | None]) -> bytes | None:
+    """The chunk ``values`` as JSON lines, when line i is exactly message i: every
+    message present and free of newlines of its own (so no message can borrow bytes from
+    its neighbour). None otherwise; the decoders then take the messages one by one.
+    """
+    if not values or None in values:
+        return None
+    joined = b"\n".join(values)  # type: ignore[arg-type]
+    return joined if joined.count(b"\n") == len(values) - 1 else None
+
+
 def build_table(
     schema: pa.Schema,
     columns: Mapping[str, list[Any] | pa.ChunkedArray],

@@ -87,20 +87,21 @@ class FastDecoder:
         }
 
     def split(
-        self, values: Sequence[bytes | None]
+        self, values: Sequence[bytes | None], lines: bytes | None
     ) -> tuple[dict[str, tuple[list[int], list[Any]]], list[int]]:
         """Decode ``values``: dataset -> (indices, structs) for the strict ones, and the
-        indices that need the slow path."""
+        indices that need the slow path.
+
+        ``lines``: the chunk as JSON lines (:func:`~services.ingestion.envelope.json_lines`),
+        or None when it cannot be one line per message.
+        """
         names = self._names
         errors = (msgspec.ValidationError, msgspec.DecodeError)
-        joined = b"\n".join(values) if values and None not in values else b""  # type: ignore[arg-type]
-        # The common case, a clean chunk: one C call decodes it as JSON lines. Only when
-        # no message holds a newline of its own, so that line i is exactly message i (a
-        # message can then never borrow bytes from its neighbour); blank lines are skipped
-        # by the decoder, so an empty message shows as a count mismatch.
-        if joined and joined.count(b"\n") == len(values) - 1:
+        # The common case, a clean chunk: one C call decodes it as JSON lines. Blank lines
+        # are skipped by the decoder, so an empty message shows as a count mismatch.
+        if lines is not None:
             try:
-                decoded: list[Any] | None = self._decoder.decode_lines(joined)
+                decoded: list[Any] | None = self._decoder.decode_lines(lines)
             except errors:
                 decoded = None  # some message is not strict: sort them out one by one
             if decoded is not None and len(decoded) == len(values):

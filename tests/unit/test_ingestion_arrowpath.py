@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from services.ingestion.arrowpath import ArrowDecoder
 from services.ingestion.core import Ingestor
+from services.ingestion.envelope import json_lines
 from services.ingestion.metrics import IngestionMetrics
 from shared.contract import Contract, parse_contract
 from shared.store import ArtifactStore
@@ -54,8 +55,8 @@ def _run(
     decode = ing._arrow.decode
     used: list[bool] = []
 
-    def spy(chunk: Any, now: str) -> Any:
-        result = decode(chunk, now) if arrow else None
+    def spy(chunk: Any, lines: bytes, now: str) -> Any:
+        result = decode(chunk, lines, now) if arrow else None
         used.append(result is not None)
         return result
 
@@ -146,9 +147,13 @@ def test_a_string_label_is_not_taken_for_an_integer_class(tmp_path: Path) -> Non
 
 def test_the_decoder_refuses_a_chunk_it_cannot_prove(tmp_path: Path) -> None:
     decoder = ArrowDecoder({"toy": CONTRACT})
-    assert decoder.decode([], NOW) is None
-    assert decoder.decode([None], NOW) is None
-    assert decoder.decode([_dumps(event(1))], NOW) is not None
+    assert json_lines([]) is None
+    assert json_lines([None]) is None
+    assert json_lines([b'{"a":\n1}', b"{}"]) is None  # a message of its own lines
+    values = [_dumps(event(1))]
+    lines = json_lines(values)
+    assert lines is not None
+    assert decoder.decode(values, lines, NOW) is not None
 
 
 _NUMBERS = st.one_of(
