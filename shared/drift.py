@@ -89,9 +89,7 @@ def _numeric_profile(values: np.ndarray) -> NumericProfile:
         finite = np.zeros(1)
     qs = np.quantile(finite, np.linspace(0, 1, N_BINS + 1)[1:-1])
     edges = np.unique(qs)
-    idx = np.searchsorted(edges, finite, side="left")
-    counts = np.bincount(idx, minlength=edges.size + 1)
-    sums = np.bincount(idx, weights=finite, minlength=edges.size + 1)
+    counts, sums = bin_counts(edges, finite)
     q01, q99 = np.quantile(finite, [0.01, 0.99])
     spread = float(q99 - q01)
     return NumericProfile(
@@ -137,12 +135,20 @@ def build_profile(
     )
 
 
-def bin_counts(edges: list[float], values: np.ndarray) -> np.ndarray:
-    """Counts of ``values`` (NaN ignored) in the bins defined by ``edges``."""
+def bin_counts(
+    edges: list[float] | np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and sums of ``values`` (NaN ignored) in the bins defined by ``edges``.
+
+    An infinite value counts in its outer bin but is left out of the sums: it would turn
+    the bin's mean (and the Wasserstein score built on it) into inf or nan.
+    """
     values = values[~np.isnan(values)]
-    return np.bincount(
-        np.searchsorted(np.asarray(edges), values, side="left"), minlength=len(edges) + 1
-    )
+    size = len(edges) + 1
+    idx = np.searchsorted(np.asarray(edges), values, side="left")
+    finite = np.isfinite(values)
+    counts = np.bincount(idx, minlength=size)
+    return counts, np.bincount(idx[finite], weights=values[finite], minlength=size)
 
 
 def psi(ref: np.ndarray, cur: np.ndarray) -> float:
@@ -239,15 +245,9 @@ class StreamingHistogram:
     def update(self, values: Any) -> None:
         """Add a batch of values."""
         if self.edges is not None:
-            x = np.asarray(values, dtype=np.float64)
-            x = x[~np.isnan(x)]
-            idx = np.searchsorted(np.asarray(self.edges), x, side="left")
-            size = self.counts.size
-            self.counts += np.bincount(idx, minlength=size)
-            # An infinite value still counts in its outer bin, but summing it would turn
-            # the bin's mean (and every score built on it) into inf or nan.
-            finite = np.isfinite(x)
-            self.sums += np.bincount(idx[finite], weights=x[finite], minlength=size)
+            counts, sums = bin_counts(self.edges, np.asarray(values, dtype=np.float64))
+            self.counts += counts
+            self.sums += sums
         else:
             other = len(self._index)
             codes = [self._index.get(str(v), other) for v in values]

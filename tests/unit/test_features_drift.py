@@ -94,7 +94,9 @@ def test_streaming_histogram_equals_batch_counts() -> None:
     hist = StreamingHistogram(edges=edges)
     for chunk in np.array_split(values, 7):
         hist.update(chunk)
-    assert (hist.counts == bin_counts(edges, values)).all()
+    counts, sums = bin_counts(edges, values)
+    assert (hist.counts == counts).all()
+    assert np.allclose(hist.sums, sums)
     cats = StreamingHistogram(vocab=["a", "b"])
     cats.update(["a", "b", "b", "zzz"])
     assert cats.counts.tolist() == [1, 2, 1]  # unseen values land in the 'other' slot
