@@ -150,9 +150,10 @@ def _failed(family: str, params: dict[str, Any], started: float, err: Exception)
 
 
 def _scored(
-    family: str, params: dict[str, Any], scores: list[float], sign: float, started: float
+    family: str, params: dict[str, Any], scores: list[float], scoring: str, started: float
 ) -> Run:
     # Sign-flip sklearn's neg_* scorers so every recorded score reads as the metric itself.
+    sign = -1.0 if scoring.startswith("neg_") else 1.0
     values = [float(sign * s) for s in scores]
     seconds = time.perf_counter() - started
     return Run(family, params, values, float(np.mean(values)), float(np.std(values)), seconds)
@@ -184,8 +185,7 @@ def _cross_validate(
         )
     except (ValueError, ArithmeticError) as err:
         return _failed(family, params, started, err), []
-    sign = -1.0 if scoring.startswith("neg_") else 1.0
-    run = _scored(family, params, list(result["test_score"]), sign, started)
+    run = _scored(family, params, list(result["test_score"]), scoring, started)
     return run, list(result["estimator"])
 
 
@@ -251,8 +251,7 @@ def evaluate_ensemble(
             scores.append(float(scorer(ensemble, x.iloc[test], y[test])))
     except (ValueError, ArithmeticError) as err:
         return _failed(family, params, started, err)
-    sign = -1.0 if scoring.startswith("neg_") else 1.0
-    run = _scored(family, params, scores, sign, started)
+    run = _scored(family, params, scores, scoring, started)
     run.note = "scored on its members' fold fits (same folds and seeds), not refitted"
     return run
 
