@@ -5,14 +5,30 @@ Loading validates the file and reports mistakes as ``<file>: <field>: <what is w
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FeatureType = Literal["float", "int", "category", "bool"]
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+
+
+def _check_name(name: str) -> str:
+    """A column name as the data spells it: any text but empty or with control characters."""
+    if not name:
+        raise ValueError("a name must not be empty")
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            raise ValueError(f"{name!r} has a control character ({ch!r})")
+    return name
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+"""A feature, label, id or event-time column name, exactly as written in the data (spaces,
+hyphens, dots, parentheses, non-ASCII); ONNX gets safe names of its own
+(:func:`shared.features.onnx_input_names`)."""
 
 
 class ContractError(ValueError):
@@ -26,7 +42,7 @@ class _Strict(BaseModel):
 class Feature(_Strict):
     """One input feature."""
 
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: Name
     type: FeatureType
     min: float | None = None
     max: float | None = None
@@ -67,7 +83,7 @@ class Feature(_Strict):
 class Label(_Strict):
     """The target: classes for classification, a numeric type for regression."""
 
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: Name
     classes: list[int | str] | None = None
     type: Literal["float", "int"] | None = None
 
@@ -155,13 +171,13 @@ class Contract(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
     task: Literal["classification", "regression"]
-    id: str
+    id: Name
     """Event id field, used to deduplicate."""
-    event_time: str | None = None
+    event_time: Name | None = None
     """Event time field; ingestion time when absent."""
     label: Label
     features: list[Feature] = Field(min_length=1)
-    groups: list[str] = Field(default_factory=list)
+    groups: list[Name] = Field(default_factory=list)
     description: str | None = None
     owner: str | None = None
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)

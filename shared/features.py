@@ -2,10 +2,12 @@
 
 Training fits ``build_pipeline(contract, estimator)`` on a frame from :func:`to_frame`
 and exports the *whole* pipeline (imputation, scaling, category encoding, estimator) to
-ONNX with :func:`to_onnx`. The ONNX graph takes one input per feature, named after it:
-numeric features (float, int, bool) as ``tensor(float)`` ``[N, 1]``, categories as
-``tensor(string)`` ``[N, 1]``. Serving builds its feeds with :func:`onnx_feeds`, so
-both sides run the same transformation.
+ONNX with :func:`to_onnx`. The ONNX graph takes one input per feature, named by
+:func:`onnx_input_names` (the feature's own name when it is a C identifier, a safe
+spelling of it otherwise): numeric features (float, int, bool) as ``tensor(float)``
+``[N, 1]``, categories as ``tensor(string)`` ``[N, 1]``. Parity builds its feeds with
+:func:`onnx_feeds`; serving's feeds are keyed by feature name and renamed with the
+manifest's mapping, so both sides run the same transformation.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from shared.contract import Contract
+from shared.onnx_names import rename_io, safe_names
 
 MISSING_CATEGORY = "__missing__"
 """What a null category becomes before it is encoded (a value of its own)."""
@@ -178,6 +181,16 @@ def build_pipeline(contract: Contract, estimator: BaseEstimator) -> Pipeline:
     return Pipeline([("prep", prep), ("model", estimator)])
 
 
+def onnx_output_names(contract: Contract) -> list[str]:
+    """The exported graph's outputs: ``label``, ``probabilities`` or ``variable``."""
+    return ["label", "probabilities"] if contract.task == "classification" else ["variable"]
+
+
+def onnx_input_names(contract: Contract) -> dict[str, str]:
+    """Feature name -> ONNX graph input name, in contract order (see :mod:`shared.onnx_names`)."""
+    return safe_names(contract.feature_names, reserved=onnx_output_names(contract))
+
+
 def onnx_initial_types(contract: Contract) -> list[tuple[str, Any]]:
     """skl2onnx input declarations: one ``[None, 1]`` tensor per feature."""
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
@@ -192,7 +205,7 @@ def to_onnx(pipeline: Pipeline, contract: Contract) -> bytes:
     """Convert a fitted pipeline to ONNX bytes.
 
     Classifiers output ``label`` [N] and ``probabilities`` [N, C] (no ZipMap);
-    regressors output ``variable`` [N, 1].
+    regressors output ``variable`` [N, 1]. Inputs are named by :func:`onnx_input_names`.
     """
     from skl2onnx import to_onnx as _to_onnx
 
@@ -210,15 +223,20 @@ def to_onnx(pipeline: Pipeline, contract: Contract) -> bytes:
         options=options,
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
+    # skl2onnx matched the ColumnTransformer's columns by these raw names; the graph's
+    # inputs now get the contract's safe names, whatever skl2onnx made of them.
+    rename_io(onx, list(onnx_input_names(contract).values()), onnx_output_names(contract))
     return bytes(onx.SerializeToString())
 
 
 def onnx_feeds(contract: Contract, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """ONNX Runtime feeds (``[N, 1]`` per feature) from a frame made by :func:`to_frame`."""
+    """ONNX Runtime feeds (``[N, 1]`` per feature, keyed by :func:`onnx_input_names`) from a
+    frame made by :func:`to_frame`."""
+    names = onnx_input_names(contract)
     feeds: dict[str, np.ndarray] = {}
     for f in contract.features:
         col = frame[f.name].to_numpy()
-        feeds[f.name] = (
+        feeds[names[f.name]] = (
             col.astype(np.float32).reshape(-1, 1)
             if f.is_numeric
             else col.astype(object).reshape(-1, 1)

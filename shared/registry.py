@@ -66,6 +66,9 @@ class ModelManifest(BaseModel):
     seed: int
     library_versions: dict[str, str] = Field(default_factory=dict)
     features: list[str]
+    onnx_inputs: dict[str, str] = Field(default_factory=dict)
+    """Feature name -> ONNX graph input name (:func:`shared.features.onnx_input_names`);
+    empty in manifests written before names were mapped, whose inputs are the names."""
     classes: list[Any] | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     group_metrics: dict[str, Any] = Field(default_factory=dict)

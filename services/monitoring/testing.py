@@ -23,7 +23,7 @@ from shared.contract import Contract
 from shared.datasets import BatchRef, DatasetCatalog, DatasetVersion
 from shared.drift import build_profile
 from shared.events import PartitionOffsets, Prediction
-from shared.features import build_pipeline, to_frame, to_onnx
+from shared.features import build_pipeline, onnx_input_names, to_frame, to_onnx
 from shared.registry import ModelManifest, Parity, Registry
 from shared.store import ArtifactStore
 
@@ -84,6 +84,7 @@ def seed_version(
             estimator="LogisticRegression",
             seed=0,
             features=contract.feature_names,
+            onnx_inputs=onnx_input_names(contract),
             classes=list(contract.label.classes or []),
             parity=Parity(
                 passed=True, rows=0, label_agreement=1.0, max_abs_diff=0.0, tolerance=1e-5

@@ -9,7 +9,11 @@ Two request styles are accepted (``ModelMetadata`` lists both):
   contract's ``values`` list (car-loan ``salary_range`` 1.0 means ``"20K - 40K €"``).
   NaN is a null: allowed only where the contract says ``nullable``.
 * one tensor per feature, shape ``[N]`` or ``[N, 1]``: FP32, FP64, INT32, INT64 or BOOL
-  for numeric features, BYTES (UTF-8) for categories (empty string = null).
+  for numeric features, BYTES (UTF-8) for categories (empty string = null). Each tensor
+  is named exactly as the contract names the feature (``sepal length (cm)``).
+
+Names and values are any text, so the parameters listing them (``columns``,
+``category_encoding``, ``values``) are JSON.
 
 Values outside a category's vocabulary, nulls the contract forbids, wrong names,
 datatypes, shapes and oversized batches are INVALID_ARGUMENT errors naming the tensor.
@@ -19,6 +23,7 @@ The result is the ONNX Runtime feeds of :func:`shared.features.onnx_feeds` (one
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +51,10 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
     parameters: dict[str, str]
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _is_number(text: str) -> bool:
@@ -180,9 +189,10 @@ class InputSpec:
         self.tensors = self._describe()
 
     def _describe(self) -> list[TensorSpec]:
+        # Names and values are any text (commas included), so lists are JSON.
         matrix_params = {
-            "columns": ",".join(self.names),
-            "category_encoding": ";".join(f"{n}={c.encoding}" for n, c in self.codecs.items()),
+            "columns": _json(self.names),
+            "category_encoding": _json({n: c.encoding for n, c in self.codecs.items()}),
             "description": (
                 "all features as one [N, F] tensor in contract order; a category column holds "
                 "its value when the vocabulary is numeric (encoding=value), else its index in "
@@ -195,7 +205,7 @@ class InputSpec:
             if f.is_numeric:
                 params["accepted_datatypes"] = ",".join(NUMERIC_DATATYPES)
             else:
-                params["values"] = ",".join(f.values or [])
+                params["values"] = _json(f.values or [])
                 params["accepted_datatypes"] = CATEGORY_DATATYPE
             if f.description:
                 params["description"] = f.description

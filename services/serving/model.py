@@ -63,17 +63,23 @@ class LoadedModel:
         self.session = ort.InferenceSession(
             onnx, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
         )
+        # Feeds are keyed by feature name; the graph's inputs by the manifest's safe names.
+        onnx_names = manifest.onnx_inputs or {n: n for n in spec.names}
         names = {i.name for i in self.session.get_inputs()}
-        if names != set(spec.names):
+        if set(onnx_names) != set(spec.names) or names != set(onnx_names.values()):
             raise ValueError(
                 f"{self.name} v{self.version}: ONNX inputs {sorted(names)} do not match the "
-                f"contract's features {spec.names}"
+                f"contract's features {spec.names} (mapped as {onnx_names})"
             )
+        renamed = any(k != v for k, v in onnx_names.items())
+        self._onnx_names: dict[str, str] | None = onnx_names if renamed else None
         self.onnx_outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = [o.name for o in output_specs(self.contract)]
 
     def predict(self, feeds: Feeds) -> dict[str, np.ndarray]:
         """Model outputs for ``feeds``: ``label`` + ``probabilities`` or ``prediction``."""
+        if self._onnx_names:
+            feeds = {self._onnx_names[k]: v for k, v in feeds.items()}
         results = self.session.run(None, feeds)
         if self.classifier:
             got = dict(zip(self.onnx_outputs, results, strict=True))

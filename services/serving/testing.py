@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from shared.contract import Contract
-from shared.features import build_pipeline, to_frame, to_onnx
+from shared.features import build_pipeline, onnx_input_names, to_frame, to_onnx
 from shared.registry import ModelManifest, Parity, Registry
 
 CENSUS_REFERENCE = "employment_MA_reference.pq"
@@ -57,6 +57,7 @@ def register_model(
         estimator="LogisticRegression",
         seed=0,
         features=contract.feature_names,
+        onnx_inputs=onnx_input_names(contract),
         classes=list(contract.label.classes or []) or None,
         parity=Parity(passed=True, rows=0, label_agreement=1.0, max_abs_diff=0.0, tolerance=1e-5),
         onnx_uri=uri,

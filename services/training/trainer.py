@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
 from shared.events import utcnow
-from shared.features import build_pipeline, to_onnx
+from shared.features import build_pipeline, onnx_input_names, to_onnx
 from shared.registry import ModelManifest, Registry, TamperedArtifactError
 
 from . import evaluation
@@ -305,6 +305,7 @@ def _train(
         seed=seed,
         library_versions=library_versions(),
         features=contract.feature_names,
+        onnx_inputs=onnx_input_names(contract),
         classes=list(contract.label.classes) if contract.label.classes else None,
         metrics=evaluated["metrics"],
         group_metrics=evaluated["group_metrics"],
