@@ -25,6 +25,13 @@ What makes a chunk clean, and why each check is needed:
   into a null, like an explicit null); ids are not empty; labels are among the classes;
 - every float is finite: the reader also takes ``NaN``, ``Inf`` and ``Infinity``
   literals, which are not JSON (Python's ``json`` takes some of them and not others).
+- every event time is read exactly as :func:`shared.eventtime.parse` reads it: the
+  strings all match one of the forms on which Arrow's cast and Python's
+  ``fromisoformat`` agree (:data:`~shared.eventtime.NAIVE_TEXT`, four-digit years
+  included, or :data:`~shared.eventtime.ZONED_TEXT`), or the numbers are all integers
+  (years, epoch seconds and milliseconds told apart by the same thresholds), and the
+  results lie within the years 1 to 9999. A chunk mixing zoned and unzoned strings,
+  or holding any other form, takes the msgspec path.
 
 Unknown fields are ignored, as by the msgspec structs.
 """
@@ -33,20 +40,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from shared import eventtime
 from shared.contract import Contract
 
 from .envelope import event_time_column, feature_type, label_type
 
 _TIME_TYPES: dict[type, pa.DataType] = {str: pa.string(), int: pa.int64(), type(None): pa.string()}
 """Arrow type of ``event_time`` by the JSON type of the chunk's first one. Floats are
-left to the msgspec path: Arrow's float-to-string cast does not always write what
-Python's ``str`` does, and batch tables keep event times as text."""
+left to the msgspec path (fractions of a second are rounded by Python's ``timedelta``)."""
 
 
 class _Head(msgspec.Struct):
@@ -92,7 +100,7 @@ class ArrowDecoder:
         return options
 
     def decode(
-        self, values: Sequence[bytes], lines: bytes, ingested_at: str
+        self, values: Sequence[bytes], lines: bytes, ingested_at: datetime
     ) -> tuple[str, dict[str, pa.ChunkedArray]] | None:
         """The dataset and its batch columns (id, event time, features, label; source
         columns excluded) for a clean chunk of ``values``, else None.
@@ -121,7 +129,7 @@ class ArrowDecoder:
         return self._columns(contract, table, ingested_at)
 
     def _columns(
-        self, contract: Contract, table: pa.Table, ingested_at: str
+        self, contract: Contract, table: pa.Table, ingested_at: datetime
     ) -> tuple[str, dict[str, pa.ChunkedArray]] | None:
         dataset = table.column("dataset")
         ids = table.column("event_id")
@@ -143,10 +151,12 @@ class ArrowDecoder:
                 return None
         flat = table.select(["features"]).flatten()
         columns: dict[str, pa.ChunkedArray] = {contract.id: ids}
-        times = table.column("event_time")
-        if times.type != pa.string():
-            times = times.cast(pa.string())
-        columns[event_time_column(contract)] = times.fill_null(ingested_at)
+        times = _event_times(table.column("event_time"))
+        if times is None:
+            return None
+        columns[event_time_column(contract)] = times.fill_null(
+            pa.scalar(ingested_at, eventtime.ARROW_TYPE)
+        )
         for f in contract.features:
             values = flat.column(f"features.{f.name}")
             if values.null_count and not f.nullable:
@@ -174,3 +184,49 @@ def _utf8(data: bytes) -> bool:
 def _finite(values: pa.ChunkedArray) -> bool:
     """No NaN or infinity among ``values`` (nulls allowed)."""
     return values.null_count == len(values) or bool(pc.all(pc.is_finite(values)).as_py())
+
+
+def _event_times(times: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """The event-time column as :data:`shared.eventtime.ARROW_TYPE` (nulls kept), or
+    None when some value is not provably read as :func:`shared.eventtime.parse` reads it."""
+    try:
+        stamps = _text_times(times) if times.type == pa.string() else _number_times(times)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # an overflow, a bad date
+        return None
+    if stamps is None or stamps.null_count == len(stamps):
+        return stamps
+    bounds = pc.min_max(stamps.cast(pa.int64()))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low < eventtime.MIN_US or high > eventtime.MAX_US:
+        return None
+    return stamps
+
+
+def _text_times(times: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    if times.null_count == len(times):
+        return times.cast(eventtime.ARROW_TYPE)
+    text = pc.replace_substring_regex(times, eventtime.YEAR_TEXT, r"\1-01-01")
+    if pc.all(pc.match_substring_regex(text, eventtime.NAIVE_TEXT)).as_py():
+        # Without a zone: UTC (a zone-less cast keeps the clock reading as UTC).
+        return text.cast(pa.timestamp("us")).cast(eventtime.ARROW_TYPE)
+    if pc.all(pc.match_substring_regex(text, eventtime.ZONED_TEXT)).as_py():
+        return text.cast(eventtime.ARROW_TYPE)
+    return None
+
+
+def _number_times(times: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Integers by the number rule: years, epoch seconds or epoch milliseconds."""
+    years = pc.and_(
+        pc.greater_equal(times, eventtime.YEAR_MIN), pc.less_equal(times, eventtime.YEAR_MAX)
+    )
+    millis = pc.greater_equal(pc.abs_checked(times), eventtime.MS_THRESHOLD)
+    micros = pc.if_else(
+        millis,
+        pc.multiply_checked(pc.if_else(millis, times, 0), 1000),
+        pc.multiply_checked(pc.if_else(millis, 0, times), 1_000_000),
+    )
+    if pc.any(years).as_py():
+        text = pc.cast(pc.if_else(years, times, 1970), pa.string())
+        jan1 = pc.binary_join_element_wise(text, "-01-01", "").cast(pa.timestamp("us"))
+        micros = pc.if_else(years, jan1.cast(pa.int64()), micros)
+    return micros.cast(pa.timestamp("us")).cast(eventtime.ARROW_TYPE)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
+from shared import eventtime
 from shared.contract import Contract, Feature
 
 SOURCE_TOPIC = "_source_topic"
@@ -57,7 +59,7 @@ def batch_schema(contract: Contract) -> pa.Schema:
     """The Arrow schema of ingestion's batch tables for ``contract``."""
     fields = [
         pa.field(contract.id, pa.string(), nullable=False),
-        pa.field(event_time_column(contract), pa.string(), nullable=False),
+        pa.field(event_time_column(contract), eventtime.ARROW_TYPE, nullable=False),
     ]
     fields += [pa.field(f.name, feature_type(f), nullable=f.nullable) for f in contract.features]
     fields.append(pa.field(contract.label.name, label_type(contract), nullable=False))
@@ -140,9 +142,12 @@ class EnvelopeChecker:
     def check(
         self,
         events: Sequence[dict[str, Any]],
-        ingested_at: str,
+        ingested_at: datetime,
     ) -> tuple[dict[str, list[Any]], list[Rejection | None]]:
         """Validate ``events`` (parsed JSON objects whose ``dataset`` is this contract).
+
+        Event times are parsed by :mod:`shared.eventtime` (a null or absent one is
+        ``ingested_at``); a nullable feature that is absent is null.
 
         Returns the normalised columns for *all* rows (feature/label/id/time name -> values)
         and one entry per event: None when accepted, else its :class:`Rejection`. Only the
@@ -163,22 +168,12 @@ class EnvelopeChecker:
                     )
         columns[self.contract.id] = ids
 
-        times = [e.get("event_time") for e in events]
-        time_types = set(map(type, times))
-        if not time_types <= {str}:
-            for i, v in enumerate(times):
-                if v is None:
-                    times[i] = ingested_at
-                elif type(v) in (int, float):
-                    times[i] = str(v)
-                elif type(v) is not str:
-                    _reject(
-                        errors,
-                        i,
-                        "wrong_type",
-                        "event_time",
-                        "event_time must be a string or number",
-                    )
+        times, bad = eventtime.parse_all([e.get("event_time") for e in events], ingested_at)
+        for i in bad:
+            try:
+                eventtime.parse(events[i].get("event_time"))
+            except eventtime.EventTimeError as err:
+                _reject(errors, i, "bad_event_time", "event_time", str(err))
         columns[event_time_column(self.contract)] = times
 
         feats = [e.get("features") for e in events]
@@ -204,8 +199,11 @@ class EnvelopeChecker:
         if not types <= allowed or (f.type == "int" and float in types):
             for i, v in enumerate(values):
                 if v is MISSING:
-                    _reject(errors, i, "missing_feature", f"features.{name}", "feature is missing")
                     values[i] = None
+                    if not f.nullable:  # an absent nullable feature is a null (as in msgspec)
+                        _reject(
+                            errors, i, "missing_feature", f"features.{name}", "feature is missing"
+                        )
                 elif v is None:
                     if not f.nullable:
                         _reject(errors, i, "null_feature", f"features.{name}", "feature is null")

@@ -15,11 +15,13 @@ about seven times the rate of a bare ``json.loads``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
+from shared import eventtime
 from shared.contract import Contract, Feature
 
 from .envelope import event_time_column
@@ -134,15 +136,18 @@ class FastDecoder:
             group[1].append(event)
         return groups, slow
 
-    def columns(self, name: str, events: list[Any], ingested_at: str) -> dict[str, list[Any]]:
-        """Batch columns (as the envelope checker makes them) from decoded events."""
+    def columns(
+        self, name: str, events: list[Any], ingested_at: datetime
+    ) -> tuple[dict[str, list[Any]], list[int]]:
+        """Batch columns (as the envelope checker makes them) from decoded events, and
+        the positions of the events whose time :mod:`shared.eventtime` cannot read
+        (their values are not usable; they belong on the slow path, which names the
+        problem)."""
         contract = self.contracts[name]
         ids = list(map(attrgetter("event_id"), events))
         if int in set(map(type, ids)):
             ids = [v if type(v) is str else str(v) for v in ids]
-        times = list(map(attrgetter("event_time"), events))
-        if not set(map(type, times)) <= {str}:
-            times = [ingested_at if v is None else v if type(v) is str else str(v) for v in times]
+        times, bad = eventtime.parse_all(list(map(attrgetter("event_time"), events)), ingested_at)
         cols: dict[str, list[Any]] = {contract.id: ids, event_time_column(contract): times}
         feats = list(map(attrgetter("features"), events))
         for f, get in self._feature_attrs[name]:
@@ -151,4 +156,4 @@ class FastDecoder:
                 values = [v if type(v) is not int else str(v) for v in values]
             cols[f.name] = values
         cols[contract.label.name] = list(map(attrgetter("label"), events))
-        return cols
+        return cols, bad

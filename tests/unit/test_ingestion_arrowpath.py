@@ -7,6 +7,7 @@ off, and compares everything they produce: batch tables, dead letters and counte
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -26,7 +27,7 @@ from shared.store import ArtifactStore
 
 from .test_ingestion_core import CONTRACT, Msg, event
 
-NOW = "2026-11-30T00:00:00+00:00"
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
 MIXED = parse_contract(
     {
         "name": "mixed",
@@ -55,14 +56,14 @@ def _run(
     decode = ing._arrow.decode
     used: list[bool] = []
 
-    def spy(chunk: Any, lines: bytes, now: str) -> Any:
+    def spy(chunk: Any, lines: bytes, now: datetime) -> Any:
         result = decode(chunk, lines, now) if arrow else None
         used.append(result is not None)
         return result
 
     ing._arrow.decode = spy  # type: ignore[method-assign]
     with mock.patch("services.ingestion.core.utcnow") as utcnow:
-        utcnow.return_value.isoformat.return_value = NOW
+        utcnow.return_value = NOW
         letters = ing.process([Msg(v, i) for i, v in enumerate(values)])
     counters = {
         tuple(s.labels.values()): s.value
@@ -194,3 +195,70 @@ def test_fuzzed_chunks_give_the_same_result_on_both_paths(
     tmp_path_factory: pytest.TempPathFactory, values: list[bytes]
 ) -> None:
     _same(tmp_path_factory.mktemp("arrow"), values)
+
+
+_INSTANTS = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.none()
+)
+_ZONES = st.sampled_from(["Z", "+00:00", "-00:00", "+02:00", "-05:30", "+14:00", "+23:59"])
+
+
+@st.composite
+def _event_time(draw: st.DrawFn) -> Any:
+    """An event time in one of the accepted forms (or a near miss)."""
+    at = draw(_INSTANTS)
+    form = draw(st.sampled_from(["date", "naive", "zoned", "year", "int", "ms", "float", "odd"]))
+    sep = draw(st.sampled_from(["T", " "]))
+    digits = draw(st.sampled_from([0, 1, 3, 6, 9]))
+    clock = at.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + (
+        "." + f"{at.microsecond:06d}{draw(st.integers(0, 999)):03d}"[:digits] if digits else ""
+    )
+    if form == "date":
+        return at.date().isoformat()
+    if form == "naive":
+        return clock if draw(st.booleans()) else clock[: draw(st.sampled_from([13, 16]))]
+    if form == "zoned":
+        return clock + draw(_ZONES)
+    if form == "year":
+        year = at.year
+        return f"{year:04d}" if draw(st.booleans()) else year
+    seconds = int((at.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+    if form == "int":
+        return seconds
+    if form == "ms":
+        return seconds * 1000 + draw(st.integers(0, 999))
+    if form == "float":
+        return seconds + draw(st.floats(0, 1, exclude_max=True))
+    near_misses = ["", "2016-02-30", "2016-13-01", "1700000000", "2016-01-01T24:00:00"]
+    near_misses += ["0000-01-01", "2016-01-01T10:20:30+24:00", "9999-12-31T23:00:00-02:00"]
+    return draw(st.sampled_from([*near_misses, "soon", 10**17, True]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(times=st.lists(_event_time() | st.none(), min_size=1, max_size=8), same=st.booleans())
+def test_event_times_in_every_form_give_the_same_batch_on_both_paths(
+    tmp_path_factory: pytest.TempPathFactory, times: list[Any], same: bool
+) -> None:
+    if same:  # a chunk of one form, the case the Arrow path is built for
+        times = [times[0]] * len(times)
+    values = [_dumps(event(i, event_time=t)) for i, t in enumerate(times)]
+    _same(tmp_path_factory.mktemp("times"), values)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        ["2016", "2017", "2018"],
+        ["2018-01-01", "2018-01-01T00:08:43.152000", "2018-01-01 00:17"],
+        ["2018-01-01T00:00:00Z", "2018-01-01T02:00:00+02:00", "2017-12-31T19:00:00.5-05:00"],
+        [2015, 1_700_000_000, 1_700_000_000_123, -86_400, None],
+    ],
+)
+def test_chunks_of_one_time_form_take_the_arrow_path(tmp_path: Path, times: list[Any]) -> None:
+    values = [_dumps(event(i, event_time=t)) for i, t in enumerate(times)]
+    assert _same(tmp_path, values)
+
+
+def test_mixed_zoned_and_unzoned_times_step_aside_and_still_agree(tmp_path: Path) -> None:
+    times = ["2018-01-01T00:00:00Z", "2018-01-01T00:00:00"]
+    assert not _same(tmp_path, [_dumps(event(i, event_time=t)) for i, t in enumerate(times)])

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,12 @@ def test_valid_events_become_one_content_addressed_batch(store: ArtifactStore) -
     assert batch.uri.endswith(f"raw/toy/{batch.sha256}.parquet")
     table = store.get_parquet(batch.uri)
     assert table.column("id").to_pylist() == [f"e{i}" for i in range(10)]
-    assert table.column("ts").to_pylist()[0] == "2024-01-01T00:00:00"
+    assert table.column("ts").to_pylist()[0] == datetime(2024, 1, 1, tzinfo=UTC)
+    assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
     assert table.schema.field("x").type == pa.float64()
     assert table.column("_source_offset").to_pylist() == list(range(10))
     assert [(o.partition, o.first, o.last) for o in batch.offsets] == [(0, 0, 9)]
-    assert batch.min_event_time == "2024-01-01T00:00:00"
+    assert batch.min_event_time == "2024-01-01T00:00:00+00:00"
     assert count(metrics, "toy", "accepted") == 10
     assert ing.flush() == []
 
@@ -114,7 +116,7 @@ def test_lenient_forms_are_normalised_by_the_slow_path(store: ArtifactStore) -> 
     rows = {r["id"]: r for r in store.get_parquet(batch.uri).to_pylist()}
     assert rows["e0"]["n"] == 4
     assert rows["e1"]["c"] == "2"
-    assert (rows["e2"]["y"], rows["e2"]["ts"]) == (1, "2015")
+    assert (rows["e2"]["y"], rows["e2"]["ts"]) == (1, datetime(2015, 1, 1, tzinfo=UTC))
     assert "77" in rows
 
 
