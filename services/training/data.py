@@ -1,8 +1,11 @@
 """Training data from a dataset version: a time-ordered split into train and holdout.
 
 The holdout is the latest slice of event time (the "future data" test). Rows are
-ordered by event time, ties broken by the id column (so a data set whose rows share
-one event time — the census reference is all 2015 — holds out its latest ids).
+ordered by real event time (a timestamp, :mod:`shared.eventtime`), never by its text,
+ties broken by the id column — numerically when every id is an integer, so ``"9999"``
+comes before ``"10000"``. When the holdout does not lie strictly after the training
+rows (no event time, or every row sharing one — the census reference is all 2015 —
+or the cut falling inside one time), the holdout record says it is not future data.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shared import eventtime
 from shared.contract import Contract
 from shared.features import table_to_frame
 
@@ -33,6 +37,9 @@ class Split:
     y_holdout: np.ndarray
     holdout: dict[str, Any]
     """How the holdout was chosen, in words and figures (for the model card)."""
+    t_train: np.ndarray | None = None
+    """Event times of the training rows (epoch microseconds, UTC; ascending, in the
+    rows' order), None without an event time: the search's time-ordered folds."""
 
 
 def _labels(contract: Contract, table: pa.Table) -> np.ndarray:
@@ -48,18 +55,50 @@ def _labels(contract: Contract, table: pa.Table) -> np.ndarray:
     return np.asarray([by_text[str(v)] for v in raw])
 
 
-def _order(contract: Contract, table: pa.Table) -> np.ndarray:
-    keys: list[tuple[str, str]] = []
-    if contract.event_time and contract.event_time in table.column_names:
-        keys.append((contract.event_time, "ascending"))
+def _event_times(contract: Contract, table: pa.Table) -> pa.ChunkedArray | None:
+    name = contract.event_time
+    if name is None or name not in table.column_names:
+        return None
+    try:
+        times = eventtime.to_timestamps(table.column(name))
+    except eventtime.EventTimeError as err:
+        raise TrainingDataError(f"event time {name!r}: {err}") from None
+    if times.null_count:
+        raise TrainingDataError(f"event time {name!r}: {times.null_count} rows have none")
+    return times
+
+
+def _id_key(table: pa.Table, id_col: str) -> pa.ChunkedArray:
+    """The id column as a sort key: integers when every id is one, else the text."""
+    ids = table.column(id_col)
+    if pa.types.is_integer(ids.type):
+        return ids
+    text = ids.cast(pa.string())
+    if pc.all(pc.match_substring_regex(text, r"^-?[0-9]{1,18}$")).as_py():
+        return text.cast(pa.int64())
+    return text
+
+
+def _order(contract: Contract, table: pa.Table, times: pa.ChunkedArray | None) -> np.ndarray:
+    keys: dict[str, pa.ChunkedArray] = {}
+    if times is not None:
+        keys["time"] = times
     if contract.id in table.column_names:
-        keys.append((contract.id, "ascending"))
+        keys["id"] = _id_key(table, contract.id)
     if not keys:
         return np.arange(table.num_rows)
-    return np.asarray(pc.sort_indices(table, sort_keys=keys))
+    sort_keys = [(k, "ascending") for k in keys]
+    return np.asarray(pc.sort_indices(pa.table(keys), sort_keys=sort_keys))
 
 
-def _time_text(table: pa.Table, column: str | None, index: int) -> str | None:
+def _iso(times: np.ndarray | None, index: int) -> str | None:
+    """The time at ``index`` of ``times`` (epoch microseconds) in ISO form."""
+    if times is None:
+        return None
+    return str(pa.scalar(int(times[index]), eventtime.ARROW_TYPE).as_py().isoformat())
+
+
+def _text(table: pa.Table, column: str | None, index: int) -> str | None:
     if column is None or column not in table.column_names:
         return None
     return str(table.column(column)[index].as_py())
@@ -89,53 +128,87 @@ def split(
     n_holdout = round(n * holdout_fraction)
     if n_holdout < 10 or n - n_holdout < 10:
         raise TrainingDataError(f"{n} rows are too few for a holdout of {holdout_fraction:.0%}")
-    ordered = table.take(pa.array(_order(contract, table)))
-    train = ordered.slice(0, n - n_holdout)
-    holdout = ordered.slice(n - n_holdout)
+    times = _event_times(contract, table)
+    order = pa.array(_order(contract, table, times))
+    ordered = table.take(order)
+    micros = None if times is None else times.take(order).cast(pa.int64()).to_numpy()
+    cut = n - n_holdout
+    train = ordered.slice(0, cut)
+    holdout = ordered.slice(cut)
     dropped = 0
     if max_train_rows is not None and train.num_rows > max_train_rows:
         dropped = train.num_rows - max_train_rows
         train = train.slice(dropped)
+    t_train = None if micros is None else micros[dropped:cut]
+    t_holdout = None if micros is None else micros[cut:]
     y_train = _labels(contract, train)
     y_holdout = _labels(contract, holdout)
     if contract.task == "classification" and len(set(y_train.tolist())) < 2:
         raise TrainingDataError("the training rows hold a single class")
-    time_col = contract.event_time
-    id_col = contract.id if contract.id in table.column_names else None
-    first = _time_text(holdout, time_col, 0)
-    last = _time_text(holdout, time_col, holdout.num_rows - 1)
-    same_time = first is not None and first == _time_text(train, time_col, train.num_rows - 1)
-    words = (
-        f"the latest {holdout_fraction:.0%} of rows by {time_col or 'row order'}"
-        + (f", ties broken by {id_col}" if id_col else "")
-        + (
-            f"; the training rows share the holdout's event time {first}, so the holdout"
-            f" is the latest {id_col or 'rows'} within it"
-            if same_time
-            else ""
-        )
-    )
-    description: dict[str, Any] = {
-        "method": "time-ordered",
-        "description": words,
-        "fraction": holdout_fraction,
-        "rows": holdout.num_rows,
-        "train_rows": train.num_rows,
-        "train_rows_dropped": dropped,
-        "event_time_column": time_col,
-        "first_event_time": first,
-        "last_event_time": last,
-        "train_last_event_time": _time_text(train, time_col, train.num_rows - 1),
-        "first_id": _time_text(holdout, id_col, 0),
-        "last_id": _time_text(holdout, id_col, holdout.num_rows - 1),
-    }
     return Split(
         x_train=table_to_frame(contract, train),
         y_train=y_train,
         x_holdout=table_to_frame(contract, holdout),
         y_holdout=y_holdout,
-        holdout=description,
+        holdout=_describe(contract, table, train, holdout, (t_train, t_holdout), holdout_fraction)
+        | {"train_rows_dropped": dropped},
+        t_train=t_train,
     )
+
+
+def _describe(
+    contract: Contract,
+    table: pa.Table,
+    train: pa.Table,
+    holdout: pa.Table,
+    times: tuple[np.ndarray | None, np.ndarray | None],
+    fraction: float,
+) -> dict[str, Any]:
+    """How the holdout was chosen, in words and figures, and whether it is future data
+    (every holdout row strictly later than every training row)."""
+    t_train, t_holdout = times
+    time_col = contract.event_time if t_train is not None else None
+    id_col = contract.id if contract.id in table.column_names else None
+    words = f"the latest {fraction:.0%} of rows by {time_col or 'row order'}" + (
+        f", ties broken by {id_col}" if id_col else ""
+    )
+    future = False
+    if t_train is None or t_holdout is None:
+        why = (
+            f"the contract has no event time, so the holdout is the latest {id_col or 'rows'}"
+            if contract.event_time is None
+            else f"the data has no {contract.event_time!r} column"
+        )
+    elif int(t_train[0]) == int(t_holdout[-1]):
+        why = (
+            f"every row shares the event time {_iso(t_holdout, 0)}, so the holdout is the"
+            f" latest {id_col or 'rows'} within it"
+        )
+    elif int(t_holdout[0]) <= int(t_train[-1]):
+        why = (
+            f"the training rows reach the holdout's first event time {_iso(t_holdout, 0)},"
+            f" so the holdout starts with the latest {id_col or 'rows'} within it"
+        )
+    else:
+        future = True
+        why = ""
+    if not future:
+        words += f"; it is not future data: {why}"
+    return {
+        "method": "time-ordered",
+        "description": words,
+        "future": future,
+        "fraction": fraction,
+        "rows": holdout.num_rows,
+        "train_rows": train.num_rows,
+        "event_time_column": time_col,
+        "first_event_time": _iso(t_holdout, 0),
+        "last_event_time": _iso(t_holdout, -1),
+        "train_first_event_time": _iso(t_train, 0),
+        "train_last_event_time": _iso(t_train, -1),
+        "first_id": _text(holdout, id_col, 0),
+        "last_id": _text(holdout, id_col, holdout.num_rows - 1),
+    }
 
 
 def corrupt_labels(

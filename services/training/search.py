@@ -33,6 +33,7 @@ from shared.contract import Contract
 from shared.features import build_pipeline
 
 from .estimators import BOOSTING, GRIDS, LINEAR, VOTING, describe, make_estimator
+from .folds import Splits, time_folds
 from .scoring import CV_SCORERS, higher_is_better
 
 
@@ -95,6 +96,8 @@ class SearchResult:
     """The cap on those rows (``training.search_max_rows``)."""
     sample: str = ""
     """How those rows were chosen, in words."""
+    cv: str = ""
+    """How the cross-validation folds were made, in words (time-ordered or why not)."""
 
 
 def _scorer(contract: Contract, metric: str) -> str:
@@ -109,6 +112,35 @@ def _folds(contract: Contract, folds: int, seed: int) -> KFold | StratifiedKFold
     if contract.task == "classification":
         return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return KFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def cv_splits(
+    contract: Contract,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    folds: int,
+    seed: int,
+    times: np.ndarray | None = None,
+) -> tuple[Splits, str]:
+    """The search's folds and how they were made.
+
+    Time-ordered folds (:func:`~services.training.folds.time_folds`) when the rows have
+    event times and those folds can be used; else shuffled folds (stratified for
+    classification), the description saying why.
+    """
+    if times is not None:
+        splits, words = time_folds(
+            times, y, folds=folds, classification=contract.task == "classification"
+        )
+        if splits is not None:
+            return splits, words
+        why = words
+    else:
+        why = "the rows have no event time"
+    shuffled = list(_folds(contract, folds, seed).split(x, y))
+    kind = "stratified " if contract.task == "classification" else ""
+    return shuffled, f"{folds} shuffled {kind}folds, not time-ordered: {why}"
 
 
 def _ordered_candidates() -> list[tuple[str, dict[str, Any]]]:
@@ -127,9 +159,19 @@ def search_rows(
     sample of ``max_rows``, stratified by label for classification, spread over the whole
     training period and kept in its (event-time) order.
     """
+    picked, words = _sample(contract, y, max_rows=max_rows, seed=seed)
+    if picked is None:
+        return x, y, words
+    return x.iloc[picked], y[picked], words
+
+
+def _sample(
+    contract: Contract, y: np.ndarray, *, max_rows: int | None, seed: int
+) -> tuple[np.ndarray | None, str]:
+    """Positions of the search rows in time order (None: every row), and the words."""
     n = len(y)
     if max_rows is None or n <= max_rows:
-        return x, y, f"all {n} training rows"
+        return None, f"all {n} training rows"
     # Stratifying needs two rows of every class; a rarer class is left to chance.
     stratified = (
         contract.task == "classification" and int(np.unique(y, return_counts=True)[1].min()) >= 2
@@ -137,11 +179,10 @@ def search_rows(
     picked, _ = train_test_split(
         np.arange(n), train_size=max_rows, stratify=y if stratified else None, random_state=seed
     )
-    picked = np.sort(picked)
     words = f"a seeded sample of {max_rows} of the {n} training rows" + (
         ", stratified by label" if stratified else ""
     )
-    return x.iloc[picked], y[picked], words
+    return np.sort(picked), words
 
 
 def _failed(family: str, params: dict[str, Any], started: float, err: Exception) -> Run:
@@ -169,16 +210,18 @@ def _cross_validate(
     metric: str,
     folds: int,
     seed: int,
+    times: np.ndarray | None = None,
 ) -> tuple[Run, list[Pipeline]]:
     started = time.perf_counter()
     scoring = _scorer(contract, metric)
     pipeline = build_pipeline(contract, make_estimator(contract.task, family, params, seed))
+    splits, _ = cv_splits(contract, x, y, folds=folds, seed=seed, times=times)
     try:
         result = cross_validate(
             pipeline,
             x,
             y,
-            cv=_folds(contract, folds, seed),
+            cv=splits,
             scoring=scoring,
             error_score="raise",
             return_estimator=True,
@@ -199,9 +242,15 @@ def evaluate_candidate(
     metric: str,
     folds: int,
     seed: int,
+    times: np.ndarray | None = None,
 ) -> Run:
-    """Cross-validate one candidate; a failing candidate is a run with ``status=failed``."""
-    run, _ = _cross_validate(contract, family, params, x, y, metric=metric, folds=folds, seed=seed)
+    """Cross-validate one candidate; a failing candidate is a run with ``status=failed``.
+
+    ``times``: the rows' event times, for time-ordered folds (see :func:`cv_splits`).
+    """
+    run, _ = _cross_validate(
+        contract, family, params, x, y, metric=metric, folds=folds, seed=seed, times=times
+    )
     return run
 
 
@@ -215,6 +264,7 @@ def evaluate_ensemble(
     metric: str,
     folds: int,
     seed: int,
+    times: np.ndarray | None = None,
 ) -> Run:
     """Cross-validate the soft-voting ensemble ``params`` on its members' fold fits.
 
@@ -228,6 +278,7 @@ def evaluate_ensemble(
         metric: the primary metric.
         folds: cross-validation folds.
         seed: seed of the folds and the estimators.
+        times: the rows' event times, as given to the members' cross-validation.
 
     A voting ensemble fits each member on the fold's rows exactly as the member's own
     cross-validation did, so the members are reused (frozen) rather than refitted: the
@@ -239,7 +290,7 @@ def evaluate_ensemble(
     scorer = get_scorer(scoring)
     scores: list[float] = []
     try:
-        splits = _folds(contract, folds, seed).split(x, y)
+        splits, _ = cv_splits(contract, x, y, folds=folds, seed=seed, times=times)
         for k, (train, test) in enumerate(splits):
             ensemble = make_estimator(contract.task, family, params, seed)
             frozen = [
@@ -266,6 +317,7 @@ def search(
     seed: int,
     max_rows: int | None = None,
     cancel: threading.Event | None = None,
+    times: np.ndarray | None = None,
 ) -> SearchResult:
     """Run the time-boxed search on the training rows.
 
@@ -279,15 +331,21 @@ def search(
         max_rows: cross-validate on at most this many rows (see :func:`search_rows`);
             None: on all of them.
         cancel: when set, :class:`RunCancelled` is raised before the next candidate.
+        times: the training rows' event times (``Split.t_train``): the folds then
+            train on the past and validate on the future (see :func:`cv_splits`).
     """
     metric = contract.promotion.primary_metric
     better = higher_is_better(metric)
-    x, y, sample = search_rows(contract, x, y, max_rows=max_rows, seed=seed)
+    picked, sample = _sample(contract, y, max_rows=max_rows, seed=seed)
+    if picked is not None:
+        x, y = x.iloc[picked], y[picked]
+        times = None if times is None else times[picked]
+    _, cv = cv_splits(contract, x, y, folds=folds, seed=seed, times=times)
 
     def run(family: str, params: dict[str, Any]) -> tuple[Run, list[Pipeline]]:
         check_cancel(cancel)
         return _cross_validate(
-            contract, family, params, x, y, metric=metric, folds=folds, seed=seed
+            contract, family, params, x, y, metric=metric, folds=folds, seed=seed, times=times
         )
 
     def pick(pool: list[Run]) -> Run | None:
@@ -328,6 +386,7 @@ def search(
                         metric=metric,
                         folds=folds,
                         seed=seed,
+                        times=times,
                     )
                 )
             first_fits.clear()
@@ -337,5 +396,5 @@ def search(
             "every search candidate failed: " + "; ".join(str(r.error) for r in runs)
         )
     return SearchResult(
-        runs, best, metric, budget_s, bool(not_run), not_run, len(y), max_rows, sample
+        runs, best, metric, budget_s, bool(not_run), not_run, len(y), max_rows, sample, cv
     )

@@ -229,6 +229,7 @@ def _train(
             folds=config.cv_folds,
             seed=seed,
             max_rows=contract.training.search_max_rows,
+            times=data.t_train,
             cancel=cancel,
         )
     _report(on_phase, phases, "search", cancel)
@@ -287,6 +288,7 @@ def _train(
             "search_rows": found.rows,
             "search_max_rows": found.max_rows,
             "search_sample": found.sample,
+            "search_folds": found.cv,
             "refit_rows": len(prepared.y_train),
             "chosen": best.as_record()["name"],
             "candidates": [r.as_record() for r in found.runs],
@@ -336,6 +338,7 @@ def _train(
             "rows": found.rows,
             "max_rows": found.max_rows,
             "sample": found.sample,
+            "folds": found.cv,
         },
         runs=[
             {"name": r.as_record()["name"], "cv_mean": r.cv_mean, "status": r.status}
@@ -444,7 +447,9 @@ def model_card(contract: Contract, m: ModelManifest) -> list[str]:
         f"{holdout['train_rows']} training rows, holdout = {holdout['description']} "
         f"({holdout['rows']} rows).",
         f"Search: {extra['runs_tried']} candidates (seed {m.seed}) cross-validated on "
-        f"{extra['search'].get('sample') or 'the training rows'}, {metric} "
+        f"{extra['search'].get('sample') or 'the training rows'}"
+        + (f" ({extra['search']['folds']})" if extra["search"].get("folds") else "")
+        + f", {metric} "
         f"{extra['cv_score']['mean']:.4f} ± {extra['cv_score']['std']:.4f} for the chosen "
         f"one, then refit on all {holdout['train_rows']} training rows"
         + (
