@@ -8,6 +8,10 @@ spelling of it otherwise): numeric features (float, int, bool) as ``tensor(float
 ``[N, 1]``, categories as ``tensor(string)`` ``[N, 1]``. Parity builds its feeds with
 :func:`onnx_feeds`; serving's feeds are keyed by feature name and renamed with the
 manifest's mapping, so both sides run the same transformation.
+
+Nulls, on both sides alike: a null numeric feature is NaN (the graph's ``Imputer``
+replaces it by the training median; bools are 0/1, so a null bool is NaN too), a null
+category is :data:`MISSING_CATEGORY`, a value of its own in the encoding.
 """
 
 from __future__ import annotations
@@ -104,7 +108,9 @@ def _numeric_part(contract: Contract, scale: bool) -> list[tuple[str, Any, list[
     steps: list[tuple[str, Any]] = []
     if any(contract.feature(n).nullable for n in numeric):
         # ONNX's Imputer runs on float32 only, so it is added only where nulls can occur.
-        steps.append(("impute", SimpleImputer(strategy="median")))
+        # A column null in every training row is kept (imputed 0): dropping it would
+        # leave the exported graph one input column short of its scaler or model.
+        steps.append(("impute", SimpleImputer(strategy="median", keep_empty_features=True)))
     if scale:
         steps.append(("scale", StandardScaler()))
     return [("num", Pipeline(steps) if steps else "passthrough", numeric)]
