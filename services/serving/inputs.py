@@ -12,6 +12,11 @@ Two request styles are accepted (``ModelMetadata`` lists both):
   for numeric features, BYTES (UTF-8) for categories (empty string = null). Each tensor
   is named exactly as the contract names the feature (``sepal length (cm)``).
 
+A null, where the contract says ``nullable``: NaN in an FP32/FP64 tensor (either
+style), an empty string in a BYTES tensor, or, one tensor per feature, the feature's
+tensor left out (every row null, as an absent feature in a data event). INT32, INT64
+and BOOL tensors have no null; send such a column as FP32 with NaN.
+
 Names and values are any text, so the parameters listing them (``columns``,
 ``category_encoding``, ``values``) are JSON.
 
@@ -272,8 +277,11 @@ class InputSpec:
             dup = next(t.name for t in tensors if [u.name for u in tensors].count(t.name) > 1)
             raise invalid(f"input {dup!r}: sent more than once")
         missing = [n for n in self.names if n not in given]
-        if missing:
-            raise invalid(f"input {missing[0]!r}: missing (features missing: {missing})")
+        required = [n for n in missing if not self.by_name[n].nullable]
+        if required:
+            raise invalid(f"input {required[0]!r}: missing (features missing: {required})")
+        if not tensors:
+            raise invalid("the request has no input tensors")
         rows = -1
         feeds: Feeds = {}
         for t in tensors:
@@ -286,6 +294,12 @@ class InputSpec:
                 raise invalid(f"input {t.name!r}: {t.shape[0]} rows, but other inputs have {rows}")
             f = self.by_name[t.name]
             feeds[t.name] = self._numeric(t, f) if f.is_numeric else self._category(t, f)
+        for name in missing:  # nullable features left out: null in every row
+            feeds[name] = (
+                np.full((rows, 1), np.nan, dtype=np.float32)
+                if name in self.numeric
+                else np.full((rows, 1), MISSING_CATEGORY, dtype=object)
+            )
         return feeds, rows
 
     def _numeric(self, t: Tensor, f: Feature) -> np.ndarray:
