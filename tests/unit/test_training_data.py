@@ -126,3 +126,59 @@ def test_corrupt_labels_is_seeded() -> None:
     assert int((flipped != y).sum()) == n
     assert (flipped == again).all()
     assert corrupt_labels(toy_contract(), y, 0.0, seed=7)[1] == 0
+
+
+def _numbered(ids: list[str], times: list[Any]) -> pa.Table:
+    """A learnable toy table with the given (string) ids and event times."""
+    return toy_table(len(ids)).set_column(0, "id", pa.array(ids)).set_column(1, "ts", times)
+
+
+def test_the_holdout_is_the_latest_by_real_time_never_by_text() -> None:
+    # As text, "10000" sorts before "9999" and 10000 seconds ("10000") before a year
+    # ("9999"); as times and numbers the order is the real one.
+    n = 300
+    ids = [str(9_900 + i) for i in range(n)]  # "9900" ... "10199"
+    seconds = pa.array([1_700_000_000 + 60 * i for i in range(n)])
+    shuffled = np.random.default_rng(3).permutation(n)
+    table = _numbered(ids, seconds).take(pa.array(shuffled))
+    data = split(toy_contract(), table, holdout_fraction=0.2)
+    assert (data.holdout["first_id"], data.holdout["last_id"]) == ("10140", "10199")
+    assert data.holdout["future"] is True
+    assert "not future data" not in data.holdout["description"]
+    assert data.holdout["first_event_time"] == "2023-11-15T02:13:20+00:00"
+    assert data.t_train is not None
+    assert (np.diff(data.t_train) > 0).all()
+    # Times stored as text by an older ingestion are read by the same rule.
+    legacy = _numbered(ids, pa.array([str(v) for v in seconds.to_pylist()]))
+    assert split(toy_contract(), legacy, holdout_fraction=0.2).holdout["first_id"] == "10140"
+
+
+def test_ties_are_broken_by_numeric_id_and_the_holdout_is_said_not_future() -> None:
+    n = 300
+    table = _numbered([str(9_900 + i) for i in range(n)], pa.array(["2016"] * n))
+    data = split(toy_contract(), table, holdout_fraction=0.2)
+    assert (data.holdout["first_id"], data.holdout["last_id"]) == ("10140", "10199")
+    assert data.holdout["future"] is False
+    assert (
+        "not future data: every row shares the event time 2016-01-01"
+        in (data.holdout["description"])
+    )
+    # Ids that are not all integers sort as text.
+    mixed = _numbered([f"a{9_900 + i}" for i in range(n)], pa.array(["2016"] * n))
+    assert split(toy_contract(), mixed, holdout_fraction=0.2).holdout["last_id"] == "a9999"
+
+
+def test_without_an_event_time_the_holdout_is_said_not_future() -> None:
+    contract = toy_contract(event_time=None)
+    data = split(contract, toy_table(300), holdout_fraction=0.2)
+    assert data.holdout["future"] is False
+    assert data.t_train is None
+    assert "the contract has no event time" in data.holdout["description"]
+
+
+def test_a_cut_inside_one_event_time_is_said_not_future() -> None:
+    # 300 rows at 3 times: the 20 % holdout starts inside the last time.
+    table = _numbered([str(i) for i in range(300)], pa.array([2015 + i // 100 for i in range(300)]))
+    data = split(toy_contract(), table, holdout_fraction=0.2)
+    assert data.holdout["future"] is False
+    assert "the training rows reach the holdout's first event time" in (data.holdout["description"])
