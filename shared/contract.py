@@ -112,20 +112,52 @@ class TrainingPolicy(_Strict):
     seed: int = 42
 
 
+PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("roc_auc", "accuracy", "f1", "log_loss"),
+    "regression": ("r2", "mae", "rmse"),
+}
+"""The metrics a contract may name as ``promotion.primary_metric``, by task (default first)."""
+
+
 class PromotionPolicy(_Strict):
     """Gates a challenger must pass, and how it is deployed."""
 
     strategy: Literal["direct", "shadow", "canary", "manual"] = "direct"
     canary_percent: float = Field(10.0, gt=0, le=100)
     primary_metric: str = "roc_auc"
+    """The metric that ranks candidates and decides gates: ``roc_auc``, ``accuracy``,
+    ``f1`` or ``log_loss`` for classification (default ``roc_auc``; one-vs-rest macro
+    for multiclass), ``r2``, ``mae`` or ``rmse`` for regression (default ``r2``)."""
     min_improvement: float = 0.0
-    """The challenger must beat the champion by at least this on the primary metric."""
+    """The challenger must beat the champion by at least this on the primary metric
+    (in the metric's units: label units for ``mae``/``rmse``)."""
     max_fairness_gap: float = Field(0.25, ge=0)
-    """Largest allowed gap between groups (selection rate, FPR, FNR)."""
+    """Largest allowed gap between groups. Classification: of the selection rate, FPR
+    and FNR of the positive class (binary: the contract's last class), or of each class
+    one-vs-rest (multiclass). Regression: of the relative MAE, a group's MAE divided by
+    the holdout's mean absolute deviation of the label (the MAE of always predicting
+    the mean), so the limit is scale-free."""
     max_group_regression: float = Field(0.05, ge=0)
-    """Largest allowed drop of the primary metric on any group versus the champion."""
-    parity_tolerance: float = Field(1e-5, gt=0)
-    """Largest allowed |sklearn - onnxruntime| probability difference."""
+    """Largest allowed drop of the primary metric on any group versus the champion
+    (for ``mae``/``rmse``: the growth of the group's error as a share of the champion's)."""
+    parity_atol: float = Field(1e-5, gt=0)
+    """Absolute part of the sklearn/onnxruntime parity tolerance: every output (class
+    probability or regression value) must satisfy ``|a - b| <= atol + rtol * |b|``
+    (``b`` the sklearn value). ``parity_tolerance``, its former name, is still read."""
+    parity_rtol: float = Field(1e-5, ge=0)
+    """Relative part of the parity tolerance: ONNX Runtime computes in float32, whose
+    rounding grows with the value (a regression output in the millions is off by
+    ~0.1), so an absolute bound alone refuses models of large labels."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "parity_tolerance" in data:
+            if "parity_atol" in data:
+                raise ValueError("parity_tolerance is the former name of parity_atol: give one")
+            data = {**data, "parity_atol": data["parity_tolerance"]}
+            del data["parity_tolerance"]
+        return data
 
 
 class ValidationPolicy(_Strict):
@@ -185,6 +217,16 @@ class Contract(_Strict):
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
     monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        # The default primary metric depends on the task: R2 (scale-free) for regression.
+        if isinstance(data, dict) and data.get("task") == "regression":
+            promotion = data.get("promotion") or {}
+            if isinstance(promotion, dict) and "primary_metric" not in promotion:
+                data = {**data, "promotion": {**promotion, "primary_metric": "r2"}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Contract:
         names = [f.name for f in self.features]
@@ -201,8 +243,12 @@ class Contract(_Strict):
                 raise ValueError("label.classes: classification needs at least two classes")
         elif self.label.classes:
             raise ValueError("label.classes: a regression label has no classes")
-        if self.task == "regression" and self.promotion.primary_metric == "roc_auc":
-            raise ValueError("promotion.primary_metric: roc_auc is for classification")
+        metric, known = self.promotion.primary_metric, PRIMARY_METRICS[self.task]
+        if metric not in known:
+            raise ValueError(
+                f"promotion.primary_metric: {metric!r} is not a {self.task} metric "
+                f"(one of {', '.join(known)})"
+            )
         return self
 
     @property
@@ -222,7 +268,8 @@ def _format_error(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{path}: {loc}: {e['msg']}")
+        # Our own validators' messages are the "what"; pydantic prefixes them.
+        lines.append(f"{path}: {loc}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

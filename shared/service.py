@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
 
+from shared.contract import ContractError, load_contracts
 from shared.logging import configure_logging
 from shared.metrics import MetricsServer
 from shared.settings import ServiceSettings
@@ -111,7 +113,21 @@ async def serve(name: str, settings: S, build: Builder[S], log: Any) -> int:
     return 1 if runtime.failure else 0
 
 
+BAD_CONTRACT_EXIT = 2
+"""Exit code of a service refused to start by a bad contract (a restart cannot help)."""
+
+
 def run_service(name: str, settings: S, build: Builder[S]) -> int:
-    """The ``main`` of a service: logging, the event loop, exit code."""
+    """The ``main`` of a service: logging, the event loop, exit code.
+
+    A bad contract stops it before anything starts: the one-line ``<file>: <field>:
+    <what>`` error on stderr (and in the log), exit code :data:`BAD_CONTRACT_EXIT`.
+    """
     log = configure_logging(name, settings.log_format, settings.log_level)
+    try:
+        load_contracts(settings.contracts)
+    except ContractError as err:
+        log.error("service.bad_contract", error=str(err))
+        print(f"error: {err}", file=sys.stderr)
+        return BAD_CONTRACT_EXIT
     return asyncio.run(serve(name, settings, build, log))

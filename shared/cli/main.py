@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # Each module has ``register(app)``; the order is the order of ``flywheel --help``.
-COMMAND_MODULES = ("stack", "admin", "data", "models", "predict", "lineage")
+COMMAND_MODULES = ("stack", "admin", "contract", "data", "models", "predict", "lineage")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"shared.cli.{_name}").register(app)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,12 +37,20 @@ def write(tmp_path: Path, data: object, name: str = "toy") -> Path:
 
 def test_shipped_contracts_load() -> None:
     contracts = load_contracts(CONTRACTS)
-    assert set(contracts) == {"census_employment", "car_loan"}
+    assert set(contracts) == {"census_employment", "car_loan", "iris", "diabetes"}
     census = contracts["census_employment"]
     assert len(census.features) == 16
     assert census.groups == ["SEX", "RAC1P"]
     assert census.feature("SEX").values == ["1", "2"]
     assert census.label.classes == [0, 1]
+    iris = contracts["iris"]
+    assert iris.feature_names[0] == "sepal length (cm)"  # scikit-learn's own names
+    assert iris.label.classes == ["virginica", "setosa", "versicolor"]  # not sorted, on purpose
+    assert iris.training.min_rows <= 100  # trains on the 100 reference rows
+    diabetes = contracts["diabetes"]
+    assert diabetes.task == "regression"
+    assert diabetes.label.name == "disease_progression"
+    assert diabetes.training.min_rows <= 300
 
 
 def test_good_contract_defaults(tmp_path: Path) -> None:
@@ -115,6 +126,54 @@ def test_broken_yaml_and_non_mapping(tmp_path: Path) -> None:
     broken.write_text("- a list\n", encoding="utf-8")
     with pytest.raises(ContractError, match=r"toy\.yaml: \(top level\): expected a mapping"):
         load_contract(broken)
+
+
+def test_validator_messages_carry_no_pydantic_prefix(tmp_path: Path) -> None:
+    path = write(tmp_path, mutate(features=[{"name": "a\u0007", "type": "float"}]))
+    with pytest.raises(ContractError) as err:
+        load_contract(path)
+    assert str(err.value) == f"{path}: features.0.name: 'a\\x07' has a control character ('\\x07')"
+
+
+def _bad_folder(tmp_path: Path) -> Path:
+    """The shipped contracts plus one whose feature name holds a tab."""
+    folder = tmp_path / "contracts"
+    folder.mkdir()
+    for path in CONTRACTS.glob("*.yaml"):
+        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    write(folder, mutate(features=[{"name": "tab\there", "type": "float"}]))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(Path(sys.executable).parent / "flywheel"), "up"],
+        [sys.executable, "-m", "services.ingestion"],
+    ],
+    ids=["flywheel-up", "ingestion"],
+)
+def test_one_bad_contract_stops_start_up_with_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    folder = _bad_folder(tmp_path)
+    env = {**os.environ, "FLYWHEEL_CONTRACTS": str(folder), "KAFKA_BOOTSTRAP_SERVERS": ""}
+    done = subprocess.run(
+        [*command, *(["--log-dir", str(tmp_path / "logs")] if command[-1] == "up" else [])],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: {folder / 'toy.yaml'}: features.0.name: 'tab\\there' has a "
+        "control character ('\\t')"
+    ], lines
+    assert not (tmp_path / "logs" / "broker.log").exists()  # nothing was started
 
 
 def test_missing_file_and_folder(tmp_path: Path) -> None:
