@@ -1,9 +1,11 @@
 """Kafka wiring: one place builds every client from :class:`KafkaSettings`.
 
-Only standard Kafka client features are used, so the same code runs against the
-embedded Tansu broker and a real Apache Kafka cluster. Tansu-specific limits are
-handled by settings (short session timeouts in tests) and by recreating topics on
-(re)connect, never by special-casing the broker.
+Only behaviour the Kafka protocol documents is relied on, so the same code runs against
+the embedded Tansu broker and a real Apache Kafka cluster: topics are created explicitly
+(with their partitions and retention) and their partitions found with explicit metadata
+requests (:mod:`shared.kafka_protocol`); producers wait for ``acks=all`` and are
+idempotent where the broker grants it. Tansu's differences (docs/operations.md) are
+handled by recreating topics on (re)connect, never by special-casing the broker.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from faststream.kafka import KafkaBroker
 from faststream.security import (
     BaseSecurity,
@@ -27,7 +29,9 @@ from faststream.security import (
 )
 
 from shared.events import Event
+from shared.kafka_protocol import TopicsUnavailable, fetch_partitions, producer_mode
 from shared.settings import KafkaSettings
+from shared.topic_specs import RETENTION_MS
 from shared.topics import (
     HEADER_CONTENT_TYPE,
     HEADER_SCHEMA_VERSION,
@@ -80,6 +84,31 @@ def consumer_kwargs(settings: KafkaSettings, client: str, group_id: str | None) 
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
     }
+
+
+async def producer_kwargs(settings: KafkaSettings, client: str) -> dict[str, Any]:
+    """aiokafka producer arguments: ``acks=all``, idempotent where the broker grants it.
+
+    Whether it does is probed once per cluster (:func:`shared.kafka_protocol.producer_mode`,
+    logged as ``kafka.producer_mode``); where it does not (Tansu), sends are plain
+    at-least-once and consumers deduplicate by event id and content hash.
+    """
+    return {
+        **client_kwargs(settings, client),
+        "acks": "all",
+        "enable_idempotence": await producer_mode(settings),
+    }
+
+
+def new_topic(settings: KafkaSettings, name: str) -> NewTopic:
+    """The CreateTopics entry for one of Flywheel's topics: partitions, replication and
+    its ``retention.ms`` (topics outside the registry keep the broker's default)."""
+    configs = {"retention.ms": str(RETENTION_MS[name])} if name in RETENTION_MS else {}
+    return NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
+
+
+class TopicCreationFailed(KafkaError):  # type: ignore[misc]
+    """The broker refused to create a topic (e.g. more replicas than brokers)."""
 
 
 def faststream_security(settings: KafkaSettings) -> BaseSecurity | None:
@@ -137,7 +166,15 @@ async def ensure_topics(
     """Create any of ``topics`` that do not exist yet; returns the ones created.
 
     Idempotent, and retried while the broker is not reachable yet, so a service can
-    call it on every (re)connect: Tansu loses its topics when it restarts.
+    call it on every (re)connect: Tansu loses its topics when it restarts. The broker's
+    per-topic answer is checked (aiokafka returns it without raising; "already exists"
+    is fine, anything else raises :class:`TopicCreationFailed`), and the call returns
+    only once the created topics have led partitions in the metadata: Kafka creates
+    topics asynchronously, so a client right after would otherwise find none.
+
+    Raises:
+        ConnectionError: no broker answered in ``attempts`` tries.
+        TopicCreationFailed: the broker refused a topic.
     """
     wanted = list(dict.fromkeys(topics))
     last: Exception | None = None
@@ -148,19 +185,30 @@ async def ensure_topics(
             existing = set(await admin.list_topics())
             missing = [t for t in wanted if t not in existing]
             if missing:
-                new = [
-                    NewTopic(t, settings.partitions, settings.replication_factor) for t in missing
-                ]
-                # A concurrent service may have created it first: that is fine.
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(new)
+                response = await admin.create_topics([new_topic(settings, t) for t in missing])
+                _check_created(response)
+                await fetch_partitions(settings, missing, settings.request_timeout_ms / 1000)
             return missing
-        except (KafkaConnectionError, OSError) as err:
+        except (KafkaConnectionError, OSError, TopicsUnavailable) as err:
             last = err
             await asyncio.sleep(retry_delay_s)  # broker not up yet: back off and retry
         finally:
             await admin.close()
     raise ConnectionError(f"cannot reach Kafka at {settings.servers}: {last}")
+
+
+def _check_created(response: Any) -> None:
+    """Raise for a topic the CreateTopics response refused (other than "already exists":
+    a concurrent service may have created it first)."""
+    refused = []
+    for topic, code, *rest in response.topic_errors:
+        error = for_code(code)
+        if code == 0 or error is TopicAlreadyExistsError:
+            continue
+        message = rest[0] if rest and rest[0] else error.__name__
+        refused.append(f"{topic}: {message}")
+    if refused:
+        raise TopicCreationFailed("; ".join(refused))
 
 
 class EventPublisher:
@@ -174,24 +222,41 @@ class EventPublisher:
         client: a short name for the client id (e.g. ``training-producer``).
         log: the service logger (retries are logged).
         attempts: sends tried before the error is raised.
+        sign: signs the events that carry a signature (deployments and their requests,
+            :class:`shared.signing.Signer`); None publishes them unsigned.
     """
 
-    def __init__(self, settings: KafkaSettings, client: str, log: Any, attempts: int = 5):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        client: str,
+        log: Any,
+        attempts: int = 5,
+        sign: Callable[[Event], Event] | None = None,
+    ):
         self.settings = settings
         self.log = log
         self.attempts = attempts
-        self._producer = AIOKafkaProducer(**client_kwargs(settings, client), acks="all")
+        self.sign = sign
+        self.client = client
+        self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        """Connect."""
+        """Connect (idempotent where the broker grants it, see :func:`producer_kwargs`)."""
+        self._producer = AIOKafkaProducer(**await producer_kwargs(self.settings, self.client))
         await self._producer.start()
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def publish(self, topic: str, key: str, event: Event) -> None:
         """Send ``event`` to ``topic`` and wait for the broker's acknowledgement."""
+        if self.sign is not None:
+            event = self.sign(event)
+        if self._producer is None:
+            raise RuntimeError("EventPublisher.publish before start")
         value = event.model_dump_json().encode()
         hdrs = [(k, v.encode()) for k, v in headers(event.id).items()]
         for attempt in range(1, self.attempts + 1):
@@ -249,32 +314,44 @@ async def describe_topics(settings: KafkaSettings) -> dict[str, int]:
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if not t.startswith("__")]
-        described = await admin.describe_topics(names)
-        return {d["topic"]: len(d["partitions"]) for d in described}
     finally:
         await admin.close()
+    if not names:
+        return {}
+    found = await fetch_partitions(settings, names, settings.request_timeout_ms / 1000)
+    return {name: len(parts) for name, parts in found.items()}
 
 
 async def consumer_lag(settings: KafkaSettings) -> dict[str, dict[str, int]]:
-    """Consumer group -> topic -> lag (end offset minus committed offset, summed)."""
+    """Consumer group -> topic -> lag (end offset minus committed offset, summed).
+
+    Committed offsets are asked for explicit partitions (every partition of every
+    non-internal topic), which every broker answers; partitions a group never
+    committed (offset -1) are left out.
+    """
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
 
     admin = AIOKafkaAdminClient(**client_kwargs(settings, "admin"))
     consumer = AIOKafkaConsumer(**client_kwargs(settings, "lag"))
     await admin.start()
     await consumer.start()
     try:
+        names = [t for t in await admin.list_topics() if not t.startswith("__")]
+        found = await fetch_partitions(settings, names, settings.request_timeout_ms / 1000)
+        partitions = [TopicPartition(t, p) for t, ps in found.items() for p in ps]
+        ends = await consumer.end_offsets(partitions) if partitions else {}
         lag: dict[str, dict[str, int]] = {}
         for group, _protocol in await admin.list_consumer_groups():
-            committed = await admin.list_consumer_group_offsets(group)
-            if not committed:
-                continue
-            ends = await consumer.end_offsets(list(committed))
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
             per_topic: dict[str, int] = {}
             for tp, meta in committed.items():
-                behind = max(0, ends.get(tp, 0) - max(meta.offset, 0))
+                if meta.offset < 0:
+                    continue
+                behind = max(0, ends.get(tp, 0) - meta.offset)
                 per_topic[tp.topic] = per_topic.get(tp.topic, 0) + behind
-            lag[group] = per_topic
+            if per_topic:
+                lag[group] = per_topic
         return lag
     finally:
         await consumer.stop()

@@ -61,6 +61,24 @@ class ServiceProcess:
         return self._proc.pid if self._proc else None
 
     @property
+    def ready(self) -> bool:
+        """True once the running child has logged ``service.ready``."""
+        return bool(self.ready_info) and self.returncode is None
+
+    def last_error(self) -> str:
+        """The child's last error record (``event: error``), else its last plain line
+        (a traceback's final line), else ``""``."""
+        plain = ""
+        for line in reversed(self.tail):
+            rec = parse_line(line)
+            if rec is None:
+                plain = plain or line.strip()
+                continue
+            if rec.get("level") in ("error", "critical"):
+                return f"{rec.get('event')}: {rec.get('error', '')}".rstrip(": ")
+        return plain
+
+    @property
     def returncode(self) -> int | None:
         """Exit code once the child has exited, else None."""
         return self._proc.poll() if self._proc else None

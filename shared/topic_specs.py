@@ -12,6 +12,10 @@ from pydantic import BaseModel
 
 from shared import events, topics
 
+DAY_MS = 24 * 3600 * 1000
+FOREVER = -1
+"""``retention.ms`` of a topic whose history is the record of decisions (never deleted)."""
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -23,6 +27,8 @@ class TopicSpec:
     producers: str
     consumers: str
     summary: str
+    retention_ms: int
+    """The topic's ``retention.ms``, set when ``flywheel ensure-topics`` creates it."""
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
@@ -33,6 +39,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "users (any Kafka client), `flywheel publish`",
         "ingestion",
         "one labelled record (user wire format)",
+        7 * DAY_MS,
     ),
     TopicSpec(
         topics.DATA_EVENTS_DLQ,
@@ -41,6 +48,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "ingestion",
         "people, monitoring",
         "a rejected event: original bytes, source offset, the field and what is wrong",
+        30 * DAY_MS,
     ),
     TopicSpec(
         topics.DATA_BATCHES,
@@ -49,6 +57,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "ingestion",
         "validation",
         "an immutable Parquet batch named by its sha256",
+        30 * DAY_MS,
     ),
     TopicSpec(
         topics.DATA_VALIDATED,
@@ -57,6 +66,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "validation",
         "training, monitoring",
         "a new immutable dataset version",
+        30 * DAY_MS,
     ),
     TopicSpec(
         topics.DATA_QUARANTINED,
@@ -65,6 +75,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "validation",
         "people, monitoring",
         "a refused batch, its failed rules and report",
+        30 * DAY_MS,
     ),
     TopicSpec(
         topics.MODELS_REGISTERED,
@@ -73,30 +84,53 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "training",
         "monitoring",
         "a registered model version with metrics and gates",
+        FOREVER,
     ),
     TopicSpec(
         topics.MODELS_DEPLOYMENTS,
         "model name",
         events.Deployment,
-        "training; promotion/rollback requests from `flywheel` and monitoring",
-        "serving, monitoring, training",
-        "champion / shadow / canary / rollback changes",
+        "training (the registry's one writer), signed",
+        "serving, monitoring",
+        "a recorded registry decision: champion / shadow / canary / rollback",
+        FOREVER,
+    ),
+    TopicSpec(
+        topics.DEPLOYMENT_REQUESTS,
+        "model name",
+        events.DeploymentRequest,
+        "`flywheel promote/rollback/approve`, monitoring (rollback, canary promotion), signed",
+        "training",
+        "a request to move an alias or approve a version; training decides",
+        30 * DAY_MS,
     ),
     TopicSpec(
         topics.PREDICTIONS,
-        "model name",
-        events.Prediction,
+        "request key (the prefix of the request's prediction ids)",
+        events.PredictionBatch,
         "serving",
         "monitoring",
-        "one served row, tagged with model and data version",
+        "one answered request (schema version 2): its rows column by column, tagged with "
+        "model and data version; row `i` has the prediction id `<id>-<i>`",
+        7 * DAY_MS,
     ),
     TopicSpec(
         topics.FEEDBACK,
-        "prediction id (optional)",
+        "any (optional)",
         events.Feedback,
         "users",
-        "monitoring",
+        "monitoring (its router)",
         "the true label of a prediction, when it is known",
+        7 * DAY_MS,
+    ),
+    TopicSpec(
+        topics.FEEDBACK_ROUTED,
+        "routing key of the prediction id (the part before its last `-`)",
+        events.Feedback,
+        "monitoring (its router re-keys `feedback`)",
+        "monitoring",
+        "feedback forwarded unchanged onto its prediction's partition number (internal)",
+        7 * DAY_MS,
     ),
     TopicSpec(
         topics.RETRAIN_REQUESTS,
@@ -105,5 +139,10 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "monitoring, people",
         "training",
         "a request to retrain, with its evidence",
+        7 * DAY_MS,
     ),
 )
+
+
+RETENTION_MS: dict[str, int] = {spec.name: spec.retention_ms for spec in TOPIC_SPECS}
+"""Topic -> the ``retention.ms`` it is created with."""

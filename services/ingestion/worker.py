@@ -22,7 +22,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from shared import topics
 from shared.events import BatchCreated, DeadLetter, new_id
-from shared.kafka import TopicWatch, client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import TopicWatch, consumer_kwargs, ensure_topics, headers, producer_kwargs
 from shared.service import Runtime
 
 from .core import Ingestor
@@ -81,7 +81,7 @@ class IngestionWorker:
         kafka = self.settings.kafka
         await ensure_topics(kafka, TOPICS)
         self._producer = AIOKafkaProducer(
-            **client_kwargs(kafka, "ingestion-producer"), acks="all", linger_ms=5
+            **await producer_kwargs(kafka, "ingestion-producer"), linger_ms=5
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(

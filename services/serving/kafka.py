@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from shared import topics
 from shared.events import Deployment
-from shared.kafka import client_kwargs, consumer_kwargs, ensure_topics, headers
+from shared.kafka import consumer_kwargs, ensure_topics, headers, producer_kwargs
+from shared.kafka_protocol import fetch_partitions
 from shared.settings import KafkaSettings
 
 from .events import Message
@@ -30,7 +31,7 @@ TOPICS = (topics.MODELS_DEPLOYMENTS, topics.PREDICTIONS)
 
 
 class PredictionSink:
-    """Publishes prediction events on ``predictions``, keyed by model name.
+    """Publishes prediction events on ``predictions`` (keyed by request key), ``acks=all``.
 
     Args:
         settings: Kafka settings.
@@ -38,20 +39,22 @@ class PredictionSink:
 
     def __init__(self, settings: KafkaSettings):
         self.settings = settings
-        self.producer = AIOKafkaProducer(
-            **client_kwargs(settings, "serving-predictions"),
-            acks=1,
-            max_batch_size=1024 * 1024,
-        )
+        self.producer: AIOKafkaProducer | None = None
         self.partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
-        """Connect."""
+        """Connect: ``acks=all`` (the audit trail: an event counts once replicated),
+        idempotent where the broker grants it."""
+        self.producer = AIOKafkaProducer(
+            **await producer_kwargs(self.settings, "serving-predictions"),
+            max_batch_size=1024 * 1024,
+        )
         await self.producer.start()
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     async def send(self, messages: list[Message]) -> None:
         """Send every record, then wait for all acknowledgements.
@@ -71,6 +74,8 @@ class PredictionSink:
             raise
 
     async def _send(self, messages: list[Message]) -> None:
+        if self.producer is None:
+            raise RuntimeError("PredictionSink.send before start")
         topic = topics.PREDICTIONS
         partitions = sorted(await self.producer.partitions_for(topic))
         grouped: dict[int, list[Message]] = {}
@@ -106,6 +111,7 @@ class DeploymentWatcher:
         apply: applies one event (the repository's ``apply``).
         invalid: called for each record that is not a valid deployment (metrics).
         log: a structlog logger.
+        metadata_timeout_s: how long :meth:`position` waits for the topic's partitions.
     """
 
     def __init__(
@@ -114,8 +120,10 @@ class DeploymentWatcher:
         apply: Callable[[Deployment], Awaitable[Any]],
         invalid: Callable[[], None],
         log: Any,
+        metadata_timeout_s: float = 30.0,
     ):
         self.settings = settings
+        self.metadata_timeout_s = metadata_timeout_s
         self.apply = apply
         self.invalid = invalid
         self.log = log
@@ -123,19 +131,25 @@ class DeploymentWatcher:
         self.partitions: list[TopicPartition] = []
 
     async def position(self) -> None:
-        """Connect, assign every partition and pin the current end offsets."""
+        """Connect, assign every partition and pin the current end offsets.
+
+        The partitions come from an explicit metadata request for the topic, waited on
+        for up to ``metadata_timeout_s``: a consumer's own cluster view holds only what
+        its bootstrap request returned, and Kafka answers that empty-topic request with
+        no topics (:mod:`shared.kafka_protocol`). ``assign`` then makes the consumer
+        track the topic's metadata itself (leaders for the offset lookups below).
+
+        Raises:
+            TopicsUnavailable: the topic has no led partitions at the deadline.
+        """
         await ensure_topics(self.settings, TOPICS)
         await self.consumer.start()
-        parts: set[int] | None = None
-        for _ in range(50):
-            await self.consumer.topics()  # refreshes metadata
-            parts = self.consumer.partitions_for_topic(topics.MODELS_DEPLOYMENTS)
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-        if not parts:
-            raise RuntimeError(f"topic {topics.MODELS_DEPLOYMENTS} has no partitions")
-        self.partitions = [TopicPartition(topics.MODELS_DEPLOYMENTS, p) for p in sorted(parts)]
+        found = await fetch_partitions(
+            self.settings, [topics.MODELS_DEPLOYMENTS], self.metadata_timeout_s
+        )
+        self.partitions = [
+            TopicPartition(topics.MODELS_DEPLOYMENTS, p) for p in found[topics.MODELS_DEPLOYMENTS]
+        ]
         self.consumer.assign(self.partitions)
         await self.consumer.seek_to_end(*self.partitions)
         for tp in self.partitions:

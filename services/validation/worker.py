@@ -102,6 +102,14 @@ class ValidationWorker:
             self.log.error("validation.bad_event", error=str(err), payload=(value or b"")[:500])
             return
         event = await asyncio.to_thread(self.validator.handle, batch)
+        if event is None:
+            self.log.warning(
+                "validation.missing_batch",
+                dataset=batch.dataset,
+                batch_id=batch.batch_id,
+                uri=batch.uri,
+            )
+            return
         await self._publish(event)
         self.log.info(
             "validation.verdict",

@@ -39,7 +39,7 @@ from shared.cli.data import publish_events, rows_to_events
 from shared.cli.predict import build_request
 from shared.contract import Contract, load_contracts
 from shared.datasets import DatasetCatalog
-from shared.kafka import client_kwargs
+from shared.kafka import producer_kwargs
 from shared.protogen import inference_pb2_grpc as pb_grpc
 from shared.registry import Registry
 from shared.settings import KafkaSettings
@@ -138,7 +138,9 @@ def _publish_feedback(ctx: _Ctx, pairs: list[tuple[str, Any]]) -> int:
     from aiokafka import AIOKafkaProducer
 
     async def send() -> int:
-        producer = AIOKafkaProducer(**client_kwargs(ctx.kafka, "demo-feedback"), linger_ms=10)
+        producer = AIOKafkaProducer(
+            **await producer_kwargs(ctx.kafka, "demo-feedback"), linger_ms=10
+        )
         await producer.start()
         try:
             futures = [
