@@ -7,8 +7,8 @@ column holding a null (or NaN) is ``nullable``. The label decides the task: stri
 booleans and numbers with few distinct integer values are classes (classification),
 other numbers regression. The draft always validates (:func:`shared.contract.parse_contract`);
 it is a start to review, not a verdict: integer codes that mean categories, groups for
-fairness and the policies are the owner's to set. :func:`read_table` reads CSV, Parquet
-and JSON-lines files; :func:`to_yaml` writes the draft with a header comment.
+fairness and the policies are the owner's to set. :func:`to_yaml` writes the draft with
+a header comment.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -48,23 +47,6 @@ class Inferred:
     """The draft as a plain mapping (what :func:`to_yaml` writes)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Column -> why it is not a feature."""
-
-
-def read_table(path: str | Path) -> pa.Table:
-    """A ``.csv``, ``.parquet``/``.pq`` or ``.jsonl``/``.ndjson``/``.json`` file as a table."""
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pq.read_table(p)
-    if suffix == ".csv":
-        return pcsv.read_csv(p)
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return pjson.read_json(p)
-    raise InferenceError(f"{p}: unknown file type {suffix!r} (use .csv, .parquet/.pq or .jsonl)")
 
 
 def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -18,12 +19,18 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool, 
     if as_json:
         print(json.dumps(list(rows), indent=2, default=str))
         return
-    table = Table(title=title)
+    # Names and values are the data's own text ("x [cm]"): never rich markup.
+    table = Table(title=escape(title))
     for col in columns:
-        table.add_column(col)
+        table.add_column(escape(col))
     for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+        table.add_row(*(escape(_cell(row.get(c))) for c in columns))
     console.print(table)
+
+
+def print_error(message: object) -> None:
+    """``error: <message>`` on stderr, the message printed as it is (no markup)."""
+    err_console.print(f"[red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def emit_object(obj: dict[str, Any], as_json: bool) -> None:

@@ -14,18 +14,11 @@ import pyarrow as pa
 import typer
 from rich.markup import escape
 
-from shared.cli._output import console, err_console
+from shared.cli._output import console, err_console, print_error
 from shared.contract import ContractError, load_contract
-from shared.contract_infer import (
-    MARGIN,
-    MAX_CATEGORIES,
-    MAX_CLASSES,
-    InferenceError,
-    infer_contract,
-    read_table,
-    to_yaml,
-)
+from shared.contract_infer import MARGIN, MAX_CATEGORIES, MAX_CLASSES, infer_contract, to_yaml
 from shared.service import BAD_CONTRACT_EXIT
+from shared.tables import read_table
 
 contract_app = typer.Typer(
     help="Draft a contract from a data file, or check contract files.", no_args_is_help=True
@@ -33,7 +26,7 @@ contract_app = typer.Typer(
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {escape(message)}")
+    print_error(message)
     return typer.Exit(code)
 
 
@@ -86,7 +79,7 @@ def infer(
         )
     except ContractError as err:
         raise _fail(str(err), BAD_CONTRACT_EXIT) from None
-    except (InferenceError, OSError, pa.ArrowException) as err:
+    except (ValueError, OSError, pa.ArrowException) as err:  # InferenceError included
         raise _fail(f"{file}: {err}") from None
     text = to_yaml(inferred, file.name)
     if output is None:

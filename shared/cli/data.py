@@ -24,31 +24,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared import topics
-from shared.cli._output import emit, err_console
+from shared.cli._output import emit, err_console, print_error
 from shared.contract import Contract, ContractError, load_contracts
 from shared.datasets import DatasetCatalog
 from shared.events import DeadLetter
+from shared.service import BAD_CONTRACT_EXIT
 from shared.settings import KafkaSettings, ServiceSettings
 from shared.store import ArtifactStore
+from shared.tables import read_table
 
 # --- rows -> events ------------------------------------------------------------------------
-
-
-def read_table(path: str | Path) -> pa.Table:
-    """A CSV, Parquet or JSON-lines file as an Arrow table (by extension)."""
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pq.read_table(p)
-    if suffix == ".csv":
-        return pcsv.read_csv(p)
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return pjson.read_json(p)
-    raise ValueError(f"{p}: unknown file type {suffix!r} (use .csv, .parquet/.pq or .jsonl)")
 
 
 def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -200,10 +185,10 @@ def _contract(name: str) -> Contract:
     try:
         contracts = load_contracts(ServiceSettings().contracts)
     except ContractError as err:
-        err_console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from err
+        print_error(err)
+        raise typer.Exit(BAD_CONTRACT_EXIT) from err
     if name not in contracts:
-        err_console.print(f"[red]error:[/] no contract {name!r} (known: {sorted(contracts)})")
+        print_error(f"no contract {name!r} (known: {sorted(contracts)})")
         raise typer.Exit(1)
     return contracts[name]
 
@@ -226,7 +211,7 @@ def publish(
             table = table.slice(0, limit)
         events = rows_to_events(contract, table, read_table(labels) if labels else None)
     except (ValueError, OSError, pa.ArrowException) as err:
-        err_console.print(f"[red]error:[/] {err}")
+        print_error(err)
         raise typer.Exit(1) from err
     kafka = KafkaSettings()
     with Progress(
@@ -247,7 +232,7 @@ def publish(
                 )
             )
         except ConnectionError as err:
-            err_console.print(f"[red]error:[/] {err}")
+            print_error(err)
             raise typer.Exit(1) from err
     err_console.print(f"published {sent} events of {name} to {topics.DATA_EVENTS}")
 
@@ -344,7 +329,7 @@ def dlq(
     try:
         letters = asyncio.run(read_dlq(KafkaSettings(), limit))
     except (ConnectionError, OSError) as err:
-        err_console.print(f"[red]error:[/] {err}")
+        print_error(err)
         raise typer.Exit(1) from err
     if as_json:
         emit([d.model_dump(mode="json") for d in letters], [], True, "")

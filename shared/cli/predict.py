@@ -1,9 +1,10 @@
 """``flywheel predict NAME FILE``: send rows to the serving service, print predictions.
 
 Rows come from a CSV, JSON-lines or Parquet file holding (at least) the contract's
-features. They go over OIP v2 gRPC as one tensor per feature (FP64 for numeric
-features, BYTES for categories) in batches; each printed row shows its prediction id,
-the answer, and the model and data version that produced it.
+features. They go over OIP v2 gRPC as one tensor per feature, named exactly as the
+contract names it (FP64 for numeric features, BYTES for categories), in batches; each
+printed row shows its prediction id, the answer, and the model and data version that
+produced it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import numpy as np
 import pandas as pd
 import typer
 
-from shared.cli._output import emit, err_console
+from shared.cli._output import emit, print_error
 from shared.contract import ContractError, load_contracts
 from shared.features import MISSING_CATEGORY, to_frame
 from shared.protogen import inference_pb2 as pb
 from shared.protogen import inference_pb2_grpc as pb_grpc
+from shared.service import BAD_CONTRACT_EXIT
 from shared.settings import ServiceSettings
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -104,15 +106,15 @@ def predict(
     try:
         contract = load_contracts(ServiceSettings().contracts).get(name)
     except ContractError as err:
-        err_console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from err
+        print_error(err)
+        raise typer.Exit(BAD_CONTRACT_EXIT) from err
     if contract is None:
-        err_console.print(f"[red]error:[/] no contract named {name!r}")
+        print_error(f"no contract named {name!r}")
         raise typer.Exit(1)
     try:
         rows = read_rows(file).head(limit)
     except (ValueError, OSError) as err:
-        err_console.print(f"[red]error:[/] {err}")
+        print_error(err)
         raise typer.Exit(1) from err
     metadata = [("authorization", f"Bearer {token}")] if token else None
     channel = (
@@ -129,10 +131,10 @@ def predict(
                 request = build_request(name, version, contract, chunk)
                 response = stub.ModelInfer(request, metadata=metadata, timeout=30)
             except ValueError as err:
-                err_console.print(f"[red]error:[/] {file}: {err}")
+                print_error(f"{file}: {err}")
                 raise typer.Exit(1) from err
             except grpc.RpcError as err:
-                err_console.print(f"[red]error:[/] {err.code().name}: {err.details()}")
+                print_error(f"{err.code().name}: {err.details()}")
                 raise typer.Exit(1) from err
             outputs = _outputs(response)
             data_version = response.parameters["data_version"].string_param

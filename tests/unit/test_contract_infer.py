@@ -18,11 +18,12 @@ from services.training.trainer import TrainConfig, train
 from shared.cli.data import rows_to_events
 from shared.cli.main import app
 from shared.contract import load_contract
-from shared.contract_infer import InferenceError, infer_contract, read_table, to_yaml
+from shared.contract_infer import InferenceError, infer_contract, to_yaml
 from shared.datasets import DatasetCatalog
 from shared.features import onnx_input_names
 from shared.registry import Registry
 from shared.store import ArtifactStore
+from shared.tables import read_table
 from tests.conftest import CONTRACTS, need_data
 from tests.unit.test_training_data import add_dataset
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pyarrow as pa
 import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
@@ -18,11 +19,15 @@ from services.serving.inputs import InputSpec
 from services.serving.model import LoadedModel
 from services.serving.tensors import Tensor
 from services.serving.testing import register_model
+from shared.cli._output import emit
+from shared.cli.data import rows_to_events
+from shared.cli.predict import build_request
 from shared.contract import Contract, ContractError, parse_contract
 from shared.features import build_pipeline, onnx_feeds, onnx_input_names, to_frame, to_onnx
 from shared.onnx_names import safe_names
 from shared.registry import Registry
 from shared.store import ArtifactStore
+from tests.unit.test_contract_infer import ingest
 
 NAMES = [
     "dew point",
@@ -159,3 +164,31 @@ def test_serving_answers_tensors_named_like_the_features(tmp_path: Path) -> None
     x = matrix.to_numpy(dtype=np.float64)
     feeds, _ = spec.feeds([Tensor("input", "FP64", x.shape, x.ravel())])
     np.testing.assert_allclose(model.predict(feeds)["probabilities"], out["probabilities"])
+
+
+def test_publish_ingestion_and_predict_keep_the_names(tmp_path: Path) -> None:
+    contract = weird_contract()
+    cols = rows(contract, 30)
+    table = pa.table(
+        {
+            "event id": [f"e{i}" for i in range(30)],
+            "when (UTC)": [f"2024-01-01T00:{i:02d}:00Z" for i in range(30)],
+            **{k: pa.array(v) for k, v in cols.items()},
+            "the label (y)": ["setosa", "virginica"] * 15,
+        }
+    )
+    events = rows_to_events(contract, table)
+    assert list(events[0]["features"]) == contract.feature_names
+    batch = ingest(ArtifactStore(f"file://{tmp_path}"), contract, table)
+    assert set(contract.feature_names) <= set(batch.column_names)
+    assert batch.column("colour, sort of").to_pylist() == cols["colour, sort of"].tolist()
+    request = build_request("weird", "", contract, table.to_pandas())
+    assert [t.name for t in request.inputs] == contract.feature_names
+
+
+def test_cli_tables_print_names_and_values_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
+    emit([{"x [cm]": "[/red] closing", "row": 1}], ["row", "x [cm]"], False, "[bold] title")
+    out = capsys.readouterr().out
+    assert "x [cm]" in out
+    assert "[/red] closing" in out
+    assert "[bold] title" in out
