@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -130,6 +130,21 @@ class DriftSummary(BaseModel):
     label_drift: float | None = None
 
 
+class RejectedRows(BaseModel):
+    """The rows of a batch that validation left out, by rule (the rows themselves, each
+    with its event id, rule and value, are in the Parquet object at ``uri``)."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    rows: int = 0
+    """Rows left out of the dataset version (a row failing several rules counts once)."""
+    by_rule: dict[str, int] = Field(default_factory=dict)
+    """Rule -> rows it failed (``range:<feature>``, ``allowed_values:<feature>``,
+    ``not_null:<feature>``, ``label_values``, ``duplicate_id``)."""
+    uri: str | None = None
+    """The rejected-rows record (``flywheel rejected <dataset>`` reads it); None: none."""
+
+
 class DatasetValidated(Event):
     """A new immutable dataset version on ``data.validated``."""
 
@@ -143,6 +158,8 @@ class DatasetValidated(Event):
     batch_ids: list[str]
     report_uri: str
     drift: DriftSummary = Field(default_factory=DriftSummary)
+    rejected: RejectedRows = Field(default_factory=RejectedRows)
+    """Rows of the accepted batch that failed a row rule and were left out."""
 
 
 class BatchQuarantined(Event):
@@ -153,6 +170,8 @@ class BatchQuarantined(Event):
     failed_rules: list[str]
     report_uri: str
     reason: str
+    rejected: RejectedRows = Field(default_factory=RejectedRows)
+    """Rows of the batch that failed a row rule (the whole batch is left out)."""
 
 
 # --- training ----------------------------------------------------------------------------
@@ -174,10 +193,16 @@ class ModelRegistered(Event):
 
 
 DeploymentAction = Literal["promote", "shadow", "canary", "rollback", "retire"]
+RequestAction = Literal["promote", "shadow", "canary", "rollback", "retire", "approve"]
 
 
 class Deployment(Event):
-    """A change of what serving answers with, on ``models.deployments``.
+    """A registry decision that changes what serving answers with, on ``models.deployments``.
+
+    Published by training only, after it recorded the decision in the registry's alias
+    history, and signed (:mod:`shared.signing`). ``history`` names the alias-history
+    entries of this decision; the other fields restate the registry's state after it,
+    and serving checks each of them against the registry before loading anything.
 
     ``promote``: ``version`` becomes champion. ``shadow``: ``version`` scores beside the
     champion off the response path. ``canary``: ``canary_percent`` of rows are answered by
@@ -190,17 +215,57 @@ class Deployment(Event):
     version: int
     champion_version: int | None = None
     """The champion after this change (for shadow/canary: the one still answering)."""
+    challenger_version: int | None = None
+    """The challenger after this change (None: none)."""
+    challenger_mode: Literal["shadow", "canary"] | None = None
     canary_percent: float | None = None
+    """The canary's share of rows in percent, in (0, 100] (canary mode only)."""
+    history: list[int] = Field(default_factory=list)
+    """Sequence numbers of the alias-history entries that record this decision."""
+    manifest_sha256: str | None = None
+    """The ONNX sha256 the manifest of ``version`` records."""
+    request_id: str | None = None
+    """The :class:`DeploymentRequest` this decision answers."""
     actor: str = "training"
-    """Who made the change: a service name or ``user:<name>``."""
+    """Who asked for the change: a service name or ``user:<name>``."""
     reason: str
+    signature: str = ""
+    """Hex HMAC-SHA256 of the canonical body under the deploy key."""
+
+
+class DeploymentRequest(Event):
+    """A request to change the registry's aliases or approve a version, on
+    ``deployment.requests`` (from ``flywheel`` and monitoring; training decides).
+
+    ``approve`` records an approval of ``version`` (who, why, ``overrides``) without
+    deploying it. The serving actions are those of :class:`Deployment`; with
+    ``overrides`` they record an approval first. Signed like a deployment.
+    """
+
+    model: str
+    action: RequestAction
+    version: int
+    canary_percent: float | None = None
+    """Share of rows for ``canary``, in (0, 100]."""
+    overrides: list[str] = Field(default_factory=list)
+    """Failed gates the requester accepts (``fairness_gap``, ``beats_champion``...);
+    ``parity`` can never be overridden."""
+    actor: str
+    """``user:<name>`` or a service name."""
+    reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    signature: str = ""
+    """Hex HMAC-SHA256 of the canonical body under the deploy key."""
 
 
 # --- serving and monitoring --------------------------------------------------------------
 
 
 class Prediction(Event):
-    """One served row on ``predictions`` (``id`` is the prediction id)."""
+    """One served row, as monitoring handles it (``id`` is the prediction id).
+
+    On the wire a request's rows travel together as one :class:`PredictionBatch`;
+    :meth:`PredictionBatch.predictions` unpacks them into these."""
 
     model: str
     model_version: int
@@ -213,6 +278,112 @@ class Prediction(Event):
     shadow: dict[str, Any] | None = None
     """The shadow model's version and outputs for the same row, if one ran."""
     latency_ms: float
+
+
+PREDICTIONS_SCHEMA_VERSION = 2
+"""Wire version of ``predictions``: 1 was one message per row (:class:`Prediction`), 2 is
+one message per answered request (:class:`PredictionBatch`)."""
+
+
+def prediction_id(key: str, row: int) -> str:
+    """The prediction id of row ``row`` of the request whose event key is ``key``."""
+    return f"{key}-{row}"
+
+
+def routing_key(prediction_id: str) -> str:
+    """The Kafka key a prediction id's request was published under (the part before the
+    last ``-``): feedback re-keyed by it lands on its prediction's partition."""
+    return prediction_id.rpartition("-")[0] or prediction_id
+
+
+class ShadowRows(BaseModel):
+    """The shadow model's answers to a request's rows, column by column."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    model_version: int
+    data_version: str
+    outputs: dict[str, list[Any]]
+    """Same layout as :attr:`PredictionBatch.outputs`."""
+
+
+class PredictionBatch(Event):
+    """One answered request on ``predictions`` (schema version 2): its rows column by column.
+
+    ``id`` is the request key, also the message key; row ``i`` has the prediction id
+    ``<id>-<i>`` (:func:`prediction_id`), the id serving returned for that row, and the
+    routing key of a prediction id (:func:`routing_key`) gives back ``id``.
+    """
+
+    schema_version: Literal[2] = PREDICTIONS_SCHEMA_VERSION  # type: ignore[assignment]
+    model: str
+    model_version: int
+    data_version: str
+    request_id: str
+    """The client's request id (or the request key when the client sent none)."""
+    role: Literal["champion", "canary", "shadow", "pinned"] = "champion"
+    latency_ms: float
+    rows: int = Field(ge=1)
+    inputs: dict[str, list[Scalar]]
+    """Feature -> one value per row (null: missing)."""
+    outputs: dict[str, list[Any]]
+    """``label`` and ``probabilities`` (classifiers) or ``prediction`` (regressors) -> one
+    value per row."""
+    shadow: ShadowRows | None = None
+    """The shadow model's answers to the same rows, if one ran."""
+
+    @model_validator(mode="after")
+    def _columns_have_every_row(self) -> PredictionBatch:
+        columns = [*self.inputs.values(), *self.outputs.values()]
+        if self.shadow is not None:
+            columns += self.shadow.outputs.values()
+        if any(len(c) != self.rows for c in columns):
+            raise ValueError(f"every input and output column must hold {self.rows} values")
+        return self
+
+    def prediction_ids(self) -> list[str]:
+        """The prediction id of every row, in order."""
+        return [prediction_id(self.id, i) for i in range(self.rows)]
+
+    def predictions(self) -> list[Prediction]:
+        """The request's rows as :class:`Prediction` objects (already validated)."""
+        names = list(self.inputs)
+        inputs = [
+            dict(zip(names, values, strict=True))
+            for values in zip(*self.inputs.values(), strict=True)
+        ]
+        outputs = _rows(self.outputs, self.rows)
+        shadows: list[dict[str, Any] | None] = [None] * self.rows
+        if self.shadow is not None:
+            s = self.shadow
+            shadows = [
+                {"model_version": s.model_version, "data_version": s.data_version, "outputs": o}
+                for o in _rows(s.outputs, self.rows)
+            ]
+        return [
+            Prediction.model_construct(
+                schema_version=self.schema_version,
+                id=pid,
+                created=self.created,
+                model=self.model,
+                model_version=self.model_version,
+                data_version=self.data_version,
+                request_id=self.request_id,
+                role=self.role,
+                inputs=inputs[i] if inputs else {},
+                outputs=outputs[i],
+                shadow=shadows[i],
+                latency_ms=self.latency_ms,
+            )
+            for i, pid in enumerate(self.prediction_ids())
+        ]
+
+
+def _rows(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any]]:
+    names = list(columns)
+    if not names:
+        return [{} for _ in range(rows)]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 class RetrainRequest(Event):

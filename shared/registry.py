@@ -6,17 +6,24 @@ Layout (keys below the store root)::
     models/<name>/onnx/<sha256>.onnx            the exported model (content-addressed)
     models/<name>/aliases/<seq:08d>.json        append-only alias history
     models/<name>/digests/<version:06d>.json    sha256 of each manifest's bytes (tamper check)
-    models/<name>/runs/<run_id>.json            one training run's search (experiment log)
+    models/<name>/runs/<run_id>.json            one training run: its search, or its failure
+    models/<name>/contracts/<sha256>.json       contract snapshots a version was trained with
     models/<name>/triggers/<sha256>.json        idempotence keys of handled retrain triggers
 
 Aliases (``champion``, ``challenger``) are derived from the history: the latest entry
-for each alias wins. One writer (training) by design; every change needs a reason.
+for each alias wins. The same history records approvals (entries whose ``alias`` is
+``approval``: who approved which version, why, and which failed gates they overrode).
+One writer (training) by design; every change needs a reason. What a version's role
+is (champion, canary and its share, shadow) is only ever read from this history: a
+manifest is immutable and carries no deployment state.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +31,8 @@ from shared.events import utcnow
 from shared.store import ArtifactStore, canonical_json, sha256_hex
 
 ALIASES = ("champion", "challenger")
+APPROVAL = "approval"
+"""The history entry kind that records an approval (not an alias)."""
 
 
 class TamperedArtifactError(ValueError):
@@ -38,6 +47,15 @@ class Parity(BaseModel):
     label_agreement: float
     max_abs_diff: float
     tolerance: float
+    """The absolute tolerance ``atol``."""
+    rtol: float = 0.0
+    """The relative tolerance: every output passes when ``|onnx - sklearn| <= tolerance +
+    rtol * |sklearn|`` (0 in versions registered before it existed)."""
+    worst_row: dict[str, Any] | None = None
+    """The holdout row nearest to (or furthest beyond) that bound: ``index`` (its
+    position in the holdout), ``sklearn`` and ``onnx`` (the values compared; for a
+    classifier the probabilities of ``class`` and the two ``label`` predictions),
+    ``bound`` and ``ratio`` (difference / bound, above 1 = failed). None: no rows."""
 
 
 class Gate(BaseModel):
@@ -78,7 +96,10 @@ class ModelManifest(BaseModel):
     training_time_s: float
     reason: str
     gates: dict[str, Gate] = Field(default_factory=dict)
-    promoted: bool = False
+    contract_sha256: str | None = None
+    """sha256 of the contract snapshot the version was trained with (None: older versions)."""
+    contract_uri: str | None = None
+    """Where that snapshot is stored (``models/<name>/contracts/<sha256>.json``)."""
 
 
 class AliasChange(BaseModel):
@@ -95,7 +116,36 @@ class AliasChange(BaseModel):
     reason: str
     at: datetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict)
-    """e.g. ``{"mode": "canary", "canary_percent": 10}`` for a challenger."""
+    """e.g. ``{"mode": "canary", "canary_percent": 10}`` for a challenger, or
+    ``{"overrides": ["fairness_gap"]}`` for an approval."""
+
+
+@dataclass(frozen=True, slots=True)
+class AliasState:
+    """What the registry says serves, after history entry ``seq`` (-1: empty history)."""
+
+    champion: int | None = None
+    challenger: int | None = None
+    mode: Literal["shadow", "canary"] | None = None
+    canary_percent: float | None = None
+    seq: int = -1
+
+    @staticmethod
+    def of(history: list[AliasChange]) -> AliasState:
+        """The state after every entry of ``history`` (oldest first)."""
+        champion = challenger = None
+        mode: Literal["shadow", "canary"] | None = None
+        percent: float | None = None
+        for change in history:
+            if change.alias == "champion":
+                champion = change.version
+            elif change.alias == "challenger":
+                challenger = change.version
+                raw = change.detail.get("mode")
+                mode = ("canary" if raw == "canary" else "shadow") if challenger else None
+                share = change.detail.get("canary_percent")
+                percent = float(share) if mode == "canary" and share is not None else None
+        return AliasState(champion, challenger, mode, percent, len(history) - 1)
 
 
 class Registry:
@@ -179,8 +229,32 @@ class Registry:
         """Current alias -> version (None when unset)."""
         current: dict[str, int | None] = dict.fromkeys(ALIASES)
         for change in self.history(model):
-            current[change.alias] = change.version
+            if change.alias in current:
+                current[change.alias] = change.version
         return current
+
+    def state(self, model: str, upto: int | None = None) -> AliasState:
+        """Champion, challenger, its mode and canary share after entry ``upto`` (default:
+        the whole history)."""
+        history = self.history(model)
+        return AliasState.of(history if upto is None else history[: upto + 1])
+
+    def approvals(self, model: str, version: int) -> list[AliasChange]:
+        """The approvals recorded for one version, oldest first."""
+        return [c for c in self.history(model) if c.alias == APPROVAL and c.version == version]
+
+    def previous_champion(self, model: str) -> int | None:
+        """The champion before the current one (what a rollback returns to), or None."""
+        current = self.aliases(model)["champion"]
+        for change in reversed(self.history(model)):
+            if (
+                change.alias == "champion"
+                and change.version == current
+                and change.previous is not None
+                and change.previous != current
+            ):
+                return change.previous
+        return None
 
     def alias_detail(self, model: str, alias: str) -> dict[str, Any]:
         """The ``detail`` of the latest change of ``alias`` (e.g. canary share)."""
@@ -193,6 +267,30 @@ class Registry:
         """The recorded training runs of ``model`` (each with its candidates), oldest first."""
         keys = self.store.list(f"models/{model}/runs")
         return [dict(self.store.get_json(k)) for k in keys]
+
+    def last_run(self, model: str) -> dict[str, Any] | None:
+        """The newest run record of ``model`` (completed or failed), or None."""
+        runs = self.runs(model)
+        return max(runs, key=lambda r: str(r.get("created", ""))) if runs else None
+
+    def triggers(self, model: str) -> list[dict[str, Any]]:
+        """Every handled or waiting trigger record of ``model``."""
+        return [dict(self.store.get_json(k)) for k in self.store.list(f"models/{model}/triggers")]
+
+    def contract_snapshot(self, manifest: ModelManifest) -> dict[str, Any] | None:
+        """The contract a version was trained with, checked against its sha256 (None:
+        registered before snapshots were kept)."""
+        if manifest.contract_uri is None or manifest.contract_sha256 is None:
+            return None
+        data = self.store.get(manifest.contract_uri)
+        if sha256_hex(data) != manifest.contract_sha256:
+            raise TamperedArtifactError(
+                f"{manifest.model} v{manifest.version}: contract snapshot sha256 "
+                f"{sha256_hex(data)[:12]} does not match the manifest's "
+                f"{manifest.contract_sha256[:12]}"
+            )
+        snapshot: dict[str, Any] = json.loads(data)
+        return snapshot
 
     def manifest_uri(self, model: str, version: int) -> str:
         """The URI of a version's manifest."""
@@ -212,6 +310,12 @@ class Registry:
     def put_onnx(self, model: str, data: bytes) -> tuple[str, str]:
         """Store ONNX bytes; returns (sha256, uri)."""
         return self.store.put_content(f"models/{model}/onnx", data, ".onnx")
+
+    def put_contract(self, model: str, snapshot: dict[str, Any]) -> tuple[str, str]:
+        """Store a contract snapshot (canonical JSON, content-addressed); (sha256, uri)."""
+        return self.store.put_content(
+            f"models/{model}/contracts", canonical_json(snapshot), ".json"
+        )
 
     def register(self, manifest: ModelManifest) -> ModelManifest:
         """Write a new version's manifest; FileExistsError if the number is taken."""
@@ -261,16 +365,49 @@ class Registry:
             raise ValueError("an alias change needs an actor")
         if version is not None:
             self.get(model, version)  # must exist
-        history = self.history(model)
+        return self._append(
+            model, alias, version, self.aliases(model)[alias], actor, reason, detail
+        )
+
+    def approve(
+        self,
+        model: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str,
+        overrides: list[str] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AliasChange:
+        """Record an approval of ``version`` (and the failed gates it overrides)."""
+        if not reason.strip():
+            raise ValueError("an approval needs a reason")
+        if not actor.strip():
+            raise ValueError("an approval needs an actor")
+        self.get(model, version)  # must exist
+        body = dict(detail or {}) | {"overrides": sorted(set(overrides or []))}
+        return self._append(model, APPROVAL, version, None, actor, reason, body)
+
+    def _append(
+        self,
+        model: str,
+        alias: str,
+        version: int | None,
+        previous: int | None,
+        actor: str,
+        reason: str,
+        detail: dict[str, Any] | None,
+    ) -> AliasChange:
         change = AliasChange(
-            seq=len(history),
+            seq=len(self.store.list(f"models/{model}/aliases")),
             alias=alias,
             version=version,
-            previous=self.aliases(model)[alias],
+            previous=previous,
             actor=actor,
             reason=reason,
             detail=detail or {},
         )
+        # create() refuses an existing key: two writers can never both claim one seq.
         self.store.create(
             f"models/{model}/aliases/{change.seq:08d}.json", change.model_dump_json().encode()
         )

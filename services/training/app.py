@@ -11,9 +11,10 @@ from shared.datasets import DatasetCatalog
 from shared.kafka import EventPublisher, ensure_topics
 from shared.registry import Registry
 from shared.service import Component, Runtime
+from shared.signing import Signer, load_key
 from shared.store import ArtifactStore
 
-from .core import TrainingCore
+from .core import RetryPolicy, TrainingCore
 from .kafka import TrainingConsumer
 from .metrics import TrainingMetrics
 from .settings import TrainingSettings
@@ -24,6 +25,7 @@ TOPICS = (
     topics.RETRAIN_REQUESTS,
     topics.MODELS_REGISTERED,
     topics.MODELS_DEPLOYMENTS,
+    topics.DEPLOYMENT_REQUESTS,
 )
 
 
@@ -71,7 +73,12 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
     runtime.info["models"] = sorted(contracts)
     store = ArtifactStore(settings.store)
     metrics = TrainingMetrics(runtime.registry)
-    publisher = EventPublisher(settings.kafka, "training-producer", runtime.log)
+    key = load_key(settings)
+    if key is None:
+        runtime.log.warning("deploy_key.missing", effect="deployment requests are refused")
+    publisher = EventPublisher(
+        settings.kafka, "training-producer", runtime.log, sign=Signer(key) if key else None
+    )
     core = TrainingCore(
         contracts,
         Registry(store),
@@ -82,6 +89,7 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
         runtime.log,
         settings.threads,
         runtime.spawn,
+        RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.retry_attempts),
     )
     consumer = TrainingConsumer(
         settings.kafka,
@@ -92,5 +100,6 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
         settings.poll_timeout_ms,
         runtime.spawn,
         settings.topic_check_s,
+        deploy_key=key,
     )
     return [publisher, core, consumer, Scheduler(core, runtime, settings.schedule_check_s)]

@@ -5,6 +5,10 @@ triggers arriving while a run is waiting or going are coalesced into the next ru
 whose policy decision sees all of them. One worker runs one training at a time in a
 thread, so the event loop stays free for deployment requests, which are applied to the
 registry aliases straight away (training is the registry's only writer).
+
+A run that fails is written to the registry as a failed run record (error, phase,
+attempt), counted, and retried with exponential back-off (:class:`RetryPolicy`); its
+reasons ride along with the retry, and a restart resumes the back-off from that record.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,14 +27,21 @@ import structlog
 from shared import topics
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
-from shared.events import DatasetValidated, Deployment, Event, ModelRegistered, RetrainRequest
-from shared.registry import Registry
+from shared.events import (
+    DatasetValidated,
+    DeploymentRequest,
+    Event,
+    ModelRegistered,
+    RetrainRequest,
+    utcnow,
+)
+from shared.registry import ModelManifest, Registry
 
-from .deploy import ACTOR, DeploymentRefused, apply, new_model_deployment
+from .deploy import DeploymentRefused, new_model_request, record_decision
 from .metrics import TrainingMetrics
-from .policy import reasons, trigger_key
+from .policy import Reason, decide, reasons, trigger_key
 from .search import RunCancelled
-from .trainer import TrainConfig, TrainResult, train
+from .trainer import TrainConfig, TrainingFailed, TrainResult, train
 
 Ack = Callable[[], None]
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
@@ -49,6 +61,33 @@ class Pending:
     requests: list[RetrainRequest] = field(default_factory=list)
     schedule_period: int | None = None
     acks: list[Ack] = field(default_factory=list)
+    retry: list[Reason] = field(default_factory=list)
+    """Reasons of a failed run, tried again."""
+    attempt: int = 0
+    """Failed attempts so far of the run being retried (0: not a retry)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed run is retried: after ``base_s * 2**(attempt-1)`` seconds (at most
+    ``max_s``), up to ``attempts`` times; the next trigger after that tries again."""
+
+    base_s: float = 30.0
+    max_s: float = 900.0
+    attempts: int = 5
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt`` (1-based)."""
+        return float(min(self.max_s, self.base_s * 2 ** max(0, attempt - 1)))
+
+
+@dataclass
+class _Attempt:
+    """What a run had got to, for its failure record."""
+
+    phase: str = "decide"
+    dataset_version: str | None = None
+    reasons: list[Reason] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -57,7 +96,7 @@ class RunOutcome:
 
     model: str
     outcome: str
-    """promoted | registered | refused | failed | skipped"""
+    """promoted | registered | refused | failed | deferred | skipped"""
     detail: str
     version: int | None = None
 
@@ -76,6 +115,8 @@ class TrainingCore:
         threads: OpenMP/BLAS threads per run.
         spawn: starts the worker task (the service passes ``Runtime.spawn`` so a crashed
             worker stops the service instead of dying unnoticed).
+        retry: the back-off of failed runs.
+        clock: the time source (tests pass their own).
     """
 
     def __init__(
@@ -89,6 +130,8 @@ class TrainingCore:
         log: Any | None = None,
         threads: int | None = 1,
         spawn: Spawn | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.contracts = contracts
         self.registry = registry
@@ -101,6 +144,10 @@ class TrainingCore:
         self.log = log or structlog.get_logger("training")
         self.pending: dict[str, Pending] = {}
         self.outcomes: list[RunOutcome] = []
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+        self.not_before: dict[str, float] = {}
+        """model -> when its next run may start (a failed run's back-off)."""
         self._wake = asyncio.Event()
         self._alias_lock = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
@@ -109,8 +156,27 @@ class TrainingCore:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker that runs queued trainings."""
+        """Resume the back-off of runs that failed before a restart; start the worker."""
+        self.restore()
         self._worker = self._spawn(self._work(), "training-worker")
+
+    def restore(self) -> None:
+        """Queue the retry of each model whose last run failed with a retry left."""
+        for model in self.contracts:
+            self._restore_retry(model)
+
+    def _restore_retry(self, model: str) -> None:
+        last = self.registry.last_run(model)
+        if last is None or last.get("status") != "failed" or last.get("retry_at") is None:
+            return
+        self.pending[model] = Pending(
+            retry=[Reason(r["kind"], r["text"]) for r in last.get("reasons", [])],
+            attempt=int(last.get("attempt", 1)),
+        )
+        self.not_before[model] = float(last["retry_at"])
+        self.metrics.consecutive_failures.labels(model).set(int(last.get("attempt", 1)))
+        self.log.info("training.retry_restored", model=model, retry_at=last["retry_at"])
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop the worker; a run in progress stops at its next step, unregistered.
@@ -128,7 +194,21 @@ class TrainingCore:
     # --- triggers ----------------------------------------------------------------------
 
     def submit_validated(self, event: DatasetValidated, ack: Ack) -> bool:
-        """Queue a ``data.validated`` event; False (and acked) if no contract names it."""
+        """Queue a ``data.validated`` event; False (and acked) if no contract names it or
+        the store does not hold its dataset version (counted in ``missing``, logged: a
+        broker that outlives its store replays such events, and they cannot be trained)."""
+        if event.dataset in self.contracts:
+            try:
+                self.catalog.get(event.dataset, event.dataset_version)
+            except KeyError:
+                self.metrics.missing.labels(event.dataset, "dataset_version").inc()
+                self.log.warning(
+                    "trigger.missing_dataset_version",
+                    model=event.dataset,
+                    dataset_version=event.dataset_version,
+                )
+                ack()
+                return False
         return self._queue(event.dataset, ack, lambda p: p.validated.append(event))
 
     def submit_request(self, event: RetrainRequest, ack: Ack) -> bool:
@@ -171,36 +251,109 @@ class TrainingCore:
 
     # --- runs --------------------------------------------------------------------------
 
+    def next_ready(self) -> tuple[str | None, float | None]:
+        """The first pending model whose back-off is over, else when the next one is."""
+        now = self.clock()
+        waits = []
+        for model in self.pending:
+            due = self.not_before.get(model, 0.0)
+            if due <= now:
+                return model, None
+            waits.append(due - now)
+        return None, min(waits) if waits else None
+
     async def _work(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                model = next(iter(self.pending))
+            model, wait = self.next_ready()
+            if model is not None:
                 await self.run(model)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)  # a back-off, not readiness
+            self._wake.clear()
 
     async def run(self, model: str) -> RunOutcome:
         """Take ``model``'s pending triggers and decide, train and publish; then ack them."""
         pending = self.pending.pop(model, Pending())
+        self.not_before.pop(model, None)
+        attempt = _Attempt()
         try:
-            outcome = await self._run(self.contracts[model], pending)
+            outcome = await self._run(self.contracts[model], pending, attempt)
         except RunCancelled:
             # Stopping: leave the triggers unacknowledged so a restart runs them again.
             self.log.warning("training.cancelled", model=model)
             raise asyncio.CancelledError from None
         except Exception as exc:
-            # A run that cannot complete is reported and counted; its triggers are
-            # acknowledged so one poisoned dataset cannot wedge the service.
-            self.log.error("training.failed", model=model, error=repr(exc), exc_info=exc)
-            outcome = RunOutcome(model, "failed", repr(exc))
-            self.metrics.last_run.labels(model).set(time.time())
+            # A run that cannot complete is recorded, counted and retried with back-off;
+            # its triggers are acknowledged (the retry carries their reasons) so one
+            # poisoned dataset cannot wedge the offsets of the others.
+            outcome = self._failed(model, pending, attempt, exc)
+        else:
+            if outcome.outcome != "skipped" and outcome.outcome != "deferred":
+                self.metrics.consecutive_failures.labels(model).set(0)
         self.metrics.runs.labels(model, outcome.outcome).inc()
         self.outcomes.append(outcome)
         for ack in pending.acks:
             ack()
         return outcome
 
-    async def _run(self, contract: Contract, pending: Pending) -> RunOutcome:
+    def _failed(
+        self, model: str, pending: Pending, attempt: _Attempt, exc: Exception
+    ) -> RunOutcome:
+        phase = exc.phase if isinstance(exc, TrainingFailed) else attempt.phase
+        error = exc.error if isinstance(exc, TrainingFailed) else exc
+        number = pending.attempt + 1
+        retry = number <= self.retry.attempts
+        retry_at = self.clock() + self.retry.delay(number) if retry else None
+        why = attempt.reasons or pending.retry
+        run_id = f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        record = {
+            "run_id": run_id,
+            "status": "failed",
+            "model": model,
+            "version": None,
+            "dataset_version": attempt.dataset_version,
+            "phase": phase,
+            "error": f"{type(error).__name__}: {error}",
+            "reasons": [{"kind": r.kind, "text": r.text} for r in why],
+            "attempt": number,
+            "retry_at": retry_at,
+            "created": utcnow().isoformat(),
+        }
+        try:
+            self.registry.put_run(model, run_id, record)
+        except OSError as err:  # the store itself failing: still logged and counted
+            self.log.error("training.failure_unrecorded", model=model, error=repr(err))
+        self.log.error(
+            "training.failed",
+            model=model,
+            phase=phase,
+            attempt=number,
+            retry_at=retry_at,
+            error=repr(error),
+            exc_info=exc,
+        )
+        self.metrics.failures.labels(model, phase).inc()
+        self.metrics.consecutive_failures.labels(model).set(number)
+        self.metrics.last_run.labels(model).set(time.time())
+        if retry:
+            queued = self.pending.setdefault(model, Pending())
+            queued.validated[:0] = pending.validated
+            queued.requests[:0] = pending.requests
+            if queued.schedule_period is None:
+                queued.schedule_period = pending.schedule_period
+            queued.retry = [*why, *(r for r in queued.retry if r not in why)]
+            queued.attempt = number
+            self.not_before[model] = retry_at if retry_at is not None else 0.0
+            self._wake.set()
+        detail = f"{phase}: {record['error']}" + (
+            f" (attempt {number}; retry in {self.retry.delay(number):g}s)"
+            if retry
+            else f" (attempt {number}; no automatic retry left)"
+        )
+        return RunOutcome(model, "failed", detail)
+
+    async def _run(self, contract: Contract, pending: Pending, attempt: _Attempt) -> RunOutcome:
         model = contract.name
         if pending.validated:
             dataset_version = pending.validated[-1].dataset_version
@@ -209,9 +362,10 @@ class TrainingCore:
             if latest is None:
                 return self._skip(model, "no dataset version yet")
             dataset_version = latest.id
+        attempt.dataset_version = dataset_version
         version = self.catalog.get(model, dataset_version)
-        numbers = self.registry.version_numbers(model)
-        last = self.registry.get(model, numbers[-1]) if numbers else None
+        manifests = self.registry.versions(model)
+        last = manifests[-1] if manifests else None
         why = reasons(
             contract,
             last=last,
@@ -220,16 +374,55 @@ class TrainingCore:
             requests=pending.requests,
             schedule_period=pending.schedule_period,
         )
-        keys = {r.kind: trigger_key(model, dataset_version, r.kind) for r in why}
-        fresh = [r for r in why if not self.registry.has_trigger(model, keys[r.kind])]
+        kinds = {r.kind for r in why}
+        why += [r for r in pending.retry if r.kind not in kinds]
+        waiting = self._waiting(model, last)
+        decision = decide(
+            why,
+            dataset_version=dataset_version,
+            trained_on={m.dataset_version: m.version for m in manifests},
+            handled={
+                r.kind
+                for r in [*why, *waiting]
+                if self.registry.has_trigger(model, trigger_key(model, dataset_version, r.kind))
+            },
+            waiting=waiting,
+        )
+        for r in decision.defer:
+            self.registry.put_trigger(
+                model,
+                trigger_key(model, dataset_version, f"waiting:{r.kind}"),
+                {
+                    "kind": r.kind,
+                    "text": r.text,
+                    "status": "waiting",
+                    "dataset_version": dataset_version,
+                    "trained_by": decision.trained_by,
+                    "created": utcnow().isoformat(),
+                },
+            )
+        fresh = decision.train
+        if not fresh and decision.defer:
+            kinds_text = ", ".join(r.kind for r in decision.defer)
+            detail = (
+                f"{kinds_text} on dataset version {dataset_version[:12]}, already trained on by "
+                f"v{decision.trained_by}: waiting for new data"
+            )
+            self.log.info(
+                "training.deferred", model=model, detail=detail, dataset_version=dataset_version
+            )
+            return RunOutcome(model, "deferred", detail)
         if not fresh:
             detail = "already trained for these triggers" if why else "policy: no reason to train"
             return self._skip(model, detail, dataset_version=dataset_version, rows=version.rows)
+        attempt.reasons = fresh
+        keys = {r.kind: trigger_key(model, dataset_version, r.kind) for r in fresh}
         reason = "; ".join(r.text for r in fresh)
         self.log.info(
             "training.started", model=model, dataset_version=dataset_version, reason=reason
         )
         self.metrics.running.labels(model).set(1)
+        attempt.phase = "train"
         try:
             result = await asyncio.to_thread(
                 train,
@@ -247,7 +440,9 @@ class TrainingCore:
             )
         finally:
             self.metrics.running.labels(model).set(0)
-        outcome = await self._publish(contract, result)
+        # Recorded before publishing: a publish that fails is retried without training the
+        # same triggers into another identical version.
+        attempt.phase = "publish"
         for r in fresh:
             self.registry.put_trigger(
                 model,
@@ -258,10 +453,30 @@ class TrainingCore:
                     "version": result.manifest.version,
                 },
             )
+        outcome = await self._publish(contract, result)
         self.metrics.last_run.labels(model).set(time.time())
         return outcome
 
+    def _waiting(self, model: str, last: ModelManifest | None) -> list[Reason]:
+        """Drift/quality reasons deferred on the newest model's data: still waiting."""
+        if last is None:
+            return []
+        out: list[Reason] = []
+        for record in self.registry.triggers(model):
+            if record.get("status") == "waiting" and record["dataset_version"] == (
+                last.dataset_version
+            ):
+                text = (
+                    f"{record['text']} (waiting since dataset version {last.dataset_version[:12]})"
+                )
+                out.append(Reason(str(record["kind"]), text))
+        unique: dict[str, Reason] = {}
+        for r in out:
+            unique.setdefault(r.kind, r)
+        return list(unique.values())
+
     def _skip(self, model: str, detail: str, **fields: Any) -> RunOutcome:
+        """A decision not to run (counted as ``skipped``)."""
         self.log.info("training.skipped", model=model, detail=detail, **fields)
         return RunOutcome(model, "skipped", detail)
 
@@ -272,10 +487,9 @@ class TrainingCore:
         deployment = None
         async with self._alias_lock:
             if action is not None:
-                deployment = new_model_deployment(
-                    contract, self.registry, version, action, f"new model: {manifest.reason}"
-                )
-                apply(self.registry, deployment)
+                reason = f"new model: {manifest.reason}"
+                request = new_model_request(contract, version, action, reason)
+                deployment = record_decision(self.registry, contract, request)
         metric = contract.promotion.primary_metric
         if metric in manifest.metrics:
             self.metrics.primary_metric.labels(model, str(version)).set(manifest.metrics[metric])
@@ -289,7 +503,7 @@ class TrainingCore:
                 manifest_uri=self.registry.manifest_uri(model, version),
                 metrics=manifest.metrics,
                 gates={name: gate.passed for name, gate in manifest.gates.items()},
-                promoted=manifest.promoted,
+                promoted=deployment is not None,
                 reason=manifest.reason,
             ),
         )
@@ -315,36 +529,40 @@ class TrainingCore:
 
     # --- deployments from the CLI and monitoring --------------------------------------
 
-    async def apply_deployment(self, event: Deployment) -> str:
-        """Apply a deployment request to the aliases: ``applied``, ``ignored`` or ``refused``."""
-        if event.actor == ACTOR:
-            return "ignored"  # training's own event: the aliases already moved
-        if event.model not in self.contracts:
+    async def apply_request(self, request: DeploymentRequest) -> str:
+        """Record a deployment request in the registry and publish the deployment it
+        decides: ``applied``, ``ignored`` (nothing moved) or ``refused`` (logged)."""
+        contract = self.contracts.get(request.model)
+        fields = {
+            "model": request.model,
+            "action": request.action,
+            "version": request.version,
+            "actor": request.actor,
+            "request_id": request.id,
+        }
+        if contract is None:
             outcome = "refused"
-            self.log.warning("deployment.refused", model=event.model, error="unknown model")
+            self.log.warning("deployment.refused", reason="unknown_model", **fields)
         else:
             async with self._alias_lock:
                 try:
-                    changes = apply(self.registry, event)
+                    deployment = record_decision(self.registry, contract, request)
                 except DeploymentRefused as err:
                     outcome = "refused"
                     self.log.warning(
-                        "deployment.refused",
-                        model=event.model,
-                        action=event.action,
-                        version=event.version,
-                        actor=event.actor,
-                        error=str(err),
+                        "deployment.refused", reason=err.reason, error=str(err), **fields
                     )
                 else:
-                    outcome = "applied"
+                    recorded = request.action == "approve" or deployment is not None
+                    outcome = "applied" if recorded else "ignored"
+                    if deployment is not None:
+                        await self.publisher.publish(
+                            topics.MODELS_DEPLOYMENTS, request.model, deployment
+                        )
                     self.log.info(
-                        "deployment.applied",
-                        model=event.model,
-                        action=event.action,
-                        version=event.version,
-                        actor=event.actor,
-                        changes=len(changes),
+                        "deployment.applied" if recorded else "deployment.no_change",
+                        history=deployment.history if deployment else None,
+                        **fields,
                     )
-        self.metrics.deployments.labels(event.model, event.action, outcome).inc()
+        self.metrics.deployments.labels(request.model, request.action, outcome).inc()
         return outcome

@@ -17,8 +17,22 @@ class TrainingMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.runs = Counter(
             "flywheel_training_runs_total",
-            "Training decisions and runs by outcome (promoted|registered|refused|failed|skipped).",
+            "Training decisions and runs by outcome "
+            "(promoted|registered|refused|failed|deferred|skipped).",
             ["model", "outcome"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "flywheel_training_run_failures_total",
+            "Failed runs by the phase that raised (prepare, search, fit, evaluate, export, "
+            "parity, register, publish, decide); each is recorded and retried with back-off.",
+            ["model", "phase"],
+            registry=registry,
+        )
+        self.consecutive_failures = Gauge(
+            "flywheel_training_consecutive_failures",
+            "Failed runs of the model since its last completed one (0: healthy).",
+            ["model"],
             registry=registry,
         )
         self.phase_seconds = Histogram(
@@ -56,6 +70,13 @@ class TrainingMetrics:
             "flywheel_training_last_run_timestamp_seconds",
             "When the last run of a model finished (any outcome but skipped).",
             ["model"],
+            registry=registry,
+        )
+        self.missing = Counter(
+            "flywheel_training_missing_objects_total",
+            "Triggers naming a store object the store does not hold (e.g. a broker that "
+            "outlived its store replaying data.validated): skipped, offset committed.",
+            ["model", "kind"],
             registry=registry,
         )
         self.running = Gauge(

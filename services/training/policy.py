@@ -3,13 +3,21 @@
 A run's reasons come from the contract's :class:`~shared.contract.TrainingPolicy`:
 a first model once ``min_rows`` rows exist, ``min_new_rows`` rows since the last
 model's dataset, a drift verdict (``retrain_on_drift``), a schedule, or an explicit
-request. Each reason has a stable *kind*; (dataset version, kind) is the key that
-stops a replayed event from training twice.
+request. Each reason has a stable *kind*; (model, dataset version, kind) is the key
+that stops a replayed event from training twice.
+
+Drift and quality triggers (validation's drift verdict, monitoring's requests, whose
+``evidence.trigger`` names them) respond to the data a model saw: on a dataset version a
+registered version was already trained on they *wait for new data* instead of training
+an identical model again (:func:`decide`), and the first run on a newer dataset version
+carries them. A person's request is keyed by its words, so a replay trains once and a new
+request is a deliberate retrain.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from shared.contract import Contract
 from shared.events import DatasetValidated, RetrainRequest
@@ -75,10 +83,7 @@ def reasons(
             )
     for request in requests:
         out.append(
-            Reason(
-                f"request:{request.reason}",
-                f"requested by {request.requested_by}: {request.reason}",
-            )
+            Reason(request_kind(request), f"requested by {request.requested_by}: {request.reason}")
         )
     if last is None and requests and rows < policy.min_rows:
         # An explicit request cannot conjure a first model out of too few rows.
@@ -87,6 +92,68 @@ def reasons(
     for reason in out:
         unique.setdefault(reason.kind, reason)
     return list(unique.values())
+
+
+RESPONSIVE = ("drift", "quality")
+"""Trigger kinds that answer to the data a model saw: never twice on the same data."""
+
+
+def request_kind(request: RetrainRequest) -> str:
+    """A request's kind: monitoring's ``drift``/``quality`` evidence, else its words."""
+    trigger = request.evidence.get("trigger")
+    if trigger in RESPONSIVE:
+        return str(trigger)
+    return f"request:{request.reason}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with the reasons for one dataset version."""
+
+    train: list[Reason] = field(default_factory=list)
+    """Reasons for a run now (empty: no run)."""
+    defer: list[Reason] = field(default_factory=list)
+    """Drift/quality reasons on data already trained on: they wait for new data."""
+    handled: list[Reason] = field(default_factory=list)
+    """Reasons already acted on for this dataset version (replays)."""
+    trained_by: int | None = None
+    """The newest version trained on this dataset version, if any."""
+
+
+def decide(
+    why: list[Reason],
+    *,
+    dataset_version: str,
+    trained_on: Mapping[str, int],
+    handled: Collection[str],
+    waiting: Collection[Reason] = (),
+) -> Decision:
+    """Split ``why`` into reasons to train now, to defer, and already handled.
+
+    Args:
+        why: the reasons :func:`reasons` found.
+        dataset_version: the dataset version a run would use.
+        trained_on: dataset version -> the newest registered version trained on it.
+        handled: kinds whose trigger key for ``dataset_version`` is already recorded.
+        waiting: drift/quality reasons deferred on the newest model's dataset version;
+            they join the first run on a newer one.
+    """
+    trained_by = trained_on.get(dataset_version)
+    train: list[Reason] = []
+    defer: list[Reason] = []
+    done: list[Reason] = []
+    for reason in why:
+        if reason.kind in RESPONSIVE and trained_by is not None:
+            defer.append(reason)  # even after a run for it: the drift outlived that model
+        elif reason.kind in handled:
+            done.append(reason)
+        else:
+            train.append(reason)
+    if trained_by is None:
+        # New data since the drift was seen: reason enough on its own, or joins the run.
+        kinds = {r.kind for r in train}
+        train += [r for r in waiting if r.kind not in kinds and r.kind not in handled]
+    return Decision(train, defer, done, trained_by)
 
 
 def trigger_key(model: str, dataset_version: str, kind: str) -> str:

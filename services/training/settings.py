@@ -44,3 +44,9 @@ class TrainingSettings(ServiceSettings):
     restarted has lost them)."""
     schedule_check_s: float = Field(30.0, gt=0)
     """How often contracts with a ``training.schedule_seconds`` are checked."""
+    retry_base_s: float = Field(30.0, gt=0)
+    """Back-off before the first retry of a failed run; each further retry doubles it."""
+    retry_max_s: float = Field(900.0, gt=0)
+    """Longest back-off between retries of a failed run."""
+    retry_attempts: int = Field(5, ge=0)
+    """Automatic retries of a failed run; after them the next trigger tries again."""

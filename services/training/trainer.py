@@ -25,18 +25,35 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
 from shared.events import utcnow
-from shared.features import build_pipeline, onnx_input_names, to_onnx
+from shared.features import build_pipeline, onnx_input_names
 from shared.registry import ModelManifest, Registry, TamperedArtifactError
 
 from . import evaluation
 from .data import Split, corrupt_labels, split
 from .deploy import planned_action
 from .estimators import LINEAR, describe, make_estimator
+from .export import export
 from .gates import all_passed, evaluate_gates
 from .parity import check_parity, onnx_predictions
-from .search import check_cancel, search
+from .search import RunCancelled, check_cancel, search
 
 PHASES = ("search", "fit", "evaluate", "export", "parity")
+
+
+class TrainingFailed(RuntimeError):
+    """A run raised: ``phase`` says where (prepare, a timed phase, or register).
+
+    Args:
+        phase: the phase that was going.
+        error: the exception it raised.
+    """
+
+    def __init__(self, phase: str, error: BaseException):
+        super().__init__(f"{phase}: {error!r}")
+        self.phase = phase
+        self.error = error
+
+
 BASELINE_PARAMS: dict[str, Any] = {"C": 1.0}
 
 
@@ -67,10 +84,13 @@ class Phases:
     """Wall time of each phase of a run."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    current: str = "prepare"
+    """The phase going now (named in a failure)."""
 
     @contextmanager
     def time(self, phase: str) -> Iterator[None]:
         """Add the wall time of the ``with`` body to ``phase``."""
+        self.current = phase
         started = time.perf_counter()
         try:
             yield
@@ -109,6 +129,11 @@ def code_version() -> str:
         return f"flywheel=={importlib.metadata.version('flywheel')}"
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def contract_snapshot(contract: Contract) -> dict[str, Any]:
+    """The contract as JSON, kept with each version (``parse_contract`` reads it back)."""
+    return contract.model_dump(mode="json")
 
 
 def library_versions() -> dict[str, str]:
@@ -193,11 +218,27 @@ def train(
         threads: OpenMP/BLAS threads for this run (None: the libraries' default).
         cancel: when set, the run stops with :class:`RunCancelled` at the next step
             (between search candidates and between phases), before anything is registered.
+
+    Raises :class:`TrainingFailed` (naming the phase) when any step raises.
     """
+    phases = Phases()
     with cpu_threads(threads):
-        return _train(
-            contract, registry, catalog, dataset_version, reason, config, on_phase, cancel
-        )
+        try:
+            return _train(
+                contract,
+                registry,
+                catalog,
+                dataset_version,
+                reason,
+                config,
+                on_phase,
+                cancel,
+                phases,
+            )
+        except RunCancelled:
+            raise
+        except Exception as exc:
+            raise TrainingFailed(phases.current, exc) from exc
 
 
 def _train(
@@ -209,11 +250,11 @@ def _train(
     config: TrainConfig,
     on_phase: Callable[[str, float], None] | None,
     cancel: threading.Event | None,
+    phases: Phases,
 ) -> TrainResult:
     started = time.perf_counter()
     seed = contract.training.seed
     model = contract.name
-    phases = Phases()
     prepared = prepare(contract, catalog, dataset_version, config)
     data = prepared.data
 
@@ -245,14 +286,16 @@ def _train(
         evaluated = _evaluate(contract, registry, config, prepared, pipeline, baseline)
     _report(on_phase, phases, "evaluate", cancel)
     with timed("export"):
-        onnx = to_onnx(pipeline, contract)
+        onnx = export(pipeline, contract)
         onnx_sha, onnx_uri = registry.put_onnx(model, onnx)
     _report(on_phase, phases, "export", cancel)
     with timed("parity"):
+        policy = contract.promotion
         parity = check_parity(
-            contract, pipeline, onnx, data.x_holdout, contract.promotion.parity_tolerance
+            contract, pipeline, onnx, data.x_holdout, policy.parity_atol, policy.parity_rtol
         )
     _report(on_phase, phases, "parity")
+    phases.current = "register"
 
     gates = evaluate_gates(
         contract,
@@ -275,6 +318,7 @@ def _train(
         run_id,
         {
             "run_id": run_id,
+            "status": "completed",
             "model": model,
             "version": version,
             "dataset_version": dataset_version,
@@ -296,6 +340,7 @@ def _train(
         },
     )
     metric = contract.promotion.primary_metric
+    contract_sha, contract_uri = registry.put_contract(model, contract_snapshot(contract))
     manifest = ModelManifest(
         model=model,
         version=version,
@@ -309,6 +354,8 @@ def _train(
         features=contract.feature_names,
         onnx_inputs=onnx_input_names(contract),
         classes=list(contract.label.classes) if contract.label.classes else None,
+        # The ONNX probabilities' columns (serving reads them; see .export).
+        probability_columns=list(contract.label.classes) if contract.label.classes else None,
         metrics=evaluated["metrics"],
         group_metrics=evaluated["group_metrics"],
         parity=parity,
@@ -317,7 +364,8 @@ def _train(
         training_time_s=round(time.perf_counter() - started, 3),
         reason=reason,
         gates=gates,
-        promoted=action is not None,
+        contract_sha256=contract_sha,
+        contract_uri=contract_uri,
         # Fields beyond the shared schema (the manifest allows extras): the model card.
         primary_metric=metric,
         deployment=action,
@@ -491,11 +539,15 @@ def model_card(contract: Contract, m: ModelManifest) -> list[str]:
             if g["small"]:
                 continue
             rates = ", ".join(
-                f"{k} {g[k]:.3f}" for k in ("selection_rate", "fpr", "fnr", "mae") if k in g
+                f"{k} {g[k]:.4g}" if k == "mae" else f"{k} {g[k]:.3f}"
+                for k in evaluation.group_figures(g)
             )
             parts.append(f"{attribute}={value} ({g['rows']} rows): {rates}")
         gaps = ", ".join(f"{k} {v:.3f}" for k, v in entry["gaps"].items())
-        lines.append(f"By {attribute}: " + "; ".join(parts) + f". Largest gaps: {gaps or 'n/a'}.")
+        lines.append(
+            f"By {attribute}: " + "; ".join(parts) + f". Largest gaps: {gaps or 'n/a'}"
+            f" ({evaluation.gap_measure(contract, entry)})."
+        )
     failed = [f"{name} ({g.detail})" for name, g in m.gates.items() if not g.passed]
     lines.append("Gates: all passed." if not failed else "Gates failed: " + "; ".join(failed) + ".")
     action = extra.get("deployment")

@@ -8,6 +8,10 @@ reference profile, stores a JSON report, and either
   (parent's batches + this one) in :class:`~shared.datasets.DatasetCatalog`, or
 - **quarantines**: the batch never reaches a dataset version.
 
+Nothing is left out silently: every row failing a row rule is written with its event
+id, batch, rule and value to the batch's rejected-rows record (:mod:`shared.rejected`),
+summarised in the outcome event's ``rejected`` field and counted by rule.
+
 It returns the event to publish (``DatasetValidated`` or ``BatchQuarantined``).
 
 Reference profiles: every dataset version's ``profile_uri`` is the profile of *that
@@ -32,10 +36,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from shared import rejected
 from shared.contract import Contract
 from shared.datasets import BatchRef, DatasetCatalog, DatasetVersion
 from shared.drift import Profile, build_profile, compare
-from shared.events import BatchCreated, BatchQuarantined, DatasetValidated, DriftSummary, utcnow
+from shared.events import (
+    BatchCreated,
+    BatchQuarantined,
+    DatasetValidated,
+    DriftSummary,
+    RejectedRows,
+    utcnow,
+)
 from shared.store import ArtifactStore, canonical_json
 
 from .metrics import ValidationMetrics
@@ -77,8 +89,13 @@ class Validator:
 
     # --- the entry point -----------------------------------------------------------------
 
-    def handle(self, batch: BatchCreated) -> Outcome:
-        """Validate ``batch`` (or answer a replay); the event to publish."""
+    def handle(self, batch: BatchCreated) -> Outcome | None:
+        """Validate ``batch`` (or answer a replay); the event to publish.
+
+        None when the store does not hold the batch object (a broker that outlived its
+        store replays such events): counted as ``missing_batch``, nothing stored, so the
+        same event is validated if the object is restored and the event read again.
+        """
         name = batch.dataset
         outcome_key = f"validation/{name}/outcomes/{batch.batch_id}.json"
         if self.store.exists(outcome_key):
@@ -93,10 +110,20 @@ class Validator:
             self.metrics.invalid.labels(name, "unknown_dataset").inc()
             rule = RuleResult("unknown_dataset", "batch", batch.rows, 1.0, False)
             event = self._quarantine(batch, [rule], ["unknown_dataset"], None, None)
+        elif not self.holds(batch.uri):
+            self.metrics.invalid.labels(name, "missing_batch").inc()
+            return None
         else:
             event = self._validate(contract, batch, latest)
         self.store.put(outcome_key, event.model_dump_json().encode())
         return event
+
+    def holds(self, uri: str) -> bool:
+        """True when ``uri`` names an object of this store that exists."""
+        try:
+            return self.store.exists(self.store.key_for(uri))
+        except ValueError:
+            return False  # another store's URI (a new store on the same broker)
 
     # --- validation ----------------------------------------------------------------------
 
@@ -115,11 +142,61 @@ class Validator:
         for r in outcome.rules:
             if r.kind == "row" and r.failed:
                 self.metrics.row_failures.labels(name, r.rule).inc(r.failed)
+        left_out = self._reject(contract, batch, outcome)
         if outcome.errors or outcome.table is None:
-            return self._quarantine(batch, outcome.rules, outcome.errors, None, latest)
+            return self._quarantine(batch, outcome.rules, outcome.errors, None, latest, left_out)
+        for rule_name, n in left_out.by_rule.items():
+            self.metrics.rejected_rows.labels(name, rule_name).inc(n)
         kept = table.filter(pa.array(outcome.keep))
         drift = self._drift(contract, reference, kept)
         return self._accept(contract, batch, latest, outcome, kept, drift)
+
+    def _reject(
+        self, contract: Contract, batch: BatchCreated, outcome: RuleOutcome
+    ) -> RejectedRows:
+        """Write the rows failing row rules (event id, rule, value) to the store."""
+        table = outcome.table
+        failing = [r for r in outcome.rules if r.kind == "row" and r.failed and r.mask is not None]
+        if table is None or not failing:
+            return RejectedRows()
+        ids = table.column(contract.id).cast(pa.string())
+        parts = []
+        for r in failing:
+            assert r.mask is not None
+            rows = pa.array(np.flatnonzero(r.mask), pa.int64())
+            column = _rule_column(contract, r.rule)
+            parts.append(
+                pa.table(
+                    {
+                        "event_id": ids.take(rows),
+                        "batch_id": pa.array([batch.batch_id] * len(rows), pa.string()),
+                        "row": rows,
+                        "rule": pa.array([r.rule] * len(rows), pa.string()),
+                        "column": pa.array([column] * len(rows), pa.string()),
+                        "value": _as_text(table.column(column).take(rows)),
+                    },
+                    schema=rejected.SCHEMA,
+                )
+            )
+        uri = rejected.write(self.store, contract.name, batch.batch_id, pa.concat_tables(parts))
+        return RejectedRows(
+            rows=int((~outcome.keep).sum()),
+            by_rule={r.rule: r.failed for r in failing},
+            uri=uri,
+        )
+
+    def _rejected_of(self, dataset: str, batch_id: str) -> RejectedRows:
+        """The rejected-rows summary of a batch validated before (a replay)."""
+        key = rejected.key(dataset, batch_id)
+        if not self.store.exists(key):
+            return RejectedRows()
+        table = self.store.get_parquet(key)
+        rules = table.column("rule").to_pylist()
+        return RejectedRows(
+            rows=len(set(table.column("row").to_pylist())),
+            by_rule={rule: rules.count(rule) for rule in dict.fromkeys(rules)},
+            uri=self.store.uri_for(key),
+        )
 
     def _drift(self, contract: Contract, ref: Profile | None, kept: pa.Table) -> DriftSummary:
         if ref is None or kept.num_rows == 0:
@@ -204,6 +281,7 @@ class Validator:
             batch_ids=[b.batch_id for b in version.batches],
             report_uri=ref.report_uri,
             drift=version.drift,
+            rejected=self._rejected_of(version.dataset, batch_id),
         )
 
     def _quarantine(
@@ -213,6 +291,7 @@ class Validator:
         failed: list[str],
         drift: DriftSummary | None,
         latest: DatasetVersion | None,
+        left_out: RejectedRows | None = None,
     ) -> BatchQuarantined:
         report_uri = self._report(batch, "quarantine", rules, failed, drift, latest, 0)
         self.metrics.batches.labels(batch.dataset, "quarantine").inc()
@@ -225,6 +304,7 @@ class Validator:
             failed_rules=failed,
             report_uri=report_uri,
             reason="; ".join(details) or "failed validation",
+            rejected=left_out or RejectedRows(),
         )
 
     def _report(
@@ -258,6 +338,27 @@ class Validator:
             f"validation/{batch.dataset}/reports", canonical_json(report), ".json"
         )
         return uri
+
+
+def _rule_column(contract: Contract, rule: str) -> str:
+    """The column a row rule reads (``range:x`` -> ``x``)."""
+    if rule == "label_values":
+        return contract.label.name
+    if rule == "duplicate_id":
+        return contract.id
+    return rule.split(":", 1)[1]
+
+
+def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Values as text for the record (nulls stay null)."""
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    try:
+        return values.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.chunked_array(
+            [pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())]
+        )
 
 
 def _load_outcome(data: bytes) -> Outcome:

@@ -25,6 +25,13 @@ class ValidationMetrics:
             ["dataset", "rule"],
             registry=registry,
         )
+        self.rejected_rows = Counter(
+            "flywheel_validation_rejected_rows_total",
+            "Rows left out of accepted batches' dataset versions, by the row rule they failed "
+            "(each written with its event id to the rejected-rows record).",
+            ["dataset", "rule"],
+            registry=registry,
+        )
         self.drift = Gauge(
             "flywheel_validation_drift_score",
             "Drift of the last batch against the dataset's reference profile.",
@@ -52,7 +59,8 @@ class ValidationMetrics:
         self.invalid = Counter(
             "flywheel_validation_invalid_messages_total",
             "data.batches messages that could not be handled (bad body, unknown dataset, "
-            "unreadable object); each is logged and quarantined when possible.",
+            "unreadable object, missing_batch: an object the store does not hold); each is "
+            "logged, and quarantined when possible (a missing batch is skipped).",
             ["dataset", "reason"],
             registry=registry,
         )

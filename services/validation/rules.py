@@ -42,6 +42,8 @@ class RuleResult:
     passed: bool
     severity: Severity = "error"
     detail: str = ""
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Row rules: which rows failed (written to the rejected-rows record)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the report."""
@@ -115,7 +117,7 @@ def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def _row_rule(name: str, bad: np.ndarray, rows: int, detail: str) -> RuleResult:
     failed = int(bad.sum())
     return RuleResult(
-        name, "row", failed, failed / rows if rows else 0.0, failed == 0, detail=detail
+        name, "row", failed, failed / rows if rows else 0.0, failed == 0, detail=detail, mask=bad
     )
 
 

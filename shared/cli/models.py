@@ -1,9 +1,12 @@
-"""``flywheel models/model/runs/promote/rollback/reproduce``: the model registry.
+"""``flywheel models/model/runs/approve/promote/rollback/reproduce``: the model registry.
 
 Reading commands open the registry in the artifact store (``FLYWHEEL_STORE``).
-``promote`` and ``rollback`` do not write the registry: they publish a request on
-``models.deployments`` (actor ``user:<name>``), which training records in the alias
-history and serving and monitoring act on.
+``approve``, ``promote`` and ``rollback`` do not write the registry, whose one writer
+is training: they check the request against the registry (so most mistakes fail at
+once), then publish it signed with the deploy key on ``deployment.requests`` (actor
+``user:<name>``). Training checks it again, records it in the alias history and
+publishes the signed deployment serving and monitoring act on; ``--wait`` waits for
+that record.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
 from shared import topics
+from shared.approval import override_problem, refusal
 from shared.cli._output import console, emit, emit_object, err_console
-from shared.events import Deployment, DeploymentAction
-from shared.registry import ModelManifest, Registry, TamperedArtifactError
+from shared.contract import ContractError, load_contracts
+from shared.events import DeploymentRequest, RequestAction
+from shared.registry import AliasChange, AliasState, ModelManifest, Registry, TamperedArtifactError
 from shared.settings import ServiceSettings
+from shared.signing import STACK_KEY_FILE, DeployKeyError, load_key, sign
 from shared.store import ArtifactStore
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -45,9 +53,22 @@ def _manifest(registry: Registry, name: str, version: int) -> ModelManifest:
         raise _fail(str(err.args[0])) from None
 
 
+def serving_role(state: AliasState, version: int) -> str:
+    """What the registry says ``version`` does: ``champion``, ``canary``, ``shadow`` or
+    ``-`` (serving's ModelMetadata reports the same as ``role.<version>``)."""
+    if state.champion == version:
+        return "champion"
+    if state.challenger == version and state.champion is not None:
+        return "canary" if state.mode == "canary" else "shadow"
+    return "-"
+
+
 def version_row(registry: Registry, manifest: ModelManifest) -> dict[str, Any]:
     """One line of ``flywheel models``."""
     aliases = registry.aliases(manifest.model)
+    state = registry.state(manifest.model)
+    role = serving_role(state, manifest.version)
+    approvals = registry.approvals(manifest.model, manifest.version)
     extra = manifest.model_extra or {}
     metric = str(extra.get("primary_metric", ""))
     return {
@@ -58,8 +79,11 @@ def version_row(registry: Registry, manifest: ModelManifest) -> dict[str, Any]:
         "created": manifest.created.isoformat(),
         "primary_metric": metric,
         "primary_metric_value": manifest.metrics.get(metric),
-        "promoted": manifest.promoted,
+        "serving": role,
+        "canary_percent": state.canary_percent if role == "canary" else None,
+        "approved_by": [a.actor for a in approvals],
         "failed_gates": [n for n, g in manifest.gates.items() if not g.passed],
+        "overridden_gates": sorted({str(g) for a in approvals for g in a.detail["overrides"]}),
         "reason": manifest.reason,
     }
 
@@ -72,7 +96,11 @@ def list_models(
     registry = _registry()
     names = [name] if name else registry.models()
     rows = [version_row(registry, m) for n in names for m in registry.versions(n)]
+    failures = [line for n in names if (line := last_run_failure(registry, n))]
     if name and not rows:
+        if failures and not as_json:
+            err_console.print(f"{name}: no registered version; {failures[0]}")
+            raise typer.Exit(1)
         raise _fail(f"no model called {name!r} in the registry")
     if not as_json:
         for row in rows:
@@ -89,10 +117,31 @@ def list_models(
         "dataset_version",
         "created",
         "metric",
-        "promoted",
+        "serving",
         "failed_gates",
+        "approved_by",
     ]
     emit(rows, columns, as_json, "registered models")
+    if not as_json:
+        for line in failures:
+            console.print(f"[red]{line}[/]")
+
+
+def last_run_failure(registry: Registry, name: str) -> str | None:
+    """``last run failed: ...`` when the newest training run of ``name`` failed."""
+    run = registry.last_run(name)
+    if run is None or run.get("status") != "failed":
+        return None
+    retry = run.get("retry_at")
+    when = (
+        "retry at " + datetime.fromtimestamp(float(retry), UTC).isoformat(timespec="seconds")
+        if retry is not None
+        else "no automatic retry left; the next trigger tries again"
+    )
+    return (
+        f"{name}: last run failed: {run.get('error')} (phase {run.get('phase')}, "
+        f"attempt {run.get('attempt')}, {run.get('created')}; {when}; run {run.get('run_id')})"
+    )
 
 
 def show_model(
@@ -136,9 +185,9 @@ def list_runs(
             "chosen": c["name"] == run["chosen"],
         }
         for run in runs
-        for c in run["candidates"]
+        for c in run.get("candidates", [])  # a failed run has none
     ]
-    metric = runs[0]["metric"] if runs else "cv"
+    metric = next((run["metric"] for run in runs if "metric" in run), "cv")
     emit(
         rows,
         ["run", "version", "candidate", metric, "std", "seconds", "status", "chosen"],
@@ -147,23 +196,32 @@ def list_runs(
     )
 
 
-def _publish(event: Deployment) -> None:
+def _publish(request: DeploymentRequest, settings: ServiceSettings) -> None:
     from aiokafka import AIOKafkaProducer
 
     from shared.kafka import client_kwargs, ensure_topics, headers
 
-    settings = _settings()
+    try:
+        key = load_key(settings, fallback=STACK_KEY_FILE)
+    except DeployKeyError as err:
+        raise _fail(str(err)) from None
+    if key is None:
+        raise _fail(
+            "no deploy key: set FLYWHEEL_DEPLOY_KEY or FLYWHEEL_DEPLOY_KEY_FILE (the stack's "
+            f"key; `flywheel up` writes one to {STACK_KEY_FILE})"
+        )
+    signed = sign(request, key)
 
     async def send() -> None:
-        await ensure_topics(settings.kafka, [topics.MODELS_DEPLOYMENTS], attempts=10)
+        await ensure_topics(settings.kafka, [topics.DEPLOYMENT_REQUESTS], attempts=10)
         producer = AIOKafkaProducer(**client_kwargs(settings.kafka, "cli"), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait(
-                topics.MODELS_DEPLOYMENTS,
-                value=event.model_dump_json().encode(),
-                key=event.model.encode(),
-                headers=[(k, v.encode()) for k, v in headers(event.id).items()],
+                topics.DEPLOYMENT_REQUESTS,
+                value=signed.model_dump_json().encode(),
+                key=signed.model.encode(),
+                headers=[(k, v.encode()) for k, v in headers(signed.id).items()],
             )
         finally:
             await producer.stop()
@@ -174,14 +232,91 @@ def _publish(event: Deployment) -> None:
         raise _fail(str(err)) from None
 
 
+def _strategy(settings: ServiceSettings, name: str) -> str:
+    try:
+        contract = load_contracts(settings.contracts).get(name)
+    except ContractError as err:
+        raise _fail(str(err)) from None
+    if contract is None:
+        raise _fail(f"no contract called {name!r} in {settings.contracts}")
+    return contract.promotion.strategy
+
+
+def _request(
+    registry: Registry, settings: ServiceSettings, request: DeploymentRequest, wait: float
+) -> None:
+    """Publish ``request``; with ``wait`` > 0, wait until training has recorded it."""
+    _publish(request, settings)
+    what = f"{request.action} of {request.model} v{request.version}"
+    if wait <= 0:
+        console.print(f"requested {what} (request {request.id}); training records it")
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        history = registry.history(request.model)
+        recorded = [c.seq for c in history if c.detail.get("request_id") == request.id]
+        if recorded:
+            console.print(f"recorded {what}: alias history entries {recorded}")
+            return
+        time.sleep(0.2)  # polling the registry: the only place the outcome is written
+    raise _fail(
+        f"{what} was not recorded within {wait:g} s: training refused it or is not running "
+        "(see its `deployment.refused` log line)"
+    )
+
+
 def _actor(actor: str | None) -> str:
     return f"user:{actor or getpass.getuser()}"
 
 
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the alias history).")]
 ActorOpt = Annotated[
-    str | None, typer.Option("--actor", help="Your name (default: the login name).")
+    str | None, typer.Option("--by", "--actor", help="Your name (default: the login name).")
 ]
+OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--override",
+        help="A failed gate you accept, by name (repeatable; recorded with who and why). "
+        "parity can never be overridden.",
+    ),
+]
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", min=0, help="Seconds to wait for training to record it (0: none)."),
+]
+
+
+def approve(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to approve.")],
+    reason: ReasonOpt,
+    override: OverrideOpt = None,
+    actor: ActorOpt = None,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Approve a version for serving (the manual strategy needs it), overriding failed
+    gates by name; recorded in the registry history with who and why."""
+    if not reason.strip():
+        raise _fail("--reason must say why")
+    settings = _settings()
+    registry = _registry(settings)
+    manifest = _manifest(registry, name, version)
+    if not manifest.parity.passed:
+        raise _fail(f"{name} v{version} failed the ONNX parity gate: it can never be approved")
+    overrides = sorted(set(override or []))
+    problem = override_problem(manifest, overrides)
+    if problem is not None:
+        raise _fail(problem)
+    request = DeploymentRequest(
+        model=name,
+        action="approve",
+        version=version,
+        overrides=overrides,
+        actor=_actor(actor),
+        reason=reason,
+    )
+    _request(registry, settings, request, wait)
 
 
 def promote(
@@ -192,30 +327,53 @@ def promote(
         float | None, typer.Option("--canary", min=0.01, max=100, help="Canary share in percent.")
     ] = None,
     shadow: Annotated[bool, typer.Option("--shadow", help="Deploy as a shadow.")] = False,
+    override: OverrideOpt = None,
     actor: ActorOpt = None,
+    wait: WaitOpt = 0.0,
 ) -> None:
-    """Deploy a version: champion (default), canary with a share, or shadow."""
+    """Deploy a version: champion (default), canary with a share, or shadow. A version
+    that failed a gate needs ``--override GATE`` (here or in ``flywheel approve``)."""
     if canary is not None and shadow:
         raise _fail("choose one of --canary and --shadow")
     if not reason.strip():
         raise _fail("--reason must say why")
-    registry = _registry()
+    settings = _settings()
+    registry = _registry(settings)
     manifest = _manifest(registry, name, version)
-    if not manifest.parity.passed:
-        raise _fail(f"{name} v{version} failed the ONNX parity gate and cannot be deployed")
-    action: DeploymentAction = "canary" if canary is not None else "shadow" if shadow else "promote"
-    champion = registry.aliases(name)["champion"]
-    event = Deployment(
+    overrides = sorted(set(override or []))
+    problem = override_problem(manifest, overrides)
+    if problem is not None:
+        raise _fail(problem)
+    who = _actor(actor)
+    approvals = registry.approvals(name, version)
+    if overrides:  # recorded by training together with the change
+        approvals.append(
+            AliasChange(
+                seq=-1,
+                alias="approval",
+                version=version,
+                previous=None,
+                actor=who,
+                reason=reason,
+                detail={"overrides": overrides},
+            )
+        )
+    refused = refusal(manifest, approvals, _strategy(settings, name))
+    if refused is not None:
+        raise _fail(refused.message)
+    action: RequestAction = "canary" if canary is not None else "shadow" if shadow else "promote"
+    if action != "promote" and registry.aliases(name)["champion"] in (None, version):
+        raise _fail(f"{name} v{version} cannot be a {action}: it needs another champion")
+    request = DeploymentRequest(
         model=name,
         action=action,
         version=version,
-        champion_version=version if action == "promote" else champion,
         canary_percent=canary,
-        actor=_actor(actor),
+        overrides=overrides,
+        actor=who,
         reason=reason,
     )
-    _publish(event)
-    console.print(f"requested {action} of {name} v{version} (event {event.id})")
+    _request(registry, settings, request, wait)
 
 
 def rollback(
@@ -225,29 +383,24 @@ def rollback(
         int | None, typer.Option("--to", help="Version to return to (default: previous champion).")
     ] = None,
     actor: ActorOpt = None,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Return to the previous champion (or ``--to`` a version) and drop any challenger."""
-    from services.training.deploy import previous_champion
-
     if not reason.strip():
         raise _fail("--reason must say why")
-    registry = _registry()
-    target = to if to is not None else previous_champion(registry, name)
+    settings = _settings()
+    registry = _registry(settings)
+    target = to if to is not None else registry.previous_champion(name)
     if target is None:
         raise _fail(f"{name} has no previous champion to roll back to")
     manifest = _manifest(registry, name, target)
-    if not manifest.parity.passed:
-        raise _fail(f"{name} v{target} failed the ONNX parity gate and cannot be deployed")
-    event = Deployment(
-        model=name,
-        action="rollback",
-        version=target,
-        champion_version=target,
-        actor=_actor(actor),
-        reason=reason,
+    refused = refusal(manifest, registry.approvals(name, target), _strategy(settings, name))
+    if refused is not None:
+        raise _fail(refused.message)
+    request = DeploymentRequest(
+        model=name, action="rollback", version=target, actor=_actor(actor), reason=reason
     )
-    _publish(event)
-    console.print(f"requested rollback of {name} to v{target} (event {event.id})")
+    _request(registry, settings, request, wait)
 
 
 def reproduce_cmd(
@@ -261,7 +414,6 @@ def reproduce_cmd(
 ) -> None:
     """Retrain a version from its manifest; exit 1 unless the predictions match."""
     from services.training.reproduce import reproduce
-    from shared.contract import ContractError, load_contracts
     from shared.datasets import DatasetCatalog
 
     settings = _settings()
@@ -307,6 +459,7 @@ def register(app: typer.Typer) -> None:
     app.command("models")(list_models)
     app.command("model")(show_model)
     app.command("runs")(list_runs)
+    app.command("approve")(approve)
     app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("reproduce")(reproduce_cmd)

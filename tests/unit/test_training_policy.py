@@ -7,7 +7,7 @@ from aiokafka.structs import TopicPartition
 from services.training.deploy import planned_action
 from services.training.gates import all_passed, evaluate_gates
 from services.training.offsets import OffsetTracker
-from services.training.policy import reasons, trigger_key
+from services.training.policy import Reason, decide, reasons, request_kind, trigger_key
 from shared.events import DatasetValidated, DriftSummary, RetrainRequest
 from shared.registry import ModelManifest, Parity
 from tests.unit.test_training_data import toy_contract
@@ -70,6 +70,51 @@ def test_retrain_on_new_rows_drift_schedule_and_requests() -> None:
     assert why.text == "requested by monitoring: labels fixed"
     no_drift = toy_contract(training={"retrain_on_drift": False})
     assert reasons(no_drift, last=last, rows=2000, validated=[event(True)], requests=[]) == []
+
+
+def test_monitoring_requests_are_keyed_by_their_trigger_kind_not_their_words() -> None:
+    drift = [
+        RetrainRequest(
+            model="toy",
+            reason=f"drift on x (psi {p})",
+            requested_by="monitoring",
+            evidence={"trigger": "drift"},
+        )
+        for p in (0.3, 0.4)
+    ]
+    assert {request_kind(r) for r in drift} == {"drift"}
+    quality = RetrainRequest(
+        model="toy", reason="live roc_auc 0.6", evidence={"trigger": "quality"}
+    )
+    assert request_kind(quality) == "quality"
+    assert request_kind(RetrainRequest(model="toy", reason="new labels")) == "request:new labels"
+    last = manifest(rows=2000)
+    why = reasons(toy_contract(), last=last, rows=2000, validated=[], requests=drift)
+    assert [r.kind for r in why] == ["drift"]
+
+
+def test_drift_on_data_already_trained_on_waits_for_new_data() -> None:
+    drift = Reason("drift", "requested by monitoring: drift on x")
+    request = Reason("request:labels fixed", "requested by user: labels fixed")
+    on_old = decide([drift, request], dataset_version="d1", trained_on={"d1": 3}, handled=())
+    assert on_old.train == [request]  # a person's request still trains
+    assert on_old.defer == [drift]
+    assert on_old.trained_by == 3
+    only_drift = decide([drift], dataset_version="d1", trained_on={"d1": 3}, handled=())
+    assert (only_drift.train, only_drift.defer) == ([], [drift])
+    # New data: the waiting drift trains on its own, or joins the run's other reasons.
+    new_data = decide([], dataset_version="d2", trained_on={"d1": 3}, handled=(), waiting=[drift])
+    assert new_data.train == [drift]
+    rows = Reason("new-rows", "1000 new rows")
+    joined = decide([rows], dataset_version="d2", trained_on={"d1": 3}, handled=(), waiting=[drift])
+    assert joined.train == [rows, drift]
+    # Drift that outlives the model trained for it waits again; a replayed request is handled.
+    again = decide([drift], dataset_version="d2", trained_on={"d1": 3, "d2": 4}, handled={"drift"})
+    assert (again.train, again.defer) == ([], [drift])
+    replay = decide([request], dataset_version="d2", trained_on={"d2": 4}, handled={request.kind})
+    assert (replay.train, replay.handled) == ([], [request])
+    first = decide([drift], dataset_version="d2", trained_on={"d1": 3}, handled=())
+    assert first.train == [drift]  # drift on data no model saw yet: train
 
 
 def test_trigger_keys_are_stable_and_distinct() -> None:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.validation.core import Validator
 from services.validation.metrics import ValidationMetrics
 from services.validation.rules import evaluate
+from shared import rejected
 from shared.contract import parse_contract
 from shared.datasets import DatasetCatalog
 from shared.events import BatchCreated, BatchQuarantined, DatasetValidated
@@ -107,6 +108,52 @@ def test_few_bad_rows_are_excluded_and_counted(store: ArtifactStore) -> None:
         assert metrics.row_failures.labels("toy", rule)._value.get() == 1
 
 
+def test_every_excluded_row_is_recorded_with_its_event_id_rule_and_value(
+    store: ArtifactStore,
+) -> None:
+    registry = CollectorRegistry()
+    v = Validator({"toy": CONTRACT}, store, ValidationMetrics(registry))
+    x = [50.0] * 100
+    x[3] = 1000.0
+    c = ["a"] * 100
+    c[4] = "zzz"
+    y: list[int | None] = [i % 2 for i in range(100)]
+    y[7] = 5
+    ids = [f"e{i}" for i in range(100)]
+    ids[6] = ids[5]
+    batch = batch_of(store, table(100, x=x, c=c, y=y, id=ids))
+    event = v.handle(batch)
+    assert isinstance(event, DatasetValidated)
+    assert event.new_rows == 96
+    assert event.rejected.rows == 4
+    expected = {
+        "range:x": 1,
+        "allowed_values:c": 1,
+        "label_values": 1,
+        "duplicate_id": 1,
+    }
+    assert event.rejected.by_rule == expected
+    record = rejected.read(store, "toy").to_pylist()
+    assert store.uri_for(rejected.key("toy", batch.batch_id)) == event.rejected.uri
+    lines = {(r["event_id"], r["rule"], r["column"], r["value"], r["row"]) for r in record}
+    assert lines == {
+        ("e3", "range:x", "x", "1000", 3),
+        ("e4", "allowed_values:c", "c", "zzz", 4),
+        ("e5", "duplicate_id", "id", "e5", 6),
+        ("e7", "label_values", "y", "5", 7),
+    }
+    assert {r["batch_id"] for r in record} == {batch.batch_id}
+    catalog = DatasetCatalog(store)
+    version = catalog.latest("toy")
+    assert version is not None
+    kept = set(catalog.load_table(version).column("id").to_pylist())
+    assert not kept & {"e3", "e4", "e7"}
+    for rule, n in expected.items():
+        labels = {"dataset": "toy", "rule": rule}
+        assert registry.get_sample_value("flywheel_validation_rejected_rows_total", labels) == n
+    assert v.handle(batch).rejected == event.rejected  # a replay answers the same record
+
+
 def test_too_many_failures_quarantine_naming_the_rule(store: ArtifactStore) -> None:
     v, metrics = validator(store)
     v.handle(batch_of(store, table(200)))
@@ -118,6 +165,8 @@ def test_too_many_failures_quarantine_naming_the_rule(store: ArtifactStore) -> N
     report = store.get_json(event.report_uri)
     assert report["verdict"] == "quarantine"
     assert {r["rule"]: r["failed"] for r in report["rules"]}["range:x"] == 20
+    assert event.rejected.by_rule == {"range:x": 20}  # the rows are on record here too
+    assert len(rejected.read(store, "toy", event.batch_id)) == 20
     assert DatasetCatalog(store).latest("toy").rows == 200  # type: ignore[union-attr]
     assert metrics.batches.labels("toy", "quarantine")._value.get() == 1
 
