@@ -12,6 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 
@@ -19,10 +21,13 @@ from services.serving.inputs import InputSpec
 from services.serving.model import LoadedModel
 from services.serving.tensors import Tensor
 from services.serving.testing import register_model
+from services.validation.core import Validator
+from services.validation.metrics import ValidationMetrics
 from shared.cli._output import emit
 from shared.cli.data import rows_to_events
 from shared.cli.predict import build_request
 from shared.contract import Contract, ContractError, parse_contract
+from shared.events import BatchCreated, DatasetValidated
 from shared.features import build_pipeline, onnx_feeds, onnx_input_names, to_frame, to_onnx
 from shared.onnx_names import safe_names
 from shared.registry import Registry
@@ -192,3 +197,34 @@ def test_cli_tables_print_names_and_values_verbatim(capsys: pytest.CaptureFixtur
     assert "x [cm]" in out
     assert "[/red] closing" in out
     assert "[bold] title" in out
+
+
+def test_validation_drift_metrics_carry_the_feature_names(tmp_path: Path) -> None:
+    contract = weird_contract()
+    store = ArtifactStore(f"file://{tmp_path}")
+    registry = CollectorRegistry()
+    validator = Validator({"weird": contract}, store, ValidationMetrics(registry))
+    n = 200
+    table = pa.table(
+        {
+            "event id": [f"e{i}" for i in range(2 * n)],
+            "when (UTC)": [f"2024-01-01T{i // 60 % 24:02d}:{i % 60:02d}:00Z" for i in range(2 * n)],
+            **{k: pa.array(v) for k, v in rows(contract, 2 * n).items()},
+            "the label (y)": ["setosa", "virginica"] * n,
+        }
+    )
+    batch = ingest(store, contract, table)
+    for part in (batch.slice(0, n), batch.slice(n)):
+        sha, uri = store.put_parquet("raw/weird", part)
+        event = validator.handle(
+            BatchCreated(dataset="weird", batch_id=sha, uri=uri, rows=part.num_rows, sha256=sha)
+        )
+        assert isinstance(event, DatasetValidated), event
+    exposed = generate_latest(registry).decode()
+    features = {
+        s.labels["feature"]
+        for family in text_string_to_metric_families(exposed)
+        if family.name == "flywheel_validation_drift_score"
+        for s in family.samples
+    }
+    assert set(contract.feature_names) <= features
