@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip check
-	@# Sample data (census employment, car loans) from the Apache-2.0 nannyml wheel.
+	@# Sample data: census employment and car loans from the Apache-2.0 nannyml wheel; iris
+	@# and diabetes written from scikit-learn's bundled files (BSD-3-Clause).
 	$(BIN)/python tools/fetch_data.py
 	@touch $(STAMP)
 
