@@ -393,3 +393,7 @@ class RetrainRequest(Event):
     reason: str
     requested_by: str = "user"
     evidence: dict[str, Any] = Field(default_factory=dict)
+    """The figures behind it. ``trigger`` (``drift`` or ``quality``, set by monitoring)
+    keys the retrain by (model, dataset version, trigger): on a dataset version a model was
+    already trained on it waits for new data. Without it the request is keyed by its
+    ``reason``, so a replay trains once."""

@@ -3,7 +3,8 @@
 Each service subclasses :class:`ServiceSettings` with its own env prefix
 (``FLYWHEEL_<SERVICE>_``). A few variables are global by design and keep their
 fixed names whatever the prefix: ``KAFKA_*``, ``FLYWHEEL_STORE``,
-``FLYWHEEL_CONTRACTS``, ``FLYWHEEL_LOG_FORMAT`` and ``FLYWHEEL_LOG_LEVEL``.
+``FLYWHEEL_CONTRACTS``, ``FLYWHEEL_LOG_FORMAT``, ``FLYWHEEL_LOG_LEVEL`` and
+``FLYWHEEL_DEPLOY_KEY`` / ``FLYWHEEL_DEPLOY_KEY_FILE``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ class ServiceSettings(BaseSettings):
     """JSON lines (default) or a readable console format."""
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "FLYWHEEL_LOG_LEVEL"))
     """Log level name."""
+    deploy_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("deploy_key", "FLYWHEEL_DEPLOY_KEY")
+    )
+    """HMAC-SHA256 key that signs deployments and deployment requests (at least 16
+    bytes; never logged). Every service and the ``flywheel`` CLI of one stack share it."""
+    deploy_key_file: str | None = Field(
+        None, validation_alias=AliasChoices("deploy_key_file", "FLYWHEEL_DEPLOY_KEY_FILE")
+    )
+    """File holding the deploy key (a mounted secret); used when ``deploy_key`` is unset."""
     metrics_port: int = Field(0, ge=0, le=65535)
     """Port of the Prometheus metrics endpoint (0 picks a free one)."""
     metrics_host: str = "0.0.0.0"

@@ -11,8 +11,10 @@ DATA_VALIDATED: Final = "data.validated"
 DATA_QUARANTINED: Final = "data.quarantined"
 MODELS_REGISTERED: Final = "models.registered"
 MODELS_DEPLOYMENTS: Final = "models.deployments"
+DEPLOYMENT_REQUESTS: Final = "deployment.requests"
 PREDICTIONS: Final = "predictions"
 FEEDBACK: Final = "feedback"
+FEEDBACK_ROUTED: Final = "feedback.routed"
 RETRAIN_REQUESTS: Final = "retrain.requests"
 
 ALL_TOPICS: Final[tuple[str, ...]] = (
@@ -23,8 +25,10 @@ ALL_TOPICS: Final[tuple[str, ...]] = (
     DATA_QUARANTINED,
     MODELS_REGISTERED,
     MODELS_DEPLOYMENTS,
+    DEPLOYMENT_REQUESTS,
     PREDICTIONS,
     FEEDBACK,
+    FEEDBACK_ROUTED,
     RETRAIN_REQUESTS,
 )
 

@@ -22,6 +22,8 @@ CONTRACTS = ROOT / "contracts"
 DATA = ROOT / "var" / "data"
 # Tansu joins a consumer group in about half the session timeout: keep it short.
 TEST_SESSION_TIMEOUT_MS = 3000
+DEPLOY_KEY = b"flywheel-test-deploy-key-0123456789"
+"""The deploy key every test stack shares (tests sign deployments with it)."""
 
 
 @pytest.fixture
@@ -62,6 +64,7 @@ def service_env(broker: str, store_uri: str) -> dict[str, str]:
         "FLYWHEEL_STORE": store_uri,
         "FLYWHEEL_CONTRACTS": str(CONTRACTS),
         "FLYWHEEL_LOG_LEVEL": "INFO",
+        "FLYWHEEL_DEPLOY_KEY": DEPLOY_KEY.decode(),
     }
     for name in ("INGESTION", "VALIDATION", "TRAINING", "SERVING", "MONITORING"):
         env[f"FLYWHEEL_{name}_METRICS_PORT"] = "0"

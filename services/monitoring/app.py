@@ -8,22 +8,27 @@ from shared.datasets import DatasetCatalog
 from shared.kafka import EventPublisher, ensure_topics
 from shared.registry import Registry
 from shared.service import Component, Runtime
+from shared.signing import Signer, load_key
 from shared.store import ArtifactStore
 
 from .core import Limits, MonitoringCore
 from .join import LabelJoin
-from .kafka import MonitoringConsumer
+from .kafka import ControlConsumer, StreamConsumer
 from .lag import LagProbe
 from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
+from .router import FeedbackRouter
 from .settings import MonitoringSettings
+from .state import JoinSnapshots
 
 TOPICS = (
     topics.PREDICTIONS,
     topics.FEEDBACK,
+    topics.FEEDBACK_ROUTED,
     topics.DATA_VALIDATED,
     topics.MODELS_REGISTERED,
     topics.MODELS_DEPLOYMENTS,
+    topics.DEPLOYMENT_REQUESTS,
     topics.DATA_EVENTS_DLQ,
     topics.DATA_QUARANTINED,
     topics.RETRAIN_REQUESTS,
@@ -52,13 +57,24 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
             cooldown_s=settings.cooldown_s,
         ),
     )
+    control = ControlConsumer(
+        settings.kafka, core, metrics, runtime.log, runtime.spawn, settings.poll_timeout_ms
+    )
+    # Pinned before the registry is read: no deployment in between is missed.
+    await control.position()
     core.load_aliases()
     runtime.info["models"] = sorted(contracts)
-    publisher = EventPublisher(settings.kafka, "monitoring-producer", runtime.log)
-    consumer = MonitoringConsumer(
+    key = load_key(settings)
+    if key is None:
+        runtime.log.warning("deploy_key.missing", effect="rollback requests are refused")
+    publisher = EventPublisher(
+        settings.kafka, "monitoring-producer", runtime.log, sign=Signer(key) if key else None
+    )
+    stream = StreamConsumer(
         settings.kafka,
         settings.group_id,
         core,
+        JoinSnapshots(store, settings.group_id),
         publisher,
         metrics,
         runtime.log,
@@ -66,5 +82,13 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
         settings.poll_timeout_ms,
         settings.topic_check_s,
     )
+    router = FeedbackRouter(
+        settings.kafka,
+        f"{settings.group_id}-router",
+        metrics,
+        runtime.log,
+        runtime.spawn,
+        settings.poll_timeout_ms,
+    )
     lag = LagProbe(settings.kafka, metrics, runtime.log, runtime.spawn, settings.lag_interval_s)
-    return [publisher, consumer, lag]
+    return [publisher, control, stream, router, lag]

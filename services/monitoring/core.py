@@ -23,6 +23,7 @@ from shared.events import (
     DatasetValidated,
     DeadLetter,
     Deployment,
+    DeploymentRequest,
     Event,
     Feedback,
     ModelRegistered,
@@ -160,8 +161,6 @@ class MonitoringCore:
         self.limits = limits or Limits()
         self.clock = clock
         self.models: dict[str, ModelState] = {}
-        self._published: deque[str] = deque(maxlen=1000)
-        """Ids of deployments this core published: their echo from Kafka is not re-applied."""
         for name in self.contracts:
             self.model(name)
 
@@ -574,32 +573,32 @@ class MonitoringCore:
     def _deploy(
         self, state: ModelState, action: str, version: int, reason: str, evidence: dict[str, Any]
     ) -> Outgoing:
+        # A request only: training, the registry's one writer, records the change and
+        # publishes the deployment, which this core then follows like any other.
         model = state.contract.name
-        event = Deployment(
+        event = DeploymentRequest(
             model=model,
             action="rollback" if action == "rollback" else "promote",
             version=version,
-            champion_version=version,
             actor=ACTOR,
             reason=reason,
+            evidence=evidence,
         )
         self.metrics.actions.labels(model, action).inc()
         self.logger.warning(
             f"action.{action}", model=model, version=version, reason=reason, evidence=evidence
         )
-        self.on_deployment(event)
-        self._published.append(event.id)
-        return Outgoing(topics.MODELS_DEPLOYMENTS, model, event)
+        return Outgoing(topics.DEPLOYMENT_REQUESTS, model, event)
 
     # --- control-plane events ---------------------------------------------------------
 
     def on_deployment(self, d: Deployment) -> None:
-        """Follow champion/challenger changes (from training, users or ourselves)."""
-        if d.id in self._published:
-            return  # our own decision, already applied when it was made
+        """Follow champion/challenger changes (training's recorded decisions)."""
         state = self.model(d.model)
         if state is None:
             self.metrics.rejected.labels(topics.MODELS_DEPLOYMENTS, "unknown_model").inc()
+            return
+        if not self._holds(topics.MODELS_DEPLOYMENTS, d.model, d.version):
             return
         if d.action == "promote":
             if d.version != state.champion:
@@ -636,8 +635,21 @@ class MonitoringCore:
         if self.model(event.model) is None:
             self.metrics.rejected.labels(topics.MODELS_REGISTERED, "unknown_model").inc()
             return
+        if not self._holds(topics.MODELS_REGISTERED, event.model, event.version):
+            return
         self.metrics.registered.labels(event.model).set(event.version)
         self.logger.info("model.registered", model=event.model, version=event.version)
+
+    def _holds(self, topic: str, model: str, version: int) -> bool:
+        """True when the registry holds ``version``; else counted (``missing_model_version``)
+        and logged: a broker that outlived its store replays events naming such versions."""
+        if version in self.registry.version_numbers(model):
+            return True
+        self.metrics.rejected.labels(topic, "missing_model_version").inc()
+        self.logger.warning(
+            "event.missing_model_version", topic=topic, model=model, version=version
+        )
+        return False
 
     def _dataset(self, name: str | None) -> str:
         return name if name in self.contracts else "other" if name else UNKNOWN

@@ -14,6 +14,7 @@ from typing import Any
 from shared.contract import load_contracts
 from shared.registry import Registry
 from shared.service import Component, Runtime
+from shared.signing import load_key
 from shared.store import ArtifactStore
 
 from .dataplane import DataPlane
@@ -79,6 +80,9 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
     metrics = ServingMetrics(runtime.registry)
     contracts = load_contracts(settings.contracts)
     registry = Registry(ArtifactStore(settings.store))
+    deploy_key = load_key(settings)
+    if deploy_key is None:
+        log.warning("deploy_key.missing", effect="every deployment event is refused")
     repository = ModelRepository(
         contracts,
         registry,
@@ -87,8 +91,7 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
         max_batch_size=settings.max_batch_size,
         batch_max_delay_s=settings.batch_max_delay_ms / 1000.0,
         intra_op_threads=settings.ort_intra_op_threads,
-        canary_percent=settings.canary_percent,
-        challenger_mode=settings.challenger_mode,
+        deploy_key=deploy_key,
     )
     sink = PredictionSink(settings.kafka)
 
@@ -98,13 +101,18 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
     def published(model: str, rows: int) -> None:
         metrics.events_published.labels(model).inc(rows)
 
+    def waited(model: str, seconds: float) -> None:
+        metrics.event_wait.labels(model).observe(seconds)
+
     publisher = PredictionPublisher(
         sink.send,
         buffer_rows=settings.event_buffer_rows,
         batch_rows=settings.event_batch_rows,
+        block_s=settings.event_block_ms / 1000.0,
         linger_s=settings.producer_linger_ms / 1000.0,
         dropped=dropped,
         published=published,
+        waited=waited,
         log=log,
     )
 

@@ -83,13 +83,22 @@ class ServingMetrics:
         )
         self.events_dropped = Counter(
             "flywheel_serving_prediction_events_dropped_total",
-            "Prediction events dropped because the buffer was full or Kafka refused them.",
+            "Prediction rows whose events were dropped: the buffer stayed full past the wait "
+            "bound (Kafka unreachable), the service stopped, or serialisation failed.",
             ["model"],
+            registry=registry,
+        )
+        self.event_wait = Histogram(
+            "flywheel_serving_prediction_event_wait_seconds",
+            "Time a request waited for room in the full prediction-event buffer "
+            "(back-pressure from Kafka), observed only for requests that waited.",
+            ["model"],
+            buckets=LATENCY_BUCKETS + (2.5, 5.0),
             registry=registry,
         )
         self.events_published = Counter(
             "flywheel_serving_prediction_events_published_total",
-            "Prediction events acknowledged by Kafka.",
+            "Prediction rows whose events Kafka acknowledged (acks=all).",
             ["model"],
             registry=registry,
         )
@@ -101,8 +110,17 @@ class ServingMetrics:
         )
         self.deployments = Counter(
             "flywheel_serving_deployments_total",
-            "Deployment events by model, action and outcome (applied, failed, ignored, invalid).",
+            "Deployment events by model, action and outcome "
+            "(applied, refused, failed, ignored, invalid).",
             ["model", "action", "outcome"],
+            registry=registry,
+        )
+        self.deployment_refusals = Counter(
+            "flywheel_serving_deployment_refusals_total",
+            "Deployments (and registry versions at start-up) refused after checking them "
+            "against the registry, by reason (signature, canary_share, parity, gates, "
+            "approval, digest, not_recorded, mismatch, ...).",
+            ["model", "reason"],
             registry=registry,
         )
         self.auth_failures = Counter(

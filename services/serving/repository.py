@@ -1,5 +1,10 @@
 """Loaded models per contract: start-up from the registry, deployments, atomic swaps.
 
+What serves is always a state of the registry (:class:`~shared.registry.AliasState`):
+at start-up its current state, afterwards the state each verified deployment event
+announces (:mod:`.deployments`). An event that is refused, or whose versions cannot be
+loaded, changes nothing.
+
 Loading (read the manifest, verify the ONNX sha256, build and warm up the session)
 runs in a worker thread; only the final slot assignment happens on the event loop, so
 requests keep being answered during a load and in-flight requests finish on the
@@ -13,14 +18,15 @@ from typing import Any
 
 from shared.contract import Contract
 from shared.events import Deployment
-from shared.registry import Registry, TamperedArtifactError
+from shared.registry import AliasState, Registry, TamperedArtifactError
 
 from .batching import AdaptiveBatcher
+from .deployments import DeploymentCheck, Refused
 from .errors import ServingError, not_found
 from .inputs import InputSpec
 from .metrics import ServingMetrics
 from .model import LoadedModel
-from .routing import ChallengerMode, Role, Served, Slot, in_canary
+from .routing import Role, Served, Slot, in_canary
 
 
 class ModelRepository:
@@ -34,8 +40,8 @@ class ModelRepository:
         max_batch_size: request size limit and batcher cap.
         batch_max_delay_s: adaptive batching window (0: off).
         intra_op_threads: ONNX Runtime intra-op threads per session.
-        canary_percent: canary share when an event or the registry does not say.
-        challenger_mode: mode of a registry challenger whose alias carries none.
+        deploy_key: the key deployment events must be signed with (None: every event
+            is refused; the registry's state is still served at start-up).
     """
 
     def __init__(
@@ -48,8 +54,7 @@ class ModelRepository:
         max_batch_size: int,
         batch_max_delay_s: float = 0.0,
         intra_op_threads: int = 1,
-        canary_percent: float = 10.0,
-        challenger_mode: ChallengerMode = "shadow",
+        deploy_key: bytes | None = None,
     ):
         self.contracts = contracts
         self.registry = registry
@@ -58,8 +63,9 @@ class ModelRepository:
         self.max_batch_size = max_batch_size
         self.batch_max_delay_s = batch_max_delay_s
         self.intra_op_threads = intra_op_threads
-        self.canary_percent = canary_percent
-        self.challenger_mode: ChallengerMode = challenger_mode
+        self.check = DeploymentCheck(contracts, registry, deploy_key)
+        self.applied: dict[str, int] = dict.fromkeys(contracts, -1)
+        """Per model, the alias-history entry the served state is at (-1: none yet)."""
         self.specs = {name: InputSpec(c, max_batch_size) for name, c in contracts.items()}
         self.slots: dict[str, Slot] = {name: Slot() for name in contracts}
 
@@ -165,66 +171,69 @@ class ModelRepository:
         )
 
     async def load_from_registry(self) -> None:
-        """Load each contract's champion and challenger as the registry's aliases say."""
+        """Serve exactly the registry's current state of every contract (champion,
+        challenger, its mode and canary share), leaving out versions that may not serve."""
         for name in self.contracts:
-            aliases = await asyncio.to_thread(self.registry.aliases, name)
-            champion = challenger = None
-            if aliases.get("champion") is not None:
-                champion = await self._load(name, int(aliases["champion"]))  # type: ignore[arg-type]
-            mode: ChallengerMode | None = None
-            percent = self.canary_percent
-            if aliases.get("challenger") is not None:
-                detail = await asyncio.to_thread(self.registry.alias_detail, name, "challenger")
-                challenger = await self._load(name, int(aliases["challenger"]))  # type: ignore[arg-type]
-                mode = (
-                    "canary" if detail.get("mode", self.challenger_mode) == "canary" else "shadow"
-                )
-                percent = float(detail.get("canary_percent") or self.canary_percent)
-            if champion is None and challenger is not None:
-                challenger = None  # a challenger needs a champion to be compared with
-            if challenger is None:
-                mode = None
-            await self._swap(name, Slot(champion, challenger, mode, percent))
+
+            def refused(err: Refused, name: str = name) -> None:
+                self._refused(name, "restore", err)
+
+            state = await asyncio.to_thread(self.check.restore, name, refused)
+            await self._serve(name, state)
 
     async def apply(self, event: Deployment) -> bool:
-        """Apply one deployment event; False when it was ignored or failed (logged)."""
+        """Apply one deployment event; False when it was refused, stale or failed (logged)."""
         name = event.model
-        if name not in self.slots:
-            self.metrics.deployments.labels("_unknown", event.action, "ignored").inc()
-            self.log.warning("deployment.unknown_model", model=name, action=event.action)
+        try:
+            state = await asyncio.to_thread(self.check.check, event)
+        except Refused as err:
+            self._refused(name, event.action, err, event)
             return False
-        slot = self.slots[name]
-        new: Slot | None = None
-        if event.action == "retire":
-            if slot.challenger is not None and slot.challenger.model.version == event.version:
-                new = Slot(slot.champion, None, None, 0.0)
-            else:
-                self.metrics.deployments.labels(name, event.action, "ignored").inc()
-                return False
-        else:
-            served = await self._load(name, event.version)
-            if served is None:
-                self.metrics.deployments.labels(name, event.action, "failed").inc()
-                return False
-            slot = self.slots[name]  # re-read: the load awaited
-            if event.action in ("promote", "rollback"):
-                keep = slot.challenger
-                if event.action == "rollback" or (
-                    keep is not None and keep.model.version == event.version
-                ):
-                    keep = None
-                new = Slot(served, keep, slot.mode if keep else None, slot.canary_percent)
-            else:
-                if slot.champion is None or slot.champion.model.version == event.version:
-                    self.metrics.deployments.labels(name, event.action, "ignored").inc()
-                    self.log.warning(
-                        "deployment.no_champion_to_challenge", model=name, version=event.version
-                    )
-                    return False
-                percent = event.canary_percent if event.canary_percent else self.canary_percent
-                new = Slot(slot.champion, served, event.action, float(percent))  # type: ignore[arg-type]
-        await self._swap(name, new)
+        if state.seq <= self.applied[name]:
+            # Already serving this decision or a later one (a repeat, or an event that
+            # was published before the state read at start-up).
+            self.metrics.deployments.labels(name, event.action, "ignored").inc()
+            self.log.info("deployment.stale", model=name, seq=state.seq, at=self.applied[name])
+            return False
+        if not await self._serve(name, state):
+            self.metrics.deployments.labels(name, event.action, "failed").inc()
+            return False
         self.metrics.deployments.labels(name, event.action, "applied").inc()
+        return True
+
+    def _refused(
+        self, name: str, action: str, err: Refused, event: Deployment | None = None
+    ) -> None:
+        label = self.label(name)
+        self.metrics.deployment_refusals.labels(label, err.reason).inc()
+        self.metrics.deployments.labels(label, action, "refused").inc()
+        self.log.error(
+            "deployment.refused",
+            model=name,
+            action=action,
+            reason=err.reason,
+            error=str(err),
+            event_id=event.id if event else None,
+            actor=event.actor if event else None,
+            model_version=event.version if event else None,
+        )
+
+    async def _serve(self, name: str, state: AliasState) -> bool:
+        """Load the versions of ``state`` and swap them in; False (nothing changed) when
+        one cannot be loaded."""
+        champion = challenger = None
+        if state.champion is not None:
+            champion = await self._load(name, state.champion)
+            if champion is None:
+                return False
+        if state.challenger is not None and champion is not None:
+            challenger = await self._load(name, state.challenger)
+            if challenger is None:
+                return False
+        mode = state.mode if challenger is not None else None
+        percent = state.canary_percent if mode == "canary" and state.canary_percent else 0.0
+        await self._swap(name, Slot(champion, challenger, mode, percent))
+        self.applied[name] = state.seq
         return True
 
     async def close(self) -> None:

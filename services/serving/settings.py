@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -31,15 +29,15 @@ class ServingSettings(ServiceSettings):
     ort_intra_op_threads: int = Field(1, ge=0)
     """ONNX Runtime intra-op threads per session (0: ORT's default, all cores). One
     thread suits small batches and leaves the other cores to gRPC."""
-    canary_percent: float = Field(10.0, gt=0, le=100)
-    """Share of rows a canary answers when its deployment event does not say."""
-    challenger_mode: Literal["shadow", "canary"] = "shadow"
-    """How a registry ``challenger`` with no recorded mode is deployed at start-up."""
     event_buffer_rows: int = Field(100_000, ge=1)
-    """Bound of the prediction-event buffer, in rows; beyond it events are dropped and
-    counted, so a Kafka outage never grows memory or delays responses."""
+    """Bound of the prediction-event buffer, in rows (buffered or awaiting Kafka's ack);
+    memory stays bounded when Kafka is behind or down."""
+    event_block_ms: int = Field(2_000, ge=0)
+    """Longest a request waits for room in a full event buffer before its response; past
+    it (Kafka unreachable for longer than the buffer lasts) its events are dropped,
+    counted in ``flywheel_serving_prediction_events_dropped_total`` and logged."""
     event_batch_rows: int = Field(2_000, ge=1)
-    """Most prediction events serialised and sent in one publishing round."""
+    """Most prediction rows serialised and sent in one publishing round."""
     producer_linger_ms: int = Field(100, ge=0)
     """How long the prediction publisher lets rows accumulate before a send (bigger
     batches, fewer Kafka requests); off the response path."""

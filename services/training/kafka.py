@@ -13,13 +13,14 @@ from aiokafka.structs import TopicPartition
 from pydantic import BaseModel, ValidationError
 
 from shared import topics
-from shared.events import DatasetValidated, Deployment, RetrainRequest
+from shared.events import DatasetValidated, DeploymentRequest, RetrainRequest
 from shared.kafka import (
     TopicWatch,
     consumer_kwargs,
     ensure_topics,
 )
 from shared.settings import KafkaSettings
+from shared.signing import verify
 
 from .core import Spawn, TrainingCore
 from .metrics import TrainingMetrics
@@ -28,11 +29,11 @@ from .offsets import OffsetTracker
 CONSUMED: dict[str, type[BaseModel]] = {
     topics.DATA_VALIDATED: DatasetValidated,
     topics.RETRAIN_REQUESTS: RetrainRequest,
-    topics.MODELS_DEPLOYMENTS: Deployment,
+    topics.DEPLOYMENT_REQUESTS: DeploymentRequest,
 }
 
 
-ALL_TRAINING_TOPICS = (*CONSUMED, topics.MODELS_REGISTERED)
+ALL_TRAINING_TOPICS = (*CONSUMED, topics.MODELS_REGISTERED, topics.MODELS_DEPLOYMENTS)
 
 
 class TrainingConsumer:
@@ -51,6 +52,8 @@ class TrainingConsumer:
         spawn: starts the consumer task (``Runtime.spawn`` in the service).
         topic_check_s: how often missing topics are recreated (a restarted embedded
             broker has lost them, and clients do not report that as an error).
+        deploy_key: the key deployment requests must be signed with (None: every
+            request is refused, as unauthenticated).
     """
 
     def __init__(
@@ -63,8 +66,10 @@ class TrainingConsumer:
         poll_timeout_ms: int = 500,
         spawn: Spawn | None = None,
         topic_check_s: float = 30.0,
+        deploy_key: bytes | None = None,
     ):
         self.settings = settings
+        self.deploy_key = deploy_key
         self.core = core
         self.metrics = metrics
         self.log = log
@@ -142,8 +147,20 @@ class TrainingConsumer:
             )
             ack()
             return
-        if isinstance(event, Deployment):
-            outcome = await self.core.apply_deployment(event)
+        if isinstance(event, DeploymentRequest):
+            if self.deploy_key is None or not verify(event, self.deploy_key):
+                outcome = "rejected"
+                self.metrics.deployments.labels(event.model, event.action, "unsigned").inc()
+                self.log.error(
+                    "deployment.refused",
+                    reason="signature",
+                    model=event.model,
+                    action=event.action,
+                    actor=event.actor,
+                    offset=record.offset,
+                )
+            else:
+                outcome = await self.core.apply_request(event)
             ack()
         elif isinstance(event, DatasetValidated):
             outcome = "accepted" if self.core.submit_validated(event, ack) else "ignored"

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from shared import topics
 from shared.approval import override_problem, refusal
@@ -99,7 +100,7 @@ def list_models(
     failures = [line for n in names if (line := last_run_failure(registry, n))]
     if name and not rows:
         if failures and not as_json:
-            err_console.print(f"{name}: no registered version; {failures[0]}")
+            err_console.print(escape(f"{name}: no registered version; {failures[0]}"))
             raise typer.Exit(1)
         raise _fail(f"no model called {name!r} in the registry")
     if not as_json:
@@ -124,7 +125,7 @@ def list_models(
     emit(rows, columns, as_json, "registered models")
     if not as_json:
         for line in failures:
-            console.print(f"[red]{line}[/]")
+            console.print(f"[red]{escape(line)}[/]")
 
 
 def last_run_failure(registry: Registry, name: str) -> str | None:
@@ -421,12 +422,10 @@ def reproduce_cmd(
         contract = load_contracts(settings.contracts).get(name)
     except ContractError as err:
         raise _fail(str(err)) from None
-    if contract is None:
-        raise _fail(f"no contract called {name!r} in {settings.contracts}")
     store = ArtifactStore(settings.store)
     try:
         result = reproduce(
-            contract,
+            contract or name,  # no file today: the snapshot kept with the version will do
             Registry(store),
             DatasetCatalog(store),
             version,
@@ -448,6 +447,13 @@ def reproduce_cmd(
         )
         for problem in result.problems:
             console.print(f"  - {problem}")
+        if result.contract_source == "today":
+            console.print("  note: no contract snapshot in the manifest: today's contract used")
+        for path, (was, now) in result.contract_differences.items():
+            console.print(escape(f"  note: contract {path}: {was!r} at training, {now!r} today"))
+        if result.code_difference:
+            was, now = result.code_difference
+            console.print(f"  note: code {was} at training, {now} now")
         for lib, (was, now) in result.library_differences.items():
             console.print(f"  note: {lib} {was} at training, {now} now")
     if not result.passed:

@@ -10,13 +10,16 @@ import pandas as pd
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from services.monitoring.actions import Trigger
 from services.monitoring.core import Limits, MonitoringCore
-from services.monitoring.join import LabelJoin, Pending
+from services.monitoring.join import EarlyLabel, LabelJoin, Pending
+from services.monitoring.kafka import decode_predictions
 from services.monitoring.metrics import MonitoringMetrics
-from services.monitoring.predlog import PredictionLog
+from services.monitoring.predlog import PredictionLog, read_log
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
+from services.monitoring.state import JoinSnapshots, Partitioner
 from services.monitoring.testing import load_car_loan, prediction_events, seed_version
 from services.monitoring.window_drift import VersionDrift
 from shared import topics
@@ -24,7 +27,15 @@ from shared.cli.lineage import find_feedback, find_prediction, lineage
 from shared.contract import Contract, load_contract, parse_contract
 from shared.datasets import DatasetCatalog
 from shared.drift import build_profile
-from shared.events import Deployment, Feedback, Prediction, RetrainRequest
+from shared.events import (
+    Deployment,
+    DeploymentRequest,
+    Feedback,
+    Prediction,
+    PredictionBatch,
+    RetrainRequest,
+    routing_key,
+)
 from shared.features import to_frame
 from shared.registry import ModelManifest, Registry
 from shared.store import ArtifactStore
@@ -319,17 +330,22 @@ def test_canary_is_rolled_back_when_worse_and_promoted_when_not(
         )
     )
     out = _serve(core, contract, analysis.iloc[:4000], v1, v2, canary_invert=invert)
-    deployments = [o.event for o in out if o.topic == topics.MODELS_DEPLOYMENTS]
-    assert len(deployments) == 1
-    d = deployments[0]
-    assert isinstance(d, Deployment)
+    # Monitoring only requests the change; training records it and publishes the deployment.
+    assert [o.topic for o in out if "deploy" in o.topic] == [topics.DEPLOYMENT_REQUESTS]
+    d = next(o.event for o in out if o.topic == topics.DEPLOYMENT_REQUESTS)
+    assert isinstance(d, DeploymentRequest)
     assert (d.action, d.version, d.actor) == (action, version, "monitoring")
+    assert d.evidence["challenger"] == 2
+    assert core.models["car_loan"].challenger == 2  # nothing changed before training decides
     assert _value(reg, "flywheel_monitoring_actions_total", model="car_loan", action=action) == 1
     diff = _value(
         reg, "flywheel_monitoring_metric_difference", model="car_loan", champion="1", challenger="2"
     )
     assert diff is not None
     assert diff < -0.02 if invert else diff > -0.02
+    core.on_deployment(
+        Deployment(model="car_loan", action=d.action, version=version, reason=d.reason)  # type: ignore[arg-type]
+    )
     assert core.models["car_loan"].challenger is None
     assert core.models["car_loan"].champion == version
 
@@ -427,3 +443,96 @@ def test_old_versions_series_are_removed(
         for s in metric.samples
     }
     assert series == {"2", "3"}
+
+
+# --- the per-request wire format, durable join state, the log read once -----------------
+
+
+def _batch(key: str, rows: int, **extra: Any) -> PredictionBatch:
+    return PredictionBatch(
+        id=key,
+        model="m",
+        model_version=1,
+        data_version="d1",
+        request_id=f"r-{key}",
+        latency_ms=1.0,
+        rows=rows,
+        inputs={"x": [float(i) for i in range(rows)], "c": ["a"] * (rows - 1) + [None]},
+        outputs={"label": [i % 2 for i in range(rows)], "probabilities": [[0.4, 0.6]] * rows},
+        **extra,
+    )
+
+
+def test_a_request_is_one_event_whose_rows_keep_their_prediction_ids() -> None:
+    batch = _batch(
+        "k1",
+        3,
+        shadow={
+            "model_version": 2,
+            "data_version": "d2",
+            "outputs": {"label": [1, 1, 1], "probabilities": [[0.1, 0.9]] * 3},
+        },
+    )
+    rows = decode_predictions(batch.model_dump_json().encode())
+    assert [r.id for r in rows] == ["k1-0", "k1-1", "k1-2"]
+    assert {routing_key(r.id) for r in rows} == {"k1"}  # what feedback is re-keyed by
+    assert rows[2].inputs == {"x": 2.0, "c": None}
+    assert rows[1].outputs == {"label": 1, "probabilities": [0.4, 0.6]}
+    assert rows[0].shadow == {
+        "model_version": 2,
+        "data_version": "d2",
+        "outputs": {"label": 1, "probabilities": [0.1, 0.9]},
+    }
+    # Schema version 1 (one row per message) still decodes, e.g. during an upgrade.
+    (old,) = decode_predictions(rows[0].model_dump_json().encode())
+    assert old.id == "k1-0"
+    with pytest.raises(ValidationError, match="every input and output column"):
+        PredictionBatch.model_validate_json(
+            batch.model_dump_json().replace('"rows":3', '"rows":4').encode()
+        )
+
+
+def test_join_snapshots_restore_one_partition_with_its_offsets(tmp_path: Path) -> None:
+    part = Partitioner(4)
+    ids = [f"key{i}-0" for i in range(40)]
+    join = LabelJoin(100, 3600, part)
+    for i, pid in enumerate(ids):
+        join.add(pid, _pending(at=float(i)))
+    join.hold(EarlyLabel("late7-0", 1, 5.0))
+    snapshots = JoinSnapshots(ArtifactStore(f"file://{tmp_path}"), "g", clock=lambda: 50.0)
+    k = part("late7-0")
+    key = snapshots.save(join, k, {"predictions": 12, "feedback.routed": 3})
+    mine = {pid for pid in ids if part(pid) == k}
+    assert 0 < len(mine) < len(ids)  # the ids spread over partitions
+
+    fresh = LabelJoin(100, 3600, part)
+    restored = JoinSnapshots(snapshots.store, "g", clock=lambda: 10.0).load(fresh, key)
+    assert restored == {"predictions": 12, "feedback.routed": 3}
+    assert len(fresh) == len(mine)
+    waiting = fresh.match(sorted(mine)[0])
+    assert waiting is not None
+    assert waiting.model == "m"
+    assert fresh.take_early("late7-0") is not None
+    join.drop([k])  # taken over by another replica
+    assert len(join) == len(ids) - len(mine)
+    assert join.early == 0
+
+
+def test_the_log_reads_each_replayed_prediction_once(tmp_path: Path) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    log = PredictionLog(store, flush_rows=10_000, flush_s=60)
+    rows = _batch("k", 5).predictions()
+    for p in rows[:3]:
+        log.add_prediction(p)
+    log.flush()
+    for p in rows:  # a crash before the commit: the first three are replayed
+        log.add_prediction(p)
+    log.add_feedback(Feedback(prediction_id="k-0", label=1), "m", 1, "2026-12-01T00:00:00")
+    log.flush()
+    log.add_feedback(Feedback(prediction_id="k-0", label=1), "m", 1, "2026-12-01T00:00:01")
+    log.flush()
+    table = read_log(store, "predictions")
+    assert sorted(table["prediction_id"].to_pylist()) == [f"k-{i}" for i in range(5)]
+    assert read_log(store, "feedback").num_rows == 1
+    assert len(find_feedback(store, "k-0")) == 1
+    assert read_log(store, "predictions", "other").num_rows == 0

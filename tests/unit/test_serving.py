@@ -24,11 +24,13 @@ from services.serving.routing import in_canary
 from services.serving.tensors import Tensor, decode_raw, encode_bytes
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, Prediction
+from shared.events import Deployment, PredictionBatch
 from shared.features import onnx_feeds, to_frame
-from shared.registry import Registry
+from shared.registry import Gate, Registry
+from shared.signing import sign
 from shared.store import ArtifactStore
-from tests.conftest import CONTRACTS, DATA, need_data
+from tests.conftest import CONTRACTS, DATA, DEPLOY_KEY, need_data
+from tests.deploying import decide
 
 MODEL = "census_employment"
 LOG = structlog.get_logger()
@@ -222,14 +224,27 @@ def test_canary_share_is_close_to_the_percentage_and_sticky() -> None:
 # --- repository ------------------------------------------------------------------------
 
 
-def _repository(contract: Contract, registry: Registry) -> tuple[ModelRepository, ServingMetrics]:
-    metrics = ServingMetrics(CollectorRegistry())
-    repo = ModelRepository({MODEL: contract}, registry, metrics, LOG, max_batch_size=64)
+def _repository(
+    contract: Contract, registry: Registry, prom: CollectorRegistry | None = None
+) -> tuple[ModelRepository, ServingMetrics]:
+    metrics = ServingMetrics(prom or CollectorRegistry())
+    repo = ModelRepository(
+        {MODEL: contract}, registry, metrics, LOG, max_batch_size=64, deploy_key=DEPLOY_KEY
+    )
     return repo, metrics
 
 
-def _deploy(action: str, version: int, **kw: Any) -> Deployment:
-    return Deployment(model=MODEL, action=action, version=version, reason="test", **kw)  # type: ignore[arg-type]
+def _forged(action: str, version: int, key: bytes | None = DEPLOY_KEY, **kw: Any) -> Deployment:
+    """A deployment no registry decision stands behind (signed with ``key`` if given)."""
+    event = Deployment(model=MODEL, action=action, version=version, reason="forged", **kw)  # type: ignore[arg-type]
+    return sign(event, key) if key else event
+
+
+def _refusals(prom: CollectorRegistry, reason: str) -> float:
+    value = prom.get_sample_value(
+        "flywheel_serving_deployment_refusals_total", {"model": MODEL, "reason": reason}
+    )
+    return value or 0.0
 
 
 async def test_deployments_change_what_answers(
@@ -237,7 +252,8 @@ async def test_deployments_change_what_answers(
 ) -> None:
     register_model(registry, contract, models["onnx1"], dataset_version="d1")
     register_model(registry, contract, models["onnx2"], dataset_version="d2", alias=None)
-    repo, metrics = _repository(contract, registry)
+    prom = CollectorRegistry()
+    repo, metrics = _repository(contract, registry, prom)
     await repo.load_from_registry()
 
     def answer(request_id: str = "r", version: str = "") -> tuple[int, str, int | None]:
@@ -245,26 +261,85 @@ async def test_deployments_change_what_answers(
         return served.model.version, role, shadow.model.version if shadow else None
 
     assert answer() == (1, "champion", None)
-    assert await repo.apply(_deploy("shadow", 2))
+    assert await repo.apply(decide(registry, contract, "shadow", 2))
     assert answer() == (1, "champion", 2)
     assert answer(version="2") == (2, "pinned", None)
-    assert await repo.apply(_deploy("canary", 2, canary_percent=100))
+    canary = decide(registry, contract, "canary", 2, canary_percent=100)
+    assert await repo.apply(canary)
     assert answer() == (2, "canary", None)
-    assert await repo.apply(_deploy("promote", 2))
+    assert not await repo.apply(canary)  # a repeat: already serving that decision
+    assert await repo.apply(decide(registry, contract, "promote", 2))
     assert answer() == (2, "champion", None)
-    assert await repo.apply(_deploy("rollback", 1))
+    assert await repo.apply(decide(registry, contract, "rollback", 1))
     assert answer() == (1, "champion", None)
-    assert not await repo.apply(_deploy("retire", 2))  # nothing to retire
-    assert not await repo.apply(_deploy("promote", 9))  # unknown version: kept as is
+    assert not await repo.apply(_forged("retire", 2))  # nothing recorded: refused
+    assert not await repo.apply(_forged("promote", 9))  # unknown version: kept as is
     assert answer() == (1, "champion", None)
     assert metrics.swaps.labels(MODEL)._value.get() == 2
-    assert metrics.load_failures.labels(MODEL, "missing")._value.get() == 1
+    assert _refusals(prom, "unknown_version") == 1
     with pytest.raises(ServingError) as err:
         repo.route(MODEL, "2", "r")
     assert err.value.code == "NOT_FOUND"
     with pytest.raises(ServingError) as err:
         repo.route("other", "", "r")
     assert err.value.code == "NOT_FOUND"
+
+
+async def test_forged_deployments_are_refused_counted_and_change_nothing(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    good = register_model(registry, contract, models["onnx2"], dataset_version="d2", alias=None)
+    bad_parity = _register_variant(registry, good, parity=False)
+    refused = _register_variant(
+        registry, good, gates={"fairness_gap": Gate(passed=False, detail="gap 0.4")}
+    )
+    prom = CollectorRegistry()
+    repo, _ = _repository(contract, registry, prom)
+    await repo.load_from_registry()
+    sha = good.onnx_sha256
+    cases = {
+        "signature": _forged("promote", good.version, key=None, manifest_sha256=sha),
+        "canary_share": _forged(
+            "canary",
+            good.version,
+            champion_version=1,
+            challenger_version=2,
+            challenger_mode="canary",
+            canary_percent=250,
+            manifest_sha256=sha,
+        ),
+        "parity": _forged("promote", bad_parity.version, manifest_sha256=sha),
+        "gates": _forged("promote", refused.version, manifest_sha256=sha),
+        "digest": _forged("promote", good.version, manifest_sha256="0" * 64),
+        "not_recorded": _forged("promote", good.version, manifest_sha256=sha),
+    }
+    # A genuine decision whose signed body was altered fails its signature too.
+    genuine = decide(registry, contract, "canary", good.version, canary_percent=10)
+    altered = genuine.model_copy(update={"canary_percent": 100.0})
+    for reason, event in cases.items():
+        assert not await repo.apply(event), reason
+        assert _refusals(prom, reason) == 1, reason
+        assert repo.route(MODEL, "", "r")[0].model.version == 1
+        assert repo.slots[MODEL].challenger is None
+    assert not await repo.apply(altered)
+    assert _refusals(prom, "signature") == 2
+    # A decision claiming another registry state than its history entries give.
+    lying = sign(genuine.model_copy(update={"canary_percent": 100.0, "signature": ""}), DEPLOY_KEY)
+    assert not await repo.apply(lying)
+    assert _refusals(prom, "mismatch") == 1
+    assert repo.slots[MODEL].challenger is None
+    assert await repo.apply(genuine)  # the real decision still applies
+    assert repo.slots[MODEL].canary_percent == 10
+
+
+def _register_variant(registry: Registry, base: Any, **changes: Any) -> Any:
+    """Register ``base``'s ONNX again as a new version with ``changes`` to its manifest."""
+    parity = base.parity.model_copy(update={"passed": changes.pop("parity", True)})
+    manifest = base.model_copy(
+        update={"version": registry.next_version(base.model), "parity": parity} | changes
+    )
+    return registry.register(manifest)
 
 
 async def test_a_model_whose_bytes_do_not_match_its_manifest_is_refused(
@@ -295,7 +370,8 @@ async def test_an_edited_manifest_is_refused(
     )
     repo, metrics = _repository(contract, registry)
     await repo.load_from_registry()
-    assert not await repo.apply(_deploy("promote", 2))
+    event = decide(registry, contract, "promote", 2)
+    assert not await repo.apply(event)
     assert metrics.load_failures.labels(MODEL, "tampered")._value.get() == 1
     assert repo.route(MODEL, "", "r")[0].model.version == 1
 
@@ -330,7 +406,7 @@ async def test_the_registry_challenger_starts_in_its_recorded_mode(
 # --- prediction events -------------------------------------------------------------------
 
 
-async def test_events_are_batched_and_dropped_when_the_buffer_is_full(
+async def test_events_wait_for_room_and_drop_only_past_the_bound(
     contract: Contract, models: dict[str, Any], registry: Registry
 ) -> None:
     manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
@@ -338,41 +414,60 @@ async def test_events_are_batched_and_dropped_when_the_buffer_is_full(
     model = LoadedModel(manifest, models["onnx1"], spec, 1)
     shadow = LoadedModel(manifest, models["onnx2"], spec, 1)
     gate = asyncio.Event()
-    sent: list[bytes] = []
+    sent: list[tuple[bytes, bytes, str]] = []
     dropped: dict[str, int] = {}
+    waits: list[float] = []
+    failures = [1]
 
     async def send(messages: list[tuple[bytes, bytes, str]]) -> None:
         await gate.wait()  # Kafka "down" until the gate opens
-        sent.extend(m[1] for m in messages)
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("broker restarting")  # retried, never dropped
+        sent.extend(messages)
 
     publisher = PredictionPublisher(
         send,
         buffer_rows=10,
         batch_rows=100,
+        block_s=0.2,
         dropped=lambda m, n: dropped.__setitem__(m, dropped.get(m, 0) + n),
         published=lambda m, n: None,
+        waited=lambda m, s: waits.append(s),
         log=LOG,
+        retry_s=0.01,
     )
     await publisher.start()
     feeds, n = spec.feeds([matrix_tensor(contract, models["rows"][:4])])
     outputs = model.predict(feeds)
 
     def answered(tag: str) -> Answered:
-        ids = [f"{tag}-{i}" for i in range(n)]
-        return Answered(model, "champion", tag, feeds, outputs, ids, shadow, 1.5, 0.0)
+        return Answered(model, "champion", tag, f"k{tag}", feeds, outputs, n, shadow, 1.5, 0.0)
 
-    # Rows count against the bound until Kafka acknowledged them: a and b fit in ten
-    # rows, c and d do not.
-    for tag in "abcd":
-        publisher.submit(answered(tag))
-    assert dropped == {MODEL: 8}
-    assert publisher.pending_rows <= 10
+    # Rows count against the bound until Kafka acknowledged them: a and b fit in ten rows;
+    # c waits for room, and with Kafka down past the bound its rows are dropped, counted.
+    for tag in "ab":
+        await publisher.submit(answered(tag))
+    await publisher.submit(answered("c"))
+    assert dropped == {MODEL: 4}
+    assert len(waits) == 1
+    assert waits[0] >= 0.2
+    # d waits while Kafka comes back (one failed send, retried): nothing is lost.
+    waiting = asyncio.create_task(publisher.submit(answered("d")))
     gate.set()
+    await waiting
     await publisher.stop()
-    events = [Prediction.model_validate(json.loads(v)) for v in sent]
-    assert sorted({e.request_id for e in events}) == ["a", "b"]
+    assert dropped == {MODEL: 4}
+    assert len(waits) == 2
+    events = [PredictionBatch.model_validate_json(m[1]) for m in sent]
+    assert [e.request_id for e in events] == ["a", "b", "d"]
+    assert [m[0] for m in sent] == [b"ka", b"kb", b"kd"]  # keyed by the request key
     first = events[0]
+    assert (first.schema_version, first.rows, first.id) == (2, n, "ka")
     assert (first.model_version, first.data_version, first.role) == (1, "d1", "champion")
-    assert first.shadow is not None
-    assert first.shadow["outputs"]["label"] in (0, 1)
-    assert set(first.inputs) == set(contract.feature_names)
+    rows = first.predictions()
+    assert [r.id for r in rows] == [f"ka-{i}" for i in range(n)]
+    assert rows[0].shadow is not None
+    assert rows[0].shadow["outputs"]["label"] in (0, 1)
+    assert set(rows[0].inputs) == set(contract.feature_names)
+    assert rows[1].outputs["label"] == outputs["label"].tolist()[1]

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.training.core import TrainingCore
-from services.training.deploy import previous_champion
 from services.training.evaluation import Predictions, labels_like, metrics
 from services.training.metrics import TrainingMetrics
 from services.training.reproduce import reproduce
@@ -20,7 +19,13 @@ from services.training.trainer import TrainConfig
 from shared import topics
 from shared.contract import Contract, parse_contract
 from shared.datasets import DatasetCatalog
-from shared.events import DatasetValidated, Deployment, DriftSummary, Event, RetrainRequest
+from shared.events import (
+    DatasetValidated,
+    DeploymentRequest,
+    DriftSummary,
+    Event,
+    RetrainRequest,
+)
 from shared.registry import Registry, TamperedArtifactError
 from shared.store import ArtifactStore
 from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
@@ -100,7 +105,7 @@ async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
     assert manifest.dataset_version == version.id
     assert manifest.reason.startswith("first model")
     assert manifest.parity.passed
-    assert manifest.promoted
+    assert "promoted" not in manifest.model_dump()  # the alias history says what serves
     assert manifest.metrics["roc_auc"] > 0.8
     assert set(manifest.metrics) >= {"accuracy", "roc_auc", "f1", "log_loss", "calibration_error"}
     assert set(manifest.library_versions) >= {"scikit-learn", "skl2onnx", "onnxruntime", "numpy"}
@@ -123,6 +128,8 @@ async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
     assert registered.gates["parity"] is True
     [deployment] = recorder.on(topics.MODELS_DEPLOYMENTS)
     assert (deployment.action, deployment.version, deployment.actor) == ("promote", 1, "training")
+    assert (deployment.history, deployment.champion_version) == ([0], 1)
+    assert deployment.manifest_sha256 == manifest.onnx_sha256
     assert len(registry.runs("toy")) == 1
     assert (
         metrics.get_sample_value(
@@ -143,10 +150,11 @@ async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
 
 async def test_a_replayed_event_never_trains_twice(store: ArtifactStore) -> None:
     core, _, _ = make_core(store, toy_contract())
-    [version_id] = DatasetCatalog(store).ids("toy")
-    core.submit_validated(validated(version_id, 2000, 2000, drifted=True), lambda: None)
+    [v1] = DatasetCatalog(store).versions("toy")
+    v2 = add_dataset(store, "toy", [toy_table(2000), toy_table(50, 1, 2000)], parent=v1.id)
+    core.submit_validated(validated(v2.id, 2050, 50, drifted=True), lambda: None)
     first = await core.run("toy")
-    core.submit_validated(validated(version_id, 2000, 2000, drifted=True), lambda: None)
+    core.submit_validated(validated(v2.id, 2050, 50, drifted=True), lambda: None)
     replay = await core.run("toy")
     assert first.outcome != "skipped"  # drift is a reason to retrain
     assert replay.outcome == "skipped"
@@ -201,7 +209,6 @@ async def test_a_worse_model_is_registered_but_not_promoted(store: ArtifactStore
     assert "beats_champion" in outcome.detail
     registry = Registry(store)
     manifest = registry.get("toy", 2)
-    assert not manifest.promoted
     assert not manifest.gates["beats_champion"].passed
     assert "vs champion" in manifest.gates["beats_champion"].detail
     assert (manifest.model_extra or {})["champion"]["version"] == 1
@@ -209,6 +216,27 @@ async def test_a_worse_model_is_registered_but_not_promoted(store: ArtifactStore
     assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
     [registered] = recorder.on(topics.MODELS_REGISTERED)
     assert registered.gates["beats_champion"] is False
+    # A failed gate is only promotable with an explicit override, recorded with who and why.
+    promote = DeploymentRequest(
+        model="toy", action="promote", version=2, actor="user:di", reason="known trade-off"
+    )
+    assert await core.apply_request(promote) == "refused"
+    failed = sorted(n for n, g in manifest.gates.items() if not g.passed)
+    assert "beats_champion" in failed
+    assert "parity" not in failed
+    wrong = promote.model_copy(update={"overrides": [*failed, "parity"]})
+    assert await core.apply_request(wrong) == "refused"
+    if len(failed) > 1:  # overriding only some of the failed gates is not enough
+        partial = promote.model_copy(update={"overrides": ["beats_champion"]})
+        assert await core.apply_request(partial) == "refused"
+    assert registry.aliases("toy")["champion"] == 1
+    assert registry.approvals("toy", 2) == []
+    overriding = promote.model_copy(update={"overrides": failed})
+    assert await core.apply_request(overriding) == "applied"
+    assert registry.aliases("toy")["champion"] == 2
+    [approval] = registry.approvals("toy", 2)
+    assert (approval.actor, approval.reason) == ("user:di", "known trade-off")
+    assert approval.detail["overrides"] == failed
 
 
 def lossy_table(seed: int = 0) -> pa.Table:
@@ -257,8 +285,14 @@ async def test_an_onnx_export_that_disagrees_fails_the_parity_gate(tmp_path: Pat
     assert manifest.parity.max_abs_diff > 1e-5
     assert Registry(store).aliases("lossy")["champion"] is None
     assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
-    refused = Deployment(model="lossy", action="promote", version=1, actor="user:x", reason="try")
-    assert await core.apply_deployment(refused) == "refused"
+    refused = DeploymentRequest(
+        model="lossy", action="promote", version=1, actor="user:x", reason="try"
+    )
+    assert await core.apply_request(refused) == "refused"
+    # parity can never be overridden, not even explicitly
+    overriding = refused.model_copy(update={"action": "approve", "overrides": ["parity"]})
+    assert await core.apply_request(overriding) == "refused"
+    assert Registry(store).history("lossy") == []
 
 
 async def test_manual_strategy_waits_for_a_person(tmp_path: Path) -> None:
@@ -270,13 +304,25 @@ async def test_manual_strategy_waits_for_a_person(tmp_path: Path) -> None:
     assert (await core.run("toy")).outcome == "registered"
     assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
     assert Registry(store).aliases("toy")["champion"] is None
-    promote = Deployment(model="toy", action="promote", version=1, actor="user:ann", reason="ok")
-    assert await core.apply_deployment(promote) == "applied"
-    assert await core.apply_deployment(promote) == "applied"  # a replay changes nothing more
+    promote = DeploymentRequest(
+        model="toy", action="promote", version=1, actor="user:ann", reason="ok"
+    )
+    assert await core.apply_request(promote) == "refused"  # no approval yet
+    approve = DeploymentRequest(
+        model="toy", action="approve", version=1, actor="user:cy", reason="reviewed the card"
+    )
+    assert await core.apply_request(approve) == "applied"
+    assert recorder.on(topics.MODELS_DEPLOYMENTS) == []  # approving deploys nothing
+    assert await core.apply_request(promote) == "applied"
+    assert await core.apply_request(promote) == "applied"  # a replay changes nothing more
     history = Registry(store).history("toy")
     assert [(c.alias, c.version, c.actor, c.reason) for c in history] == [
-        ("champion", 1, "user:ann", "ok")
+        ("approval", 1, "user:cy", "reviewed the card"),
+        ("champion", 1, "user:ann", "ok"),
     ]
+    first, again = recorder.on(topics.MODELS_DEPLOYMENTS)
+    assert first.id == again.id
+    assert first.history == again.history == [1]
 
 
 async def test_deployment_requests_move_the_aliases(store: ArtifactStore) -> None:
@@ -286,10 +332,10 @@ async def test_deployment_requests_move_the_aliases(store: ArtifactStore) -> Non
     await core.run("toy")
 
     async def send(action: str, version: int, **kw: Any) -> str:
-        event = Deployment(
+        event = DeploymentRequest(
             model="toy", action=action, version=version, actor="user:bo", reason=action, **kw
         )  # type: ignore[arg-type]
-        return await core.apply_deployment(event)
+        return await core.apply_request(event)
 
     assert registry.aliases("toy")["champion"] == 2  # as good as v1: promoted (margin 0)
     assert await send("canary", 1, canary_percent=25) == "applied"
@@ -303,10 +349,11 @@ async def test_deployment_requests_move_the_aliases(store: ArtifactStore) -> Non
     assert registry.history("toy")[-1].reason == "rollback"
     assert await send("retire", 2) == "refused"
     assert await send("promote", 99) == "refused"
-    own = Deployment(model="toy", action="promote", version=2, reason="mine")
-    assert await core.apply_deployment(own) == "ignored"
+    assert await send("canary", 2, canary_percent=0) == "refused"  # shares are in (0, 100]
+    assert await send("canary", 2, canary_percent=250) == "refused"
+    assert await send("promote", 1) == "ignored"  # already the champion: nothing moves
     assert registry.aliases("toy")["champion"] == 1
-    assert previous_champion(registry, "toy") == 2
+    assert registry.previous_champion("toy") == 2
     assert (
         metrics.get_sample_value(
             "flywheel_training_deployments_total",
