@@ -109,7 +109,11 @@ def rows_to_events(
         _column(table, label_name, "label") if label_name in table.column_names else [None] * n
     )
     if contract.label.classes and all(isinstance(c, int) for c in contract.label.classes):
-        label = [int(v) if isinstance(v, float) and v.is_integer() else v for v in label]
+        # 1.0 from a float column and true/false from a bool column are the classes 1 and 0.
+        label = [
+            int(v) if isinstance(v, bool) or (isinstance(v, float) and v.is_integer()) else v
+            for v in label
+        ]
     names = list(feats)
     rows = zip(*feats.values(), strict=True)
     return [
