@@ -147,11 +147,11 @@ async def publish_events(
     """
     from aiokafka import AIOKafkaProducer
 
-    from shared.kafka import client_kwargs, ensure_topics
+    from shared.kafka import ensure_topics, producer_kwargs
 
     await ensure_topics(kafka, [topics.DATA_EVENTS])
     producer = AIOKafkaProducer(
-        **client_kwargs(kafka, "publish"), acks="all", linger_ms=10, max_batch_size=512 * 1024
+        **await producer_kwargs(kafka, "publish"), linger_ms=10, max_batch_size=512 * 1024
     )
     await producer.start()
     done = 0
@@ -293,17 +293,17 @@ async def read_dlq(kafka: KafkaSettings, limit: int, timeout_s: float = 2.0) -> 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from shared.kafka import client_kwargs
+    from shared.kafka_protocol import TopicsUnavailable, fetch_partitions
 
+    try:
+        # An explicit metadata request: the consumer's own metadata holds no topic yet.
+        found = await fetch_partitions(kafka, [topics.DATA_EVENTS_DLQ], timeout_s)
+    except TopicsUnavailable:
+        return []  # no dead letter was ever written (the topic does not exist)
+    tps = [TopicPartition(topics.DATA_EVENTS_DLQ, p) for p in found[topics.DATA_EVENTS_DLQ]]
     consumer = AIOKafkaConsumer(**client_kwargs(kafka, "dlq-reader"), enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topics.DATA_EVENTS_DLQ)
-        if parts is None:
-            await consumer.topics()  # refresh metadata once
-            parts = consumer.partitions_for_topic(topics.DATA_EVENTS_DLQ) or set()
-        tps = [TopicPartition(topics.DATA_EVENTS_DLQ, p) for p in sorted(parts)]
-        if not tps:
-            return []
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         for tp in tps:
@@ -352,8 +352,35 @@ def dlq(
     emit(rows, ["time", "dataset", "event_id", "field", "error", "source"], False, "dead letters")
 
 
+def rejected_rows(
+    name: Annotated[str, typer.Argument(help="Dataset (contract) name.")],
+    batch: Annotated[str | None, typer.Option(help="Only this batch id.")] = None,
+    rule: Annotated[str | None, typer.Option(help="Only this rule (e.g. range:x).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Rows shown at most (the newest).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Rows validation left out of dataset versions: event id, batch, rule and value."""
+    from shared import rejected
+
+    table = rejected.read(ArtifactStore(ServiceSettings().store), name, batch)
+    lines = [r for r in table.to_pylist() if rule is None or r["rule"] == rule]
+    shown = lines[-limit:]
+    if as_json:
+        emit(shown, [], True, "")
+        return
+    for r in shown:
+        r["batch_id"] = r["batch_id"][:12]
+    counts: dict[str, int] = {}
+    for r in lines:
+        counts[r["rule"]] = counts.get(r["rule"], 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    columns = ["event_id", "batch_id", "row", "rule", "column", "value"]
+    emit(shown, columns, False, f"rejected rows of {name} ({len(lines)}: {summary})")
+
+
 def register(app: typer.Typer) -> None:
     """Add the data commands to ``app``."""
     app.command("publish")(publish)
     app.command("datasets")(datasets)
     app.command("dlq")(dlq)
+    app.command("rejected")(rejected_rows)
