@@ -97,7 +97,9 @@ def test_the_label_decides_the_task(label: str, task: str, classes: list[int] | 
 
 def test_a_bool_label_is_classes_0_and_1_and_publishes_as_them() -> None:
     table = sample_table(20).append_column("late?", pa.array([True, False] * 10))
-    contract = infer_contract(table, name="w", label="late?", drop=["outcome"]).contract
+    contract = infer_contract(
+        table, name="w", label="late?", id="row id", drop=["outcome"]
+    ).contract
     assert contract.label.classes == [0, 1]
     assert [e["label"] for e in rows_to_events(contract, table)[:2]] == [1, 0]
 
