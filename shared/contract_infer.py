@@ -47,6 +47,8 @@ class Inferred:
     """The draft as a plain mapping (what :func:`to_yaml` writes)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Column -> why it is not a feature."""
+    notes: list[str] = field(default_factory=list)
+    """What the owner must settle before the draft can be used (a missing id column)."""
 
 
 def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -134,6 +136,8 @@ def _feature(name: str, col: pa.ChunkedArray, margin: float, max_categories: int
         distinct = pc.unique(values).to_pylist()
         if len(distinct) > max_categories:
             return f"{len(distinct)} distinct text values (more than {max_categories})"
+        if len(distinct) == len(values) > 2:
+            return "every value is different (an id or free text)"
         spec["type"] = "category"
         spec["values"] = _sorted_values(distinct)
     else:
@@ -185,8 +189,9 @@ def infer_contract(
         table: the data, one column per feature plus the label (and id, event time).
         name: the contract (= model) name.
         label: the label column.
-        id: the event id column; without one, events carry their own ids and the draft
-            names a column ``id`` that the file does not have.
+        id: the event id column; without one, a column called ``id`` if the file has
+            it, else the draft names ``id`` and says (in :attr:`Inferred.notes`) that the
+            file lacks it.
         event_time: the event time column (none: ingestion time).
         drop: columns that are not features (a model's old predictions, leaks).
         margin: share of each numeric span added to its range on both sides.
@@ -201,6 +206,15 @@ def infer_contract(
     if unknown:
         raise InferenceError(f"--drop: {unknown} not in the file ({columns})")
     task, label_spec = _label(label, table.column(label), max_classes)
+    notes: list[str] = []
+    if id is None:
+        if "id" in columns:
+            id = "id"
+        else:
+            notes.append(
+                "No id column: every event needs one ('id' here); add it to the data or "
+                "set 'id' to the column that identifies a row."
+            )
     roles = {label, *(c for c in (id, event_time) if c), *drop}
     features: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -225,7 +239,7 @@ def infer_contract(
         "training": {"min_rows": max(10, min(MIN_ROWS_CAP, rows))},
         "promotion": {"primary_metric": _primary_metric(task, label_spec)},
     }
-    return Inferred(parse_contract(data, f"{name}.yaml"), data, skipped)
+    return Inferred(parse_contract(data, f"{name}.yaml"), data, skipped, notes)
 
 
 def _primary_metric(task: str, label_spec: dict[str, Any]) -> str:
@@ -249,6 +263,7 @@ def to_yaml(inferred: Inferred, source: str) -> str:
         "# int, and groups (fairness slices) and policies are yours to set.",
     ]
     lines += [f"# Left out: {col!r}: {why}" for col, why in inferred.skipped.items()]
+    lines += [f"# To do: {note}" for note in inferred.notes]
     for key, value in inferred.data.items():
         if key == "features":
             lines.append("features:")

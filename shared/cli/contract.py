@@ -94,6 +94,8 @@ def infer(
     err_console.print(f"{escape(c.name)}: {escape(summary)}")
     for column, why in inferred.skipped.items():
         err_console.print(f"[yellow]left out[/] {escape(repr(column))}: {escape(why)}")
+    for note in inferred.notes:
+        err_console.print(f"[yellow]to do[/] {escape(note)}")
 
 
 @contract_app.command("check")

@@ -82,6 +82,17 @@ def test_profile_gives_types_ranges_vocabularies_nulls_and_a_task() -> None:
     assert "comment" in inferred.skipped  # 300 distinct texts: an id or free text
     assert c.training.min_rows == 300
     assert c.promotion.primary_metric == "accuracy"
+    assert not inferred.notes
+
+
+def test_without_id_a_column_called_id_is_taken_else_the_draft_says_it_lacks_one() -> None:
+    table = sample_table(20).rename_columns({"row id": "id"})
+    assert infer_contract(table, name="w", label="outcome").contract.id == "id"
+    inferred = infer_contract(sample_table(20), name="w", label="outcome")
+    assert inferred.contract.id == "id"
+    assert "No id column" in inferred.notes[0]
+    assert inferred.skipped["row id"] == "every value is different (an id or free text)"
+    assert "# To do: No id column" in to_yaml(inferred, "x.csv")
 
 
 @pytest.mark.parametrize(
