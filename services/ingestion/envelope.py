@@ -195,8 +195,13 @@ class EnvelopeChecker:
         values = [d.get(name, MISSING) for d in feats]
         allowed = _ALLOWED[f.type] | ({_NONE} if f.nullable else set())
         types = set(map(type, values))
-        # An int feature given floats needs each one checked for a fractional part.
-        if not types <= allowed or (f.type == "int" and float in types):
+        # An int feature given floats needs each one checked for a fractional part, a
+        # bool given integers each one checked for being 0 or 1.
+        if (
+            not types <= allowed
+            or (f.type == "int" and float in types)
+            or (f.type == "bool" and int in types)
+        ):
             for i, v in enumerate(values):
                 if v is MISSING:
                     values[i] = None
