@@ -49,6 +49,8 @@ class Feature(_Strict):
     values: list[str] | None = None
     """Allowed values of a category (kept as strings: ``1`` and ``"1"`` are the same)."""
     nullable: bool = False
+    """A null (or, in a data event, an absent key) is allowed: NaN to the model for a
+    numeric feature, :data:`shared.features.MISSING_CATEGORY` for a category."""
     description: str | None = None
     owner: str | None = None
 
@@ -206,7 +208,11 @@ class Contract(_Strict):
     id: Name
     """Event id field, used to deduplicate."""
     event_time: Name | None = None
-    """Event time field; ingestion time when absent."""
+    """Event time field: the column of batch tables holding each event's ``event_time``,
+    parsed to a UTC timestamp by :mod:`shared.eventtime` (ISO-8601 with or without a
+    zone, dates, four-digit years, epoch seconds or milliseconds); an event without one
+    gets its ingestion time. Training holds out the latest share by this time and
+    cross-validates on time-ordered folds; without it the holdout is not future data."""
     label: Label
     features: list[Feature] = Field(min_length=1)
     groups: list[Name] = Field(default_factory=list)
