@@ -32,6 +32,7 @@ from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, StartService, need_data
+from tests.deploying import decide
 
 pytestmark = pytest.mark.integration
 
@@ -253,15 +254,10 @@ def test_a_worse_canary_is_rolled_back_and_serving_switches_back(
     asyncio.run(ensure_topics(kafka_settings, topics.ALL_TOPICS))
     serving = start_service("serving")
     serving_port = int(serving.ready_info["metrics_port"])
+    # Training records monitoring's rollback request and publishes the deployment.
+    start_service("training")
     start_service("monitoring", FLYWHEEL_MONITORING_EVAL_EVERY_LABELS="50", **MONITORING_ENV)
-    canary = Deployment(
-        model="car_loan",
-        action="canary",
-        version=2,
-        champion_version=1,
-        canary_percent=25,
-        reason="test",
-    )
+    canary = decide(Registry(store), contract, "canary", 2, canary_percent=25)
     asyncio.run(_publish(kafka_settings, topics.MODELS_DEPLOYMENTS, [("car_loan", canary)]))
     _until(lambda: _model_info(serving_port) == {"1": "champion", "2": "canary"}, 60, "the canary")
 
@@ -287,4 +283,7 @@ def test_a_worse_canary_is_rolled_back_and_serving_switches_back(
     assert isinstance(rollback, Deployment)
     assert (rollback.action, rollback.version) == ("rollback", 1)
     assert "canary v2" in rollback.reason
+    assert rollback.request_id is not None  # it answers monitoring's request
+    [recorded] = [c for c in Registry(store).history("car_loan") if c.actor == "monitoring"]
+    assert (recorded.alias, recorded.version) == ("challenger", None)
     _until(lambda: _model_info(serving_port) == {"1": "champion"}, 60, "serving back on v1 alone")

@@ -39,13 +39,14 @@ from shared import topics
 from shared.cli.predict import build_request
 from shared.contract import load_contract
 from shared.embedded import free_port
-from shared.events import BatchQuarantined, DatasetValidated, DeadLetter, Deployment, Feedback
+from shared.events import BatchQuarantined, DatasetValidated, DeadLetter, Feedback
 from shared.kafka import ensure_topics
 from shared.protogen import inference_pb2_grpc as pb_grpc
 from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, ROOT, StartService, need_data
+from tests.deploying import decide
 from tests.integration.test_monitoring import _publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
@@ -307,14 +308,7 @@ def test_every_dashboard_and_alert_expression_evaluates_on_a_running_stack(
         FLYWHEEL_MONITORING_LAG_INTERVAL_S="1",
         FLYWHEEL_MONITORING_EVAL_EVERY_LABELS="100",
     )
-    canary = Deployment(
-        model="car_loan",
-        action="canary",
-        version=2,
-        champion_version=1,
-        canary_percent=20,
-        reason="test",
-    )
+    canary = decide(Registry(store), contract, "canary", 2, canary_percent=20)
     asyncio.run(_publish(kafka_settings, topics.MODELS_DEPLOYMENTS, [("car_loan", canary)]))
     targets = {
         "serving": int(serving.ready_info["metrics_port"]),

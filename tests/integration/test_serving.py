@@ -35,6 +35,7 @@ from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, DATA, need_data
+from tests.deploying import decide
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +263,7 @@ def test_promotion_under_load_fails_no_request_and_switches_version(
     start_service: Any, store_uri: str, kafka_settings: KafkaSettings, census: Census
 ) -> None:
     register(store_uri, census, 1)
-    register(store_uri, census, 2, alias=None)
+    registry = register(store_uri, census, 2, alias=None)
     proc = start_service("serving")
     address = proc.ready_info["grpc_address"]
     inputs = matrix_input(census, census.holdout[:4])
@@ -292,10 +293,7 @@ def test_promotion_under_load_fails_no_request_and_switches_version(
 
         workers = [asyncio.create_task(worker()) for _ in range(8)]
         await warmed.wait()
-        await publish_deployment(
-            kafka_settings,
-            Deployment(model=MODEL, action="promote", version=2, reason="test", actor="user:test"),
-        )
+        await publish_deployment(kafka_settings, decide(registry, census.contract, "promote", 2))
         await asyncio.wait_for(asyncio.gather(*workers), 60)
         await client.close()
         return versions, failures
@@ -327,7 +325,7 @@ def test_canary_share_and_shadow_outputs(
     start_service: Any, store_uri: str, kafka_settings: KafkaSettings, census: Census
 ) -> None:
     register(store_uri, census, 1)
-    register(store_uri, census, 2, alias=None)
+    registry = register(store_uri, census, 2, alias=None)
     proc = start_service("serving")
     client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
     one = matrix_input(census, census.holdout[:1])
@@ -335,19 +333,8 @@ def test_canary_share_and_shadow_outputs(
     asyncio.run(
         publish_deployment(kafka_settings, b'{"model": "census_employment", "action": "explode"}')
     )
-    asyncio.run(
-        publish_deployment(
-            kafka_settings,
-            Deployment(
-                model=MODEL,
-                action="canary",
-                version=2,
-                canary_percent=30,
-                reason="test",
-                champion_version=1,
-            ),
-        )
-    )
+    canary = decide(registry, census.contract, "canary", 2, canary_percent=30)
+    asyncio.run(publish_deployment(kafka_settings, canary))
     _wait_for(lambda: client.get_model_metadata(MODEL).versions == ["1", "2"])
     n = 800
     answered = [
@@ -365,12 +352,8 @@ def test_canary_share_and_shadow_outputs(
     }
     assert len(sticky) == 1
 
-    asyncio.run(
-        publish_deployment(
-            kafka_settings,
-            Deployment(model=MODEL, action="shadow", version=2, reason="test", champion_version=1),
-        )
-    )
+    shadow = decide(registry, census.contract, "shadow", 2)
+    asyncio.run(publish_deployment(kafka_settings, shadow))
     _wait_for(lambda: model_parameters(proc)["role.2"] == "shadow")
     rows = census.holdout[:10]
     result = client.infer(MODEL, matrix_input(census, rows), request_id="shadow-req")

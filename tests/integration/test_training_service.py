@@ -184,29 +184,58 @@ def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
     assert "vs champion" in manifest.gates["beats_champion"].detail
     assert registry.aliases("census_employment")["champion"] == 1
 
-    # A person overrides the gate, then rolls back: both land in the alias history.
+    # A failed gate is not promotable without naming it in an override.
+    blocked = cli(service_env, "promote", "census_employment", "2", "--reason", "try it")
+    assert blocked.exit_code == 1
+    assert "--override beats_champion" in blocked.output
+    never = cli(
+        service_env, "approve", "census_employment", "2", "--override", "parity", "--reason", "x"
+    )
+    assert never.exit_code == 1
+    assert "never" in never.output
+    # A person approves it overriding the failed gates, promotes it, then rolls back:
+    # training records each (who, why, which gates) in the alias history.
+    failed = sorted(n for n, g in manifest.gates.items() if not g.passed)
+    overrides = [arg for gate in failed for arg in ("--override", gate)]
+    approved = cli(
+        service_env,
+        *("approve", "census_employment", "2", *overrides),
+        *("--reason", "accepted for the slice test", "--by", "cy", "--wait", "30"),
+    )
+    assert approved.exit_code == 0, approved.output
     promoted = cli(
-        service_env, "promote", "census_employment", "2", "--reason", "try it", "--actor", "ann"
+        service_env,
+        *("promote", "census_employment", "2", "--reason", "try it", "--by", "ann"),
+        *("--wait", "30"),
     )
     assert promoted.exit_code == 0, promoted.output
-    deadline = time.monotonic() + 30
-    while registry.aliases("census_employment")["champion"] != 2:
-        assert time.monotonic() < deadline, "promotion never applied"
-        time.sleep(0.2)
+    assert registry.aliases("census_employment")["champion"] == 2
     rolled = cli(
-        service_env, "rollback", "census_employment", "--reason", "worse", "--actor", "ann"
+        service_env,
+        *("rollback", "census_employment", "--reason", "worse", "--actor", "ann", "--wait", "30"),
     )
     assert rolled.exit_code == 0, rolled.output
-    while registry.aliases("census_employment")["champion"] != 1:
-        assert time.monotonic() < deadline, "rollback never applied"
-        time.sleep(0.2)
-    history = [
-        (c.alias, c.version, c.actor, c.reason) for c in registry.history("census_employment")
-    ]
-    assert history[-2:] == [
+    assert registry.aliases("census_employment")["champion"] == 1
+    history = registry.history("census_employment")
+    assert [(c.alias, c.version, c.actor, c.reason) for c in history[-3:]] == [
+        ("approval", 2, "user:cy", "accepted for the slice test"),
         ("champion", 2, "user:ann", "try it"),
         ("champion", 1, "user:ann", "worse"),
     ]
+    assert history[-3].detail["overrides"] == failed
+    listed = json.loads(cli(service_env, "models", "census_employment", "--json").output)
+    assert [(r["version"], r["serving"], r["approved_by"]) for r in listed] == [
+        (1, "champion", []),
+        (2, "-", ["user:cy"]),
+    ]
+    assert listed[1]["overridden_gates"] == failed
+    # A request signed with another key is refused by training and recorded nowhere.
+    forged = cli(
+        {**service_env, "FLYWHEEL_DEPLOY_KEY": "not-the-stack-key-0123456789"},
+        *("promote", "census_employment", "2", "--reason", "forged", "--wait", "3"),
+    )
+    assert forged.exit_code == 1
+    assert registry.history("census_employment") == history
     missing = cli(service_env, "reproduce", "census_employment", "7")
     assert missing.exit_code == 1
 

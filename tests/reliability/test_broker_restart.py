@@ -23,12 +23,12 @@ from shared import topics
 from shared.cli.data import publish_events
 from shared.datasets import DatasetCatalog
 from shared.embedded import EmbeddedBroker, free_port
-from shared.events import Deployment
 from shared.kafka import client_kwargs
 from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import DATA, StartService, need_data
+from tests.deploying import request
 from tests.reliability.helpers import (
     CENSUS,
     census_events,
@@ -138,13 +138,12 @@ async def test_every_service_resumes_after_a_broker_restart(
         90,
         "training to see both dataset versions",
     )
-    # serving's deployment consumer rejoined: a promotion published now is applied
+    # training's request consumer and serving's deployment consumer rejoined: a promotion
+    # requested now is recorded by training and applied by serving
     await publish(
         kafka_settings,
-        topics.MODELS_DEPLOYMENTS,
-        Deployment(model=CENSUS.name, action="promote", version=2, reason="test", actor="user:test")
-        .model_dump_json()
-        .encode(),
+        topics.DEPLOYMENT_REQUESTS,
+        request(CENSUS, "promote", 2).model_dump_json().encode(),
         CENSUS.name,
     )
     client = triton.InferenceServerClient(procs["serving"].ready_info["grpc_address"])

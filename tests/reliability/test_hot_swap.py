@@ -18,12 +18,13 @@ from aiokafka import AIOKafkaProducer
 
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared import topics
-from shared.events import Deployment, DeploymentAction
+from shared.events import DeploymentAction
 from shared.kafka import client_kwargs
 from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import DATA, StartService, need_data
+from tests.deploying import decide
 from tests.reliability.helpers import CENSUS, Answer, Load, metric, report, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -91,12 +92,9 @@ async def test_promotions_and_rollbacks_under_load_fail_nothing(
         with Load(serving.ready_info["grpc_address"], [inp], threads=4) as load:
             await asyncio.to_thread(wait_for, lambda: load.count() >= 200, 60, "warm-up load")
             for action, version in STEPS:
-                event = Deployment(
-                    model=CENSUS.name,
-                    action=action,
-                    version=version,
-                    reason="reliability: hot swap under load",
-                    actor="user:test",
+                # recorded in the registry as training does, then announced signed
+                event = decide(
+                    registry, CENSUS, action, version, reason="reliability: hot swap under load"
                 )
                 deployed.start.append(time.monotonic())
                 await producer.send_and_wait(
