@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -315,6 +316,7 @@ class TrainingCore:
             "dataset_version": attempt.dataset_version,
             "phase": phase,
             "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exception(error, limit=-8),
             "reasons": [{"kind": r.kind, "text": r.text} for r in why],
             "attempt": number,
             "retry_at": retry_at,
@@ -331,8 +333,8 @@ class TrainingCore:
             attempt=number,
             retry_at=retry_at,
             error=repr(error),
-            exc_info=exc,
-        )
+            run_id=run_id,  # the run record holds the traceback (rendering one with its
+        )  # locals, as the console logger does, took seconds)
         self.metrics.failures.labels(model, phase).inc()
         self.metrics.consecutive_failures.labels(model).set(number)
         self.metrics.last_run.labels(model).set(time.time())

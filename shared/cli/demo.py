@@ -353,17 +353,13 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
     # The labelled drifted period also comes back as data: new dataset versions to learn from.
     _publish(ctx, "publishing labelled second half", rows_to_events(contract, second))
 
-    target_rows = reference.num_rows + second.num_rows
-
     def trained_on_new_data() -> int | None:
-        # Monitoring's drift request may retrain first on the old data (and rightly not
-        # deploy it); the model that matters learned from the drifted period.
+        # Monitoring's drift request waits for new data (v1's data is unchanged); the
+        # first dataset version with rows of the drifted period trains the challenger.
         for v in ctx.registry.version_numbers(contract.name):
             manifest = ctx.registry.get(contract.name, v)
-            if (
-                v > champion
-                and ctx.catalog.get(contract.name, manifest.dataset_version).rows >= target_rows
-            ):
+            rows = ctx.catalog.get(contract.name, manifest.dataset_version).rows
+            if v > champion and rows > reference.num_rows:
                 return v
         return None
 
