@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import threading
@@ -114,6 +115,11 @@ class Supervisor:
                     ready[name] = proc.wait_ready(max(0.0, deadline - time.monotonic()))
                 except (TimeoutError, RuntimeError):
                     bar.update(task, advance=1, description=f"{name} failed to start")
+                    last = proc.last_error()
+                    console.print(
+                        f"[yellow]{name} failed to start[/]" + (f": {last}" if last else ""),
+                        highlight=False,
+                    )
                     continue
                 self._became_ready(name)
                 bar.update(task, advance=1, description=f"{name} ready")
@@ -214,7 +220,8 @@ def up(
     except (ConnectionError, TimeoutError, KafkaError) as err:
         if broker:
             broker.stop()
-        _give_up(f"no usable Kafka broker at {kafka.servers} after {broker_wait:.0f}s: {err}")
+        why = str(err) or "no answer"
+        _give_up(f"no usable Kafka broker at {kafka.servers} after {broker_wait:.0f}s: {why}")
     if not (os.environ.get("FLYWHEEL_DEPLOY_KEY") or os.environ.get("FLYWHEEL_DEPLOY_KEY_FILE")):
         # One key per stack, shared by every service and by the CLI beside it.
         env["FLYWHEEL_DEPLOY_KEY_FILE"] = str(generate_key(STACK_KEY_FILE).resolve())
@@ -244,7 +251,11 @@ def up(
 
 
 async def _prepare_broker(kafka: KafkaSettings, wait_s: float) -> None:
-    """Create every topic, retrying until the broker answers or ``wait_s`` passes."""
+    """Create every topic, retrying until the broker answers or ``wait_s`` passes.
+
+    aiokafka logs each refused connection; the one line after the deadline says it all.
+    """
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
     retry_delay_s = 0.5
     attempts = max(1, int(wait_s / retry_delay_s))
     await asyncio.wait_for(
