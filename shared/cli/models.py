@@ -200,7 +200,7 @@ def list_runs(
 def _publish(request: DeploymentRequest, settings: ServiceSettings) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from shared.kafka import client_kwargs, ensure_topics, headers
+    from shared.kafka import ensure_topics, headers, producer_kwargs
 
     try:
         key = load_key(settings, fallback=STACK_KEY_FILE)
@@ -215,7 +215,7 @@ def _publish(request: DeploymentRequest, settings: ServiceSettings) -> None:
 
     async def send() -> None:
         await ensure_topics(settings.kafka, [topics.DEPLOYMENT_REQUESTS], attempts=10)
-        producer = AIOKafkaProducer(**client_kwargs(settings.kafka, "cli"), acks="all")
+        producer = AIOKafkaProducer(**await producer_kwargs(settings.kafka, "cli"))
         await producer.start()
         try:
             await producer.send_and_wait(
