@@ -118,6 +118,7 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
 
     def invalid() -> None:
         metrics.deployments.labels("_unknown", "_unknown", "invalid").inc()
+        metrics.deployment_refusals.labels("_unknown", "malformed").inc()
 
     watcher = DeploymentWatcher(settings.kafka, repository.apply, invalid, log)
     dataplane = DataPlane(repository, publisher, metrics, settings.server_name)
