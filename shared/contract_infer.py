@@ -98,7 +98,12 @@ def _integral(col: pa.ChunkedArray) -> bool:
     return bool(pc.all(pc.equal(pc.floor(col), col)).as_py())
 
 
-def _range(col: pa.ChunkedArray, integral: bool, margin: float) -> tuple[float, float]:
+def _range(col: pa.ChunkedArray, integral: bool, margin: float) -> tuple[float, float] | None:
+    """The observed range widened by ``margin``; None when no value is finite."""
+    if pa.types.is_floating(col.type):
+        col = col.filter(pc.is_finite(col))
+    if len(col) == 0:
+        return None
     lo, hi = (float(v) for v in pc.min_max(col).values())
     pad = (hi - lo) * margin or abs(hi) * margin or 1.0
     low, high = lo - pad, hi + pad
@@ -118,7 +123,9 @@ def _round_out(value: float, *, up: bool) -> float:
     return round((math.ceil(scaled) if up else math.floor(scaled)) / 10.0**digits, max(digits, 0))
 
 
-def _feature(name: str, col: pa.ChunkedArray, margin: float, max_categories: int) -> Any:
+def _feature(
+    name: str, col: pa.ChunkedArray, margin: float, max_categories: int
+) -> dict[str, Any] | str:
     """The feature mapping for one column, or the reason (a string) it is left out."""
     col = _plain(col)
     values = _non_null(col)
@@ -131,7 +138,10 @@ def _feature(name: str, col: pa.ChunkedArray, margin: float, max_categories: int
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
         integral = pa.types.is_integer(kind)
         spec["type"] = "int" if integral else "float"
-        spec["min"], spec["max"] = _range(values, integral, margin)
+        bounds = _range(values, integral, margin)
+        if bounds is None:
+            return "no finite value"
+        spec["min"], spec["max"] = bounds
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         distinct = pc.unique(values).to_pylist()
         if len(distinct) > max_categories:

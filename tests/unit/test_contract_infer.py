@@ -47,6 +47,7 @@ def sample_table(n: int = 300) -> pa.Table:
             "outcome": rng.choice(["late", "on time", "early"], n),
             "price": rng.gamma(2.0, 500.0, n),
             "stars": rng.integers(1, 6, n).astype(float),
+            "gauge": np.where(np.arange(n) % 50 == 0, np.inf, rng.normal(0, 1, n)),
         }
     )
 
@@ -60,7 +61,7 @@ def test_profile_gives_types_ranges_vocabularies_nulls_and_a_task() -> None:
     assert c.task == "classification"
     assert c.label.classes == ["early", "late", "on time"]
     assert c.id == "row id"
-    assert c.feature_names == ["dew point", "wind-speed", "colour (paint)", "raining?"]
+    assert c.feature_names == ["dew point", "wind-speed", "colour (paint)", "raining?", "gauge"]
     dew = c.feature("dew point")
     values = table.column("dew point").to_numpy()
     lo, hi = np.nanmin(values), np.nanmax(values)
@@ -79,6 +80,9 @@ def test_profile_gives_types_ranges_vocabularies_nulls_and_a_task() -> None:
     assert colour.nullable
     assert colour.values == ["blue", "green", "red"]
     assert c.feature("raining?").type == "bool"
+    gauge = c.feature("gauge")
+    assert gauge.max is not None
+    assert gauge.max < 10  # infinities are left out of the range
     assert "comment" in inferred.skipped  # 300 distinct texts: an id or free text
     assert c.training.min_rows == 300
     assert c.promotion.primary_metric == "accuracy"
@@ -134,7 +138,7 @@ def test_unusable_input_is_a_clear_error() -> None:
 
 def test_cli_infer_writes_a_draft_that_check_accepts(tmp_path: Path) -> None:
     source = tmp_path / "weather.jsonl"
-    rows = sample_table(50).drop_columns(["comment"]).to_pylist()
+    rows = sample_table(50).drop_columns(["comment", "gauge"]).to_pylist()
     source.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "weather.yaml"
     runner = CliRunner()
