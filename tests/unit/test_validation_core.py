@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
 from services.validation.core import Validator
 from services.validation.metrics import ValidationMetrics
 from services.validation.rules import evaluate
 from shared import rejected
+from shared.cli.main import app
 from shared.contract import parse_contract
 from shared.datasets import DatasetCatalog
 from shared.events import BatchCreated, BatchQuarantined, DatasetValidated
@@ -152,6 +155,13 @@ def test_every_excluded_row_is_recorded_with_its_event_id_rule_and_value(
         labels = {"dataset": "toy", "rule": rule}
         assert registry.get_sample_value("flywheel_validation_rejected_rows_total", labels) == n
     assert v.handle(batch).rejected == event.rejected  # a replay answers the same record
+    shown = CliRunner().invoke(
+        app, ["rejected", "toy", "--rule", "range:x", "--json"], env={"FLYWHEEL_STORE": store.uri}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert [(r["event_id"], r["value"]) for r in json.loads(shown.output)] == [("e3", "1000")]
+    listed = CliRunner().invoke(app, ["rejected", "toy"], env={"FLYWHEEL_STORE": store.uri})
+    assert "rejected rows of toy (4:" in listed.output
 
 
 def test_too_many_failures_quarantine_naming_the_rule(store: ArtifactStore) -> None:
