@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.registry import ModelManifest, Parity, Registry, TamperedArtifactError
+from shared.registry import AliasState, ModelManifest, Parity, Registry, TamperedArtifactError
 from shared.store import ArtifactStore
 
 
@@ -76,3 +76,39 @@ def test_verify_refuses_onnx_that_does_not_match_its_name(registry: Registry) ->
 def test_register_needs_a_reason(registry: Registry) -> None:
     with pytest.raises(ValueError, match="reason"):
         registry.register(manifest(registry).model_copy(update={"reason": " "}))
+
+
+def test_the_history_gives_the_serving_state_and_keeps_approvals_apart(
+    registry: Registry,
+) -> None:
+    for version in (1, 2, 3):
+        registry.register(manifest(registry, version))
+    registry.set_alias("m", "champion", 1, actor="training", reason="first")
+    registry.approve("m", 2, actor="user:a", reason="card ok", overrides=["fairness_gap"])
+    canary = registry.set_alias(
+        "m",
+        "challenger",
+        2,
+        actor="user:a",
+        reason="try",
+        detail={"mode": "canary", "canary_percent": 25},
+    )
+    assert registry.aliases("m") == {"champion": 1, "challenger": 2}  # approvals are no alias
+    assert registry.state("m") == AliasState(1, 2, "canary", 25.0, canary.seq)
+    registry.set_alias("m", "champion", 2, actor="user:a", reason="promote")
+    registry.set_alias("m", "challenger", None, actor="user:a", reason="promote")
+    assert registry.state("m") == AliasState(2, None, None, None, 4)
+    assert registry.state("m", upto=canary.seq).canary_percent == 25.0  # as of that decision
+    assert registry.previous_champion("m") == 1
+    [approval] = registry.approvals("m", 2)
+    assert (approval.alias, approval.actor, approval.detail) == (
+        "approval",
+        "user:a",
+        {"overrides": ["fairness_gap"]},
+    )
+    assert registry.approvals("m", 3) == []
+    with pytest.raises(ValueError, match="reason"):
+        registry.approve("m", 3, actor="user:a", reason=" ")
+    with pytest.raises(KeyError):
+        registry.approve("m", 9, actor="user:a", reason="no such version")
+    assert [c.seq for c in registry.history("m")] == [0, 1, 2, 3, 4]
