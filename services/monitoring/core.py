@@ -38,12 +38,14 @@ from .join import EarlyLabel, LabelJoin, Pending
 from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
 from .quality import Labelled, QualityWindow, largest_gaps
-from .window_drift import VersionDrift, WindowReport
+from .window_drift import VersionDrift, WindowReport, prediction_value
 
 ACTOR = "monitoring"
 UNKNOWN = "unknown"
 ACTIONS = ("retrain", "rollback", "promote")
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
+IN_LABEL_UNITS = frozenset({"mae", "rmse"})
+"""Metrics in the regression label's units: a margin on them is a share of the reference."""
 DECIDING = ("psi", "wasserstein")
 """The drift scores monitoring's verdict is made of (the evidence quotes them)."""
 
@@ -106,6 +108,14 @@ def primary_metric(contract: Contract, metrics: Mapping[str, float]) -> tuple[st
         return name, metrics[name]
     fallback = "accuracy" if contract.task == "classification" else "rmse"
     return (fallback, metrics[fallback]) if fallback in metrics else None
+
+
+def worse_by(name: str, candidate: float, reference: float) -> float:
+    """How much worse ``candidate`` is than ``reference`` on metric ``name`` (negative:
+    better); for a metric in label units (MAE, RMSE) as a share of ``reference``, so one
+    ``rollback_margin`` fits labels of any scale."""
+    worse = candidate - reference if name in LOWER_IS_BETTER else reference - candidate
+    return worse / max(abs(reference), 1e-12) if name in IN_LABEL_UNITS else worse
 
 
 def score_of(outputs: Mapping[str, Any]) -> float | None:
@@ -216,7 +226,9 @@ class MonitoringCore:
         vs = VersionState(
             version=version,
             drift=self._drift_for(contract, version),
-            quality=QualityWindow(size, contract.task, positive),
+            quality=QualityWindow(
+                size, contract.task, positive, classes=contract.label.classes or ()
+            ),
             agreement=deque(maxlen=size),
         )
         state.versions[version] = vs
@@ -280,7 +292,8 @@ class MonitoringCore:
             vs = self._version(state, version)
             if vs.drift is None:
                 continue
-            reports = vs.drift.add([r.inputs for r in rows], [score_of(r.outputs) for r in rows])
+            values = [prediction_value(state.contract, r.outputs) for r in rows]
+            reports = vs.drift.add([r.inputs for r in rows], values)
             for report in reports:
                 out.extend(self._on_window(state, vs, role, report))
         self.metrics.pending_labels.set(len(self.join))
@@ -475,10 +488,6 @@ class MonitoringCore:
             )
         ]
 
-    def _worse_by(self, name: str, candidate: float, reference: float) -> float:
-        """How much worse ``candidate`` is than ``reference`` (negative: better)."""
-        return candidate - reference if name in LOWER_IS_BETTER else reference - candidate
-
     def _check_challenger(
         self, state: ModelState, vs: VersionState, primary: tuple[str, float]
     ) -> list[Outgoing]:
@@ -496,9 +505,7 @@ class MonitoringCore:
         )
         if state.challenger_mode != "canary":
             return []  # shadows are compared, not acted on: they never answered anyone
-        worse = (
-            self._worse_by(name, value, champ_primary) > state.contract.monitoring.rollback_margin
-        )
+        worse = worse_by(name, value, champ_primary) > state.contract.monitoring.rollback_margin
         now = self.clock()
         evidence = {
             "metric": name,
@@ -541,7 +548,7 @@ class MonitoringCore:
         if previous is None or baseline is None:
             return []
         name, value = primary
-        worse = self._worse_by(name, value, baseline) > state.contract.monitoring.rollback_margin
+        worse = worse_by(name, value, baseline) > state.contract.monitoring.rollback_margin
         if not state.rollback_trigger.observe(worse, self.clock()):
             return []
         return [

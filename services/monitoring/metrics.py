@@ -23,19 +23,22 @@ class MonitoringMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.live_metric = Gauge(
             "flywheel_monitoring_live_metric",
-            "Live quality of a model version over its sliding window of labelled rows.",
+            "Live quality of a model version over its sliding window of labelled rows "
+            "(accuracy, f1, roc_auc; multiclass: accuracy, macro f1; regression: mae, rmse, r2).",
             ["model", "version", "metric"],
             registry=registry,
         )
         self.group_metric = Gauge(
             "flywheel_monitoring_group_metric",
-            "Live FPR, FNR and selection rate per group (group = <attr>=<value>).",
+            "Live FPR, FNR and selection rate per group (group = <attr>=<value>; multiclass: "
+            "metric = <rate>:<class>, one-vs-rest), or a regressor's MAE and relative_mae.",
             ["model", "version", "group", "metric"],
             registry=registry,
         )
         self.fairness_gap = Gauge(
             "flywheel_monitoring_fairness_gap",
-            "Largest difference of a rate between the groups of an attribute.",
+            "Largest difference of a rate (regression: of relative_mae) between the groups "
+            "of an attribute.",
             ["model", "version", "attribute", "metric"],
             registry=registry,
         )
@@ -47,7 +50,8 @@ class MonitoringMetrics:
         )
         self.prediction_drift = Gauge(
             "flywheel_monitoring_prediction_drift",
-            "PSI of the score distribution against the version's first served window.",
+            "PSI of the served predictions (binary: positive-class probability; multiclass: "
+            "predicted class; regression: predicted value) against the version's first window.",
             ["model", "version"],
             registry=registry,
         )

@@ -2,7 +2,11 @@
 
 The window is a bounded deque (``window_rows``) of (truth, predicted label, score,
 group values); metrics are recomputed from it on demand, so memory stays
-O(window) whatever the traffic.
+O(window) whatever the traffic. Each task has its own figures, as in training:
+binary accuracy, F1 and ROC AUC of the positive class; multiclass accuracy and macro
+F1; regression MAE, RMSE and R2. Group figures are rates (FPR, FNR, selection rate;
+one-vs-rest per class for multiclass) or, for regression, the relative MAE (a group's
+MAE over the window's mean absolute deviation of the label), scale-free like training's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 OTHER_GROUP = "other"
+RELATIVE_MAE = "relative_mae"
 
 
 @dataclass(frozen=True)
@@ -30,31 +35,40 @@ class Labelled:
 
 
 def classification_metrics(
-    truth: Sequence[Any], predicted: Sequence[Any], scores: Sequence[float | None], positive: Any
+    truth: Sequence[Any],
+    predicted: Sequence[Any],
+    scores: Sequence[float | None],
+    positive: Any,
+    classes: Sequence[Any] = (),
 ) -> dict[str, float]:
-    """Accuracy, F1 (positive class) and ROC AUC (when both classes are present)."""
+    """Accuracy and F1; binary: F1 of the positive class and ROC AUC (when both classes
+    are present); multiclass (more than two ``classes``): macro F1 over the classes."""
     y = np.asarray([str(t) for t in truth])
     p = np.asarray([str(v) for v in predicted])
+    out = {"accuracy": float(accuracy_score(y, p))}
+    if len(classes) > 2:
+        names = [str(c) for c in classes]
+        out["f1"] = float(f1_score(y, p, labels=names, average="macro", zero_division=0.0))
+        return out
     pos = str(positive)
-    out = {
-        "accuracy": float(accuracy_score(y, p)),
-        "f1": float(f1_score(y == pos, p == pos, zero_division=0.0)),
-    }
+    out["f1"] = float(f1_score(y == pos, p == pos, zero_division=0.0))
     if all(s is not None for s in scores) and len(set(y.tolist())) > 1:
         out["roc_auc"] = float(roc_auc_score(y == pos, np.asarray(scores, dtype=np.float64)))
     return out
 
 
 def regression_metrics(truth: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
-    """MAE and RMSE."""
-    err = np.asarray(predicted, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
-    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+    """MAE, RMSE and R2 (R2 once the labels vary)."""
+    y = np.asarray(truth, dtype=np.float64)
+    err = np.asarray(predicted, dtype=np.float64) - y
+    out = {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+    total = float(np.sum((y - y.mean()) ** 2))
+    if len(y) > 1 and total > 0:
+        out["r2"] = 1.0 - float(np.sum(err**2)) / total
+    return out
 
 
-def group_rates(truth: Sequence[Any], predicted: Sequence[Any], positive: Any) -> dict[str, float]:
-    """False-positive rate, false-negative rate and selection rate of one group."""
-    y = np.asarray([str(t) == str(positive) for t in truth])
-    p = np.asarray([str(v) == str(positive) for v in predicted])
+def _rates(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     out = {"selection_rate": float(p.mean()) if p.size else 0.0}
     if (~y).sum():
         out["fpr"] = float((p & ~y).sum() / (~y).sum())
@@ -63,10 +77,35 @@ def group_rates(truth: Sequence[Any], predicted: Sequence[Any], positive: Any) -
     return out
 
 
+def group_rates(
+    truth: Sequence[Any], predicted: Sequence[Any], positive: Any, classes: Sequence[Any] = ()
+) -> dict[str, float]:
+    """False-positive rate, false-negative rate and selection rate of one group: of the
+    positive class, or (more than two ``classes``) of each class one-vs-rest, keyed
+    ``<rate>:<class>`` as training's model card does."""
+    y = np.asarray([str(t) for t in truth])
+    p = np.asarray([str(v) for v in predicted])
+    if len(classes) <= 2:
+        return _rates(y == str(positive), p == str(positive))
+    out: dict[str, float] = {}
+    for c in classes:
+        out.update({f"{k}:{c}": v for k, v in _rates(y == str(c), p == str(c)).items()})
+    return out
+
+
+def group_errors(truth: Sequence[Any], predicted: Sequence[Any], spread: float) -> dict[str, float]:
+    """MAE of one group, and its relative MAE: the MAE over ``spread``, the window's mean
+    absolute deviation of the label (training's fairness measure for regression)."""
+    err = np.abs(np.asarray(predicted, dtype=np.float64) - np.asarray(truth, dtype=np.float64))
+    mae = float(err.mean()) if err.size else 0.0
+    return {"mae": mae, RELATIVE_MAE: mae / spread}
+
+
 def largest_gaps(per_group: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Per rate: the largest difference between any two groups that have it."""
+    """Per rate (or relative MAE): the largest difference between any two groups."""
     gaps: dict[str, float] = {}
-    for metric in ("fpr", "fnr", "selection_rate"):
+    names = sorted({k for g in per_group.values() for k in g if k != "mae"})
+    for metric in names:
         values = [g[metric] for g in per_group.values() if metric in g]
         if len(values) > 1:
             gaps[metric] = max(values) - min(values)
@@ -81,13 +120,22 @@ class QualityWindow:
         task: ``classification`` or ``regression``.
         positive: the positive class (the contract's last class) for F1, AUC and rates.
         min_group_rows: groups with fewer rows in the window are left out of the rates.
+        classes: the contract's classes (more than two: multiclass metrics and rates).
     """
 
-    def __init__(self, size: int, task: str, positive: Any = None, min_group_rows: int = 30):
+    def __init__(
+        self,
+        size: int,
+        task: str,
+        positive: Any = None,
+        min_group_rows: int = 30,
+        classes: Sequence[Any] = (),
+    ):
         self.rows: deque[Labelled] = deque(maxlen=size)
         self.task = task
         self.positive = positive
         self.min_group_rows = min_group_rows
+        self.classes = list(classes)
         self.since_eval = 0
         self.total = 0
 
@@ -100,28 +148,50 @@ class QualityWindow:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _numeric(self) -> list[Labelled]:
+        # A regression row whose label or prediction is not a number cannot be scored.
+        return [r for r in self.rows if _finite(r.truth) and _finite(r.predicted)]
+
     def metrics(self) -> dict[str, float]:
         """Quality of the window (empty when it has no rows)."""
         self.since_eval = 0
-        if not self.rows:
+        rows = self._numeric() if self.task == "regression" else list(self.rows)
+        if not rows:
             return {}
-        truth = [r.truth for r in self.rows]
-        predicted = [r.predicted for r in self.rows]
+        truth = [r.truth for r in rows]
+        predicted = [r.predicted for r in rows]
         if self.task == "regression":
             return regression_metrics(truth, predicted)
-        return classification_metrics(truth, predicted, [r.score for r in self.rows], self.positive)
+        scores = [r.score for r in rows]
+        return classification_metrics(truth, predicted, scores, self.positive, self.classes)
 
     def group_metrics(self, attribute: str) -> dict[str, dict[str, float]]:
-        """``<attribute>=<value>`` -> FPR, FNR, selection rate (classification only)."""
-        if self.task == "regression":
-            return {}
+        """``<attribute>=<value>`` -> FPR, FNR, selection rate (classification; per class
+        one-vs-rest for multiclass) or MAE and relative MAE (regression)."""
+        regression = self.task == "regression"
+        rows = self._numeric() if regression else list(self.rows)
         by: dict[str, list[Labelled]] = {}
-        for r in self.rows:
+        for r in rows:
             by.setdefault(r.groups.get(attribute, OTHER_GROUP), []).append(r)
-        return {
-            f"{attribute}={value}": group_rates(
-                [r.truth for r in rows], [r.predicted for r in rows], self.positive
+        spread = 1.0
+        if regression and rows:
+            y = np.asarray([float(r.truth) for r in rows])
+            spread = float(np.mean(np.abs(y - y.mean()))) or 1.0
+        out: dict[str, dict[str, float]] = {}
+        for value, members in sorted(by.items()):
+            if len(members) < self.min_group_rows:
+                continue
+            truth, predicted = [r.truth for r in members], [r.predicted for r in members]
+            out[f"{attribute}={value}"] = (
+                group_errors(truth, predicted, spread)
+                if regression
+                else group_rates(truth, predicted, self.positive, self.classes)
             )
-            for value, rows in sorted(by.items())
-            if len(rows) >= self.min_group_rows
-        }
+        return out
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False

@@ -5,11 +5,15 @@ Feature values are counted on the reference profile's own bins
 window of ``window_rows`` rows is complete its scores are computed and the counts
 reset (tumbling windows).
 
-Prediction drift: profiles carry no score histogram, so the reference of a version's
-score distribution is its *first complete window* of served scores, counted on fixed
-equal-width bins over [0, 1] (positive-class probability); later windows are compared
-with it by PSI. This measures how the version's outputs move after it went live; it
-is blind to a shift already present in the first window (the feature drift covers that).
+Prediction drift: profiles carry no prediction histogram, so the reference of a
+version's prediction distribution is its *first complete window* of served predictions,
+and later windows are compared with it by PSI. What is counted depends on the task
+(:func:`prediction_value`): a binary classifier's positive-class probability on fixed
+equal-width bins over [0, 1]; a multiclass classifier's predicted class (one bin per
+contract class, plus one for anything else); a regressor's predicted value, on the
+deciles of the first window (kept until that window closes, so O(window) memory once).
+This measures how the version's outputs move after it went live; it is blind to a
+shift already present in the first window (the feature drift covers that).
 """
 
 from __future__ import annotations
@@ -38,6 +42,68 @@ class WindowReport:
     (category); no "wasserstein" with a profile stored before it existed."""
     prediction_drift: float | None
     drifted: list[str] = field(default_factory=list)
+
+
+def prediction_value(contract: Contract, outputs: Mapping[str, Any]) -> Any:
+    """What prediction drift counts of one served row's outputs (see the module doc)."""
+    if contract.task == "regression":
+        return outputs.get("prediction")
+    if len(contract.label.classes or []) > 2:
+        label = outputs.get("label")
+        return None if label is None else str(label)
+    probs = outputs.get("probabilities")
+    if isinstance(probs, list | tuple) and probs:
+        return probs[-1]
+    return None
+
+
+class PredictionHistogram:
+    """Counts of one version's served predictions per window, and its reference window.
+
+    Args:
+        contract: the model's contract (the task decides what is counted and how).
+    """
+
+    def __init__(self, contract: Contract):
+        classes = contract.label.classes or []
+        self.values: list[float] | None = None
+        if contract.task == "regression":
+            self.hist: StreamingHistogram | None = None
+            self.values = []  # the first window, until its deciles are known
+        elif len(classes) > 2:
+            self.hist = StreamingHistogram(vocab=[str(c) for c in classes])
+        else:
+            self.hist = StreamingHistogram(edges=SCORE_EDGES)
+        self.reference: np.ndarray | None = None
+
+    def update(self, predictions: Sequence[Any]) -> None:
+        """Count one batch of :func:`prediction_value` results."""
+        if self.hist is not None and self.hist.vocab is not None:
+            self.hist.update([p for p in predictions if p is not None])
+        elif self.hist is not None:
+            self.hist.update([_as_float(p) for p in predictions])
+        else:
+            assert self.values is not None
+            self.values.extend(v for v in map(_as_float, predictions) if np.isfinite(v))
+
+    def close(self) -> float | None:
+        """PSI of the window against the reference (None: nothing counted); resets."""
+        if self.hist is None:
+            assert self.values is not None
+            if not self.values:
+                return None
+            first = np.asarray(self.values)
+            cuts = np.quantile(first, np.linspace(0.0, 1.0, SCORE_BINS // 2 + 1)[1:-1])
+            self.hist = StreamingHistogram(edges=[float(e) for e in np.unique(cuts)])
+            self.hist.update(first)
+            self.values = None
+        if not self.hist.total:
+            return None
+        if self.reference is None:
+            self.reference = self.hist.counts.copy()
+        drift = psi(self.reference, self.hist.counts)
+        self.hist.reset()
+        return drift
 
 
 def _as_float(value: Any) -> float:
@@ -79,33 +145,33 @@ class VersionDrift:
         self.hists: dict[str, StreamingHistogram] = {
             f: reference_counts(profile, f)[1] for f in self.features
         }
-        self.scores = StreamingHistogram(edges=SCORE_EDGES)
-        self.score_reference: np.ndarray | None = None
+        self.predictions = PredictionHistogram(contract)
         self.rows = 0
 
     def add(
-        self, inputs: Sequence[Mapping[str, Any]], scores: Sequence[float | None]
+        self, inputs: Sequence[Mapping[str, Any]], predictions: Sequence[Any]
     ) -> list[WindowReport]:
-        """Count rows; a report for every window they complete."""
+        """Count rows (their inputs and :func:`prediction_value`); a report for every
+        window they complete."""
         reports: list[WindowReport] = []
         start = 0
         while start < len(inputs):
             take = min(self.window_rows - self.rows, len(inputs) - start)
-            self._count(inputs[start : start + take], scores[start : start + take])
+            self._count(inputs[start : start + take], predictions[start : start + take])
             self.rows += take
             start += take
             if self.rows >= self.window_rows:
                 reports.append(self._close())
         return reports
 
-    def _count(self, rows: Sequence[Mapping[str, Any]], scores: Sequence[float | None]) -> None:
+    def _count(self, rows: Sequence[Mapping[str, Any]], predictions: Sequence[Any]) -> None:
         # The same conversion as the training frame the profile was built from.
         frame = to_frame(
             self.contract, {f: [r.get(f) for r in rows] for f in self.contract.feature_names}
         )
         for f, hist in self.hists.items():
             hist.update(frame[f].to_numpy())
-        self.scores.update([_as_float(s) for s in scores])
+        self.predictions.update(predictions)
 
     def _close(self) -> WindowReport:
         per_feature = {
@@ -117,14 +183,9 @@ class VersionDrift:
             if s["psi"] > self.psi_threshold
             or s.get("wasserstein", 0.0) >= self.wasserstein_threshold
         ]
-        prediction_drift: float | None = None
-        if self.scores.total:
-            if self.score_reference is None:
-                self.score_reference = self.scores.counts.copy()
-            prediction_drift = psi(self.score_reference, self.scores.counts)
+        prediction_drift = self.predictions.close()
         report = WindowReport(self.rows, per_feature, prediction_drift, drifted)
         for h in self.hists.values():
             h.reset()
-        self.scores.reset()
         self.rows = 0
         return report

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import numpy as np
 import onnxruntime as ort
 
@@ -28,7 +31,12 @@ def output_specs(contract: Contract) -> list[TensorSpec]:
     if contract.task == "classification":
         classes = list(contract.label.classes or [])
         label_type = "INT64" if all(isinstance(c, int) for c in classes) else "BYTES"
-        class_list = {"classes": ",".join(str(c) for c in classes)}
+        # The column order of ``probabilities``: the contract's, also as JSON for class
+        # names that hold a comma.
+        class_list = {
+            "classes": ",".join(str(c) for c in classes),
+            "classes_json": json.dumps(classes, ensure_ascii=False),
+        }
         outputs = [
             TensorSpec("label", label_type, (-1,), class_list),
             TensorSpec("probabilities", "FP32", (-1, len(classes)), class_list),
@@ -37,6 +45,30 @@ def output_specs(contract: Contract) -> list[TensorSpec]:
         outputs = [TensorSpec("prediction", "FP32", (-1,), {})]
     outputs.append(TensorSpec(PREDICTION_ID, "BYTES", (-1,), {"description": "one id per row"}))
     return outputs
+
+
+def probability_columns(manifest: ModelManifest, classes: list[Any]) -> np.ndarray | None:
+    """Where each contract class is among the ONNX ``probabilities`` columns (None: in
+    contract order already).
+
+    Training exports the columns in contract order and records them in the manifest
+    (``probability_columns``); an export that does not record them has scikit-learn's
+    sorted order. Raises ValueError when the model's classes are not the contract's.
+    """
+    recorded = (manifest.model_extra or {}).get("probability_columns")
+    if recorded is None:
+        try:
+            recorded = sorted(classes)
+        except TypeError:  # mixed ints and strings: no sorted order to assume
+            recorded = list(classes)
+    position = {str(c): i for i, c in enumerate(recorded)}
+    if len(position) != len(classes) or any(str(c) not in position for c in classes):
+        raise ValueError(
+            f"{manifest.model} v{manifest.version}: probability columns {recorded} are not "
+            f"the contract's classes {classes}"
+        )
+    columns = np.asarray([position[str(c)] for c in classes], dtype=np.int64)
+    return None if np.array_equal(columns, np.arange(len(columns))) else columns
 
 
 class LoadedModel:
@@ -75,6 +107,11 @@ class LoadedModel:
         self._onnx_names: dict[str, str] | None = onnx_names if renamed else None
         self.onnx_outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = [o.name for o in output_specs(self.contract)]
+        self._columns = (
+            probability_columns(manifest, list(self.contract.label.classes or []))
+            if self.classifier
+            else None
+        )
 
     def predict(self, feeds: Feeds) -> dict[str, np.ndarray]:
         """Model outputs for ``feeds``: ``label`` + ``probabilities`` or ``prediction``."""
@@ -83,7 +120,10 @@ class LoadedModel:
         results = self.session.run(None, feeds)
         if self.classifier:
             got = dict(zip(self.onnx_outputs, results, strict=True))
-            return {"label": got["label"], "probabilities": got["probabilities"]}
+            probabilities = got["probabilities"]
+            if self._columns is not None:
+                probabilities = probabilities[:, self._columns]
+            return {"label": got["label"], "probabilities": probabilities}
         return {"prediction": np.asarray(results[0], dtype=np.float32).reshape(-1)}
 
     def warm_up(self) -> None:

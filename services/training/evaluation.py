@@ -11,15 +11,23 @@ from sklearn.pipeline import Pipeline
 
 from shared.contract import Contract
 
+from .export import in_contract_order
 from .scoring import (
     CV_SCORERS,
     classification_metrics,
     regression_metrics,
 )
 
+RELATIVE_MAE = "relative_mae"
+"""A group's MAE divided by the holdout's mean absolute deviation of the label."""
+
 
 class Predictions:
-    """A model's holdout outputs: labels and probabilities, or regression values."""
+    """A model's holdout outputs: labels and probabilities, or regression values.
+
+    Probability columns are in the contract's class order (``label.classes``), as the
+    exported model and serving give them, whatever order the estimator sorted them in.
+    """
 
     def __init__(self, labels: np.ndarray, proba: np.ndarray | None):
         self.labels = labels
@@ -55,7 +63,10 @@ def sklearn_predictions(contract: Contract, pipeline: Pipeline, x: pd.DataFrame)
     """Predictions of a fitted sklearn pipeline."""
     if contract.task == "regression":
         return Predictions(np.asarray(pipeline.predict(x), dtype=np.float64), None)
-    return Predictions(np.asarray(pipeline.predict(x)), np.asarray(pipeline.predict_proba(x)))
+    proba = in_contract_order(
+        pipeline.predict_proba(x), list(pipeline.classes_), list(contract.label.classes or [])
+    )
+    return Predictions(np.asarray(pipeline.predict(x)), proba)
 
 
 def trivial_predictions(contract: Contract, y_train: np.ndarray, rows: int) -> Predictions:
@@ -80,6 +91,39 @@ def _rates(y: np.ndarray, labels: np.ndarray, positive: Any) -> dict[str, float]
     return out
 
 
+RATES = ("selection_rate", "fpr", "fnr")
+
+
+def rate_names(classes: list[Any]) -> list[str]:
+    """The keys :func:`class_rates` gives for ``classes``."""
+    if len(classes) == 2:
+        return list(RATES)
+    return [f"{r}:{c}" for c in classes for r in RATES]
+
+
+def class_rates(y: np.ndarray, labels: np.ndarray, classes: list[Any]) -> dict[str, float]:
+    """Selection rate, FPR and FNR: of the positive class (binary, the contract's last
+    class), else of every class one-vs-rest, keyed ``<rate>:<class>``."""
+    if len(classes) == 2:
+        return _rates(y, labels, classes[-1])
+    out: dict[str, float] = {}
+    for c in classes:
+        out.update({f"{k}:{c}": v for k, v in _rates(y, labels, c).items()})
+    return out
+
+
+def label_spread(y: np.ndarray) -> float:
+    """Mean absolute deviation of a regression label from its mean (1.0 when constant).
+
+    The MAE of always predicting the mean: dividing a group's MAE by it gives a
+    scale-free error (0 = perfect, 1 = no better than the mean), comparable between
+    groups whatever the label's units.
+    """
+    values = np.asarray(y, dtype=np.float64)
+    spread = float(np.mean(np.abs(values - values.mean()))) if values.size else 0.0
+    return spread if spread > 0 else 1.0
+
+
 def group_metrics(
     contract: Contract,
     x: pd.DataFrame,
@@ -91,12 +135,15 @@ def group_metrics(
     """Per-group metrics for every ``groups`` attribute, and the largest gaps.
 
     Returns ``{attribute: {"groups": {value: {...}}, "gaps": {rate: gap}, "max_gap": x}}``.
-    Groups smaller than ``min_rows`` are reported with ``"small": true`` and left out
-    of the gaps.
+    The gaps are of :func:`class_rates` for classification and of the relative MAE
+    (:data:`RELATIVE_MAE`, the group's MAE over the :func:`label_spread` of every row of
+    ``y``) for regression. Groups smaller than ``min_rows`` are reported with
+    ``"small": true`` and left out of the gaps.
     """
     out: dict[str, Any] = {}
     classes = list(contract.label.classes or [])
-    positive = classes[-1] if classes else None
+    regression = contract.task == "regression"
+    spread = label_spread(y) if regression else 1.0
     for attribute in contract.groups:
         column = x[attribute].astype(str).to_numpy()
         groups: dict[str, Any] = {}
@@ -105,12 +152,13 @@ def group_metrics(
             sub = Predictions(pred.labels[mask], None if pred.proba is None else pred.proba[mask])
             entry: dict[str, Any] = {"rows": int(mask.sum()), "small": bool(mask.sum() < min_rows)}
             entry.update(metrics(contract, y[mask], sub))
-            if contract.task == "classification":
-                entry.update(_rates(y[mask], pred.labels[mask], positive))
+            if regression:
+                entry[RELATIVE_MAE] = entry["mae"] / spread
+            else:
+                entry.update(class_rates(y[mask], pred.labels[mask], classes))
             groups[value] = entry
         gaps: dict[str, float] = {}
-        rates = ("selection_rate", "fpr", "fnr") if contract.task == "classification" else ("mae",)
-        for rate in rates:
+        for rate in [RELATIVE_MAE] if regression else rate_names(classes):
             values = [g[rate] for g in groups.values() if not g["small"] and rate in g]
             if len(values) >= 2:
                 gaps[rate] = float(max(values) - min(values))
@@ -118,8 +166,28 @@ def group_metrics(
             "groups": groups,
             "gaps": gaps,
             "max_gap": max(gaps.values(), default=0.0),
+            **({"label_spread": spread} if regression else {}),
         }
     return out
+
+
+def group_figures(entry: dict[str, Any]) -> list[str]:
+    """The fairness figures of one group's entry, in a fixed order (the model card's)."""
+    rates = [k for k in entry if k.split(":")[0] in RATES]
+    return [*rates, *(k for k in ("mae", RELATIVE_MAE) if k in entry)]
+
+
+def gap_measure(contract: Contract, entry: dict[str, Any]) -> str:
+    """What the gaps of :func:`group_metrics` measure, in words."""
+    if contract.task == "regression":
+        return (
+            f"{RELATIVE_MAE} = a group's MAE / the holdout label's mean absolute deviation "
+            f"{entry.get('label_spread', 1.0):.4g}"
+        )
+    classes = list(contract.label.classes or [])
+    if len(classes) == 2:
+        return f"rates of the positive class {classes[-1]!r}"
+    return "rates of each class one-vs-rest, <rate>:<class>"
 
 
 def fairness_gap(groups: dict[str, Any]) -> float:

@@ -8,7 +8,7 @@ from shared.contract import Contract
 from shared.registry import Gate, Parity
 
 from .evaluation import fairness_gap
-from .scoring import improvement
+from .scoring import IN_LABEL_UNITS, improvement, relative_improvement
 
 
 def evaluate_gates(
@@ -39,8 +39,8 @@ def evaluate_gates(
             passed=parity.passed,
             detail=(
                 f"labels agree on {parity.label_agreement:.4%} of {parity.rows} holdout rows; "
-                f"max |sklearn - onnxruntime| = {parity.max_abs_diff:.3g} "
-                f"(limit {parity.tolerance:g})"
+                f"max |sklearn - onnxruntime| = {parity.max_abs_diff:.3g}, bound "
+                f"{parity.tolerance:g} + {parity.rtol:g} x |sklearn|{_worst_row(parity)}"
             ),
         )
     }
@@ -77,14 +77,26 @@ def evaluate_gates(
         drops = _group_drops(metric, group_metrics, champion_group_metrics)
         worst_drop = max(drops, key=lambda d: d[2], default=None)
         passed = worst_drop is None or worst_drop[2] <= policy.max_group_regression
+        share = " (share of the champion's)" if metric in IN_LABEL_UNITS else ""
         detail = (
             "no group to compare"
             if worst_drop is None
-            else f"largest {metric} drop versus the champion: {worst_drop[2]:+.4f} on "
+            else f"largest {metric} drop versus the champion{share}: {worst_drop[2]:+.4f} on "
             f"{worst_drop[0]}={worst_drop[1]} (limit {policy.max_group_regression})"
         )
         gates["group_regression"] = Gate(passed=bool(passed), detail=detail)
     return gates
+
+
+def _worst_row(parity: Parity) -> str:
+    row = parity.worst_row
+    if not row:
+        return ""
+    where = f" of class {row['class']}" if "class" in row else ""
+    return (
+        f"; worst: holdout row {row['index']}{where}, sklearn {row['sklearn']:.6g} vs "
+        f"onnxruntime {row['onnx']:.6g} ({row['ratio']:.2g} of its bound)"
+    )
 
 
 def _worst_gap(groups: dict[str, Any]) -> str:
@@ -106,7 +118,8 @@ def _group_drops(
             old = old_groups.get(value)
             if stats["small"] or old is None or metric not in stats or metric not in old:
                 continue
-            drops.append((attribute, value, -improvement(metric, stats[metric], old[metric])))
+            gain = relative_improvement(metric, stats[metric], old[metric])
+            drops.append((attribute, value, -gain))
     return drops
 
 

@@ -1,6 +1,16 @@
-"""The parity gate: sklearn and ONNX Runtime must agree on the holdout."""
+"""The parity gate: sklearn and ONNX Runtime must agree on the holdout.
+
+Outputs are compared as ``numpy.isclose`` does, ``|onnx - sklearn| <= atol + rtol *
+|sklearn|``, element by element: probabilities (columns in contract order) for a
+classifier, the predicted value for a regressor. ONNX Runtime computes in float32, whose
+rounding grows with the magnitude, so a regression in the millions needs the relative
+part; probabilities in [0, 1] are held to the absolute part. The result names the worst
+row, the one whose difference comes closest to (or goes furthest past) its bound.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -15,7 +25,11 @@ from .evaluation import Predictions, sklearn_predictions
 
 
 def onnx_predictions(contract: Contract, onnx: bytes, x: pd.DataFrame) -> Predictions:
-    """Run an exported model with ONNX Runtime on a frame made by ``table_to_frame``."""
+    """Run an exported model with ONNX Runtime on a frame made by ``table_to_frame``.
+
+    A classifier's probabilities come out in the contract's class order (see
+    :mod:`.export`).
+    """
     session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
     outputs = session.run(None, onnx_feeds(contract, x))
     if contract.task == "regression":
@@ -23,36 +37,84 @@ def onnx_predictions(contract: Contract, onnx: bytes, x: pd.DataFrame) -> Predic
     return Predictions(np.asarray(outputs[0]), np.asarray(outputs[1], dtype=np.float64))
 
 
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def compare(
-    contract: Contract, expected: Predictions, actual: Predictions, tolerance: float
+    contract: Contract,
+    expected: Predictions,
+    actual: Predictions,
+    atol: float,
+    rtol: float = 0.0,
 ) -> Parity:
-    """Parity of two sets of predictions: every label equal, values within ``tolerance``."""
+    """Parity of two sets of predictions: every label equal, values within the bound.
+
+    Args:
+        contract: the data contract (task and classes).
+        expected: the reference predictions (sklearn).
+        actual: the predictions checked against them (ONNX Runtime).
+        atol: absolute tolerance.
+        rtol: relative tolerance, of ``|expected|``.
+    """
     rows = len(expected.labels)
+    classes = list(contract.label.classes or [])
     if contract.task == "regression":
-        diff = np.abs(expected.labels.ravel() - actual.labels.ravel())
-        agreement = float(np.mean(diff <= tolerance)) if rows else 1.0
+        want = expected.labels.astype(np.float64).reshape(-1, 1)
+        got = actual.labels.astype(np.float64).reshape(-1, 1)
+        agree = np.ones(rows, dtype=bool)
     else:
-        agreement = float(np.mean(expected.labels == actual.labels)) if rows else 1.0
         assert expected.proba is not None
         assert actual.proba is not None
-        diff = np.abs(expected.proba - actual.proba)
-    max_diff = float(diff.max()) if diff.size else 0.0
+        want, got = expected.proba, actual.proba
+        agree = np.asarray(expected.labels == actual.labels, dtype=bool).reshape(-1)
+    diff = np.abs(got - want)
+    bound = atol + rtol * np.abs(want)
+    ratio = diff / bound
+    within = bool(np.all(ratio <= 1.0)) if diff.size else True
+    worst: dict[str, Any] | None = None
+    if diff.size:
+        # A label disagreement is worse than any probability gap: name that row first.
+        flat = int(np.argmax(np.where(agree[:, None], ratio, np.inf)))
+        row, col = divmod(flat, diff.shape[1])
+        worst = {
+            "index": row,
+            "sklearn": float(want[row, col]),
+            "onnx": float(got[row, col]),
+            "bound": float(bound[row, col]),
+            "ratio": float(ratio[row, col]),
+        }
+        if contract.task == "classification":
+            worst["class"] = _py(classes[col]) if col < len(classes) else col
+            worst["label"] = {
+                "sklearn": _py(expected.labels[row]),
+                "onnx": _py(actual.labels[row]),
+            }
+    agreement = float(np.mean(agree)) if rows else 1.0
     return Parity(
-        passed=bool(agreement == 1.0 and max_diff <= tolerance),
+        passed=bool(agreement == 1.0 and within),
         rows=rows,
         label_agreement=agreement,
-        max_abs_diff=max_diff,
-        tolerance=tolerance,
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        tolerance=atol,
+        rtol=rtol,
+        worst_row=worst,
     )
 
 
 def check_parity(
-    contract: Contract, pipeline: Pipeline, onnx: bytes, x: pd.DataFrame, tolerance: float
+    contract: Contract,
+    pipeline: Pipeline,
+    onnx: bytes,
+    x: pd.DataFrame,
+    atol: float,
+    rtol: float = 0.0,
 ) -> Parity:
     """Run the fitted pipeline and its ONNX export on ``x`` and compare them."""
     return compare(
         contract,
         sklearn_predictions(contract, pipeline, x),
         onnx_predictions(contract, onnx, x),
-        tolerance,
+        atol,
+        rtol,
     )

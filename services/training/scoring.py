@@ -8,7 +8,6 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
-    log_loss,
     mean_absolute_error,
     r2_score,
     roc_auc_score,
@@ -16,6 +15,8 @@ from sklearn.metrics import (
 )
 
 LOWER_IS_BETTER = frozenset({"log_loss", "calibration_error", "mae", "rmse"})
+IN_LABEL_UNITS = frozenset({"mae", "rmse"})
+"""Metrics measured in the regression label's units (their scale is the label's)."""
 
 # sklearn scorer names used by cross-validation for each primary metric.
 CV_SCORERS = {
@@ -39,6 +40,15 @@ def improvement(metric: str, challenger: float, champion: float) -> float:
     return challenger - champion if higher_is_better(metric) else champion - challenger
 
 
+def relative_improvement(metric: str, challenger: float, champion: float) -> float:
+    """:func:`improvement` as a share of the champion's value for the metrics in label
+    units (``mae``, ``rmse``), so one limit fits every label scale; others as is."""
+    gain = improvement(metric, challenger, champion)
+    if metric in IN_LABEL_UNITS:
+        return gain / max(abs(champion), 1e-12)
+    return gain
+
+
 def calibration_error(y_true: np.ndarray, positive_proba: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error of the positive class over equal-width bins."""
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -56,7 +66,13 @@ def calibration_error(y_true: np.ndarray, positive_proba: np.ndarray, bins: int 
 def classification_metrics(
     y: np.ndarray, labels: np.ndarray, proba: np.ndarray, classes: list[Any]
 ) -> dict[str, float]:
-    """Accuracy, ROC AUC, F1, log loss and calibration error."""
+    """Accuracy, ROC AUC, F1, log loss and (binary) calibration error.
+
+    ``proba``'s columns are in ``classes`` order (the contract's), which need not be
+    sorted: the multiclass ROC AUC is the one-vs-rest macro average (sklearn's
+    ``multi_class="ovr"``), each class's AUC taken on its own column, and the log loss
+    reads each row's probability of its true class from the column of that class.
+    """
     out = {"accuracy": float(accuracy_score(y, labels))}
     present = set(np.unique(y).tolist())
     if len(classes) == 2:
@@ -68,11 +84,15 @@ def classification_metrics(
     else:
         out["f1"] = float(f1_score(y, labels, average="macro", zero_division=0))
         if len(present) == len(classes):
-            out["roc_auc"] = float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+            out["roc_auc"] = float(
+                np.mean([roc_auc_score(y == c, proba[:, i]) for i, c in enumerate(classes)])
+            )
+    column = {str(c): i for i, c in enumerate(classes)}
+    truth = np.asarray([column[str(v)] for v in y.tolist()], dtype=np.int64)
     clipped = np.clip(proba, 1e-15, 1.0)
-    out["log_loss"] = float(
-        log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)
-    )
+    normed = clipped / clipped.sum(axis=1, keepdims=True)
+    if len(y):
+        out["log_loss"] = float(-np.mean(np.log(normed[np.arange(len(y)), truth])))
     return out
 
 

@@ -118,7 +118,7 @@ def test_quality_window_metrics_and_group_gaps() -> None:
     reg = QualityWindow(size=10, task="regression")
     for truth, pred in ((1.0, 2.0), (3.0, 1.0)):
         reg.add(Labelled(truth, pred, None, {}))
-    assert reg.metrics() == {"mae": 1.5, "rmse": pytest.approx(np.sqrt(2.5))}
+    assert reg.metrics() == {"mae": 1.5, "rmse": pytest.approx(np.sqrt(2.5)), "r2": -1.5}
 
 
 def test_window_drift_flags_the_drifted_car_loan_features(

@@ -1,0 +1,256 @@
+"""Every task end to end in one process: train -> ONNX -> parity -> registry -> serve.
+
+Binary with string classes listed unsorted, multiclass with int and with string classes
+unsorted, regression with labels around 1e-3 and 1e6. Each trains through the training
+core on a few hundred generated rows, and serving (its data plane behind the in-process
+gRPC server, called through a real stub) must answer what the registered pipeline —
+refit from the manifest, as ``flywheel reproduce`` does — predicts, probabilities in the
+contract's class order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from services.serving.dataplane import DataPlane
+from services.serving.events import PredictionPublisher
+from services.serving.grpc.server import GrpcServer
+from services.serving.metrics import ServingMetrics
+from services.serving.repository import ModelRepository
+from services.serving.settings import ServingSettings
+from services.training.trainer import TrainConfig, fit, prepare, train
+from shared.contract import Contract, parse_contract
+from shared.datasets import DatasetCatalog
+from shared.protogen import inference_pb2 as pb
+from shared.protogen import inference_pb2_grpc as pb_grpc
+from shared.registry import ModelManifest, Registry
+from shared.store import ArtifactStore
+from tests.unit.test_training_data import add_dataset
+
+LOG = structlog.get_logger()
+ROWS = 400
+FAST = TrainConfig(
+    search_budget_s=0.2, cv_folds=2, importance_rows=200, importance_repeats=1, min_group_rows=20
+)
+
+
+def task_contract(label: dict[str, Any], task: str = "classification") -> Contract:
+    return parse_contract(
+        {
+            "name": "task",
+            "task": task,
+            "id": "id",
+            "label": label,
+            "features": [
+                {"name": "x", "type": "float"},
+                {"name": "z", "type": "float"},
+                {"name": "c", "type": "category", "values": ["a", "b", "c"]},
+                {"name": "g", "type": "category", "values": ["u", "v"]},
+            ],
+            "groups": ["g"],
+            "training": {"min_rows": 100, "search_time_budget_s": 0.2},
+            "promotion": {"max_fairness_gap": 1.0},
+        }
+    )
+
+
+def task_table(contract: Contract, scale: float = 1.0, seed: int = 0) -> pa.Table:
+    """Learnable rows: classes by score bands (contract order), or a scaled regression."""
+    rng = np.random.default_rng(seed)
+    x, z = rng.normal(0, 1, ROWS), rng.normal(0, 1, ROWS)
+    c, g = rng.choice(["a", "b", "c"], ROWS), rng.choice(["u", "v"], ROWS)
+    score = 1.5 * x + z + (c == "a") + rng.normal(0, 0.3, ROWS)
+    classes = contract.label.classes
+    if classes:
+        cuts = np.quantile(score, np.linspace(0, 1, len(classes) + 1)[1:-1])
+        label: Any = [classes[i] for i in np.searchsorted(cuts, score)]
+    else:
+        label = scale * (10 + score)
+    return pa.table({"id": np.arange(ROWS), "x": x, "z": z, "c": c, "g": g, "y": label})
+
+
+def trained(contract: Contract, table: pa.Table, root: Path) -> tuple[Registry, ModelManifest]:
+    store = ArtifactStore(f"file://{root / 'store'}")
+    version = add_dataset(store, contract.name, [table])
+    registry = Registry(store)
+    result = train(
+        contract,
+        registry,
+        DatasetCatalog(store),
+        dataset_version=version.id,
+        reason="task test",
+        config=FAST,
+        threads=1,
+    )
+    registry.set_alias(contract.name, "champion", 1, actor="test", reason="task test")
+    return registry, result.manifest
+
+
+def registered_pipeline(contract: Contract, registry: Registry, manifest: ModelManifest) -> Any:
+    """The registered version's sklearn pipeline, refit from its manifest, and its holdout."""
+    catalog = DatasetCatalog(registry.store)
+    prepared = prepare(contract, catalog, manifest.dataset_version, FAST)
+    pipeline = fit(contract, manifest.estimator, dict(manifest.params), manifest.seed, prepared)
+    return pipeline, prepared.data.x_holdout
+
+
+class Serving:
+    """The data plane and gRPC server on the test's event loop, and a stub to call it."""
+
+    def __init__(self, contract: Contract, registry: Registry):
+        metrics = ServingMetrics(CollectorRegistry())
+        self.repo = ModelRepository(
+            {contract.name: contract}, registry, metrics, LOG, max_batch_size=256
+        )
+
+        async def send(messages: list[Any]) -> None:
+            self.events += len(messages)
+
+        self.events = 0
+        self.publisher = PredictionPublisher(
+            send,
+            buffer_rows=10_000,
+            batch_rows=1000,
+            dropped=lambda m, n: None,
+            published=lambda m, n: None,
+            log=LOG,
+        )
+        settings = ServingSettings(grpc_host="127.0.0.1", grpc_port=0, max_batch_size=256)
+        self.server = GrpcServer(DataPlane(self.repo, self.publisher, metrics), settings, LOG)
+
+    async def __aenter__(self) -> pb_grpc.GRPCInferenceServiceStub:
+        await self.publisher.start()
+        await self.repo.load_from_registry()
+        await self.server.start()
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
+        return pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+        await self.server.stop()
+        await self.publisher.stop()
+        await self.repo.close()
+
+
+def columnar_request(contract: Contract, x: Any) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=contract.name)
+    for f in contract.features:
+        col = x[f.name].to_numpy()
+        tensor = request.inputs.add(name=f.name, shape=[len(col), 1])
+        if f.is_numeric:
+            tensor.datatype = "FP32"
+            tensor.contents.fp32_contents.extend(col.astype(np.float32).tolist())
+        else:
+            tensor.datatype = "BYTES"
+            tensor.contents.bytes_contents.extend(str(v).encode() for v in col)
+    return request
+
+
+def outputs(response: pb.ModelInferResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in response.outputs:
+        if t.datatype == "BYTES":
+            out[t.name] = [v.decode() for v in t.contents.bytes_contents]
+        elif t.datatype == "INT64":
+            out[t.name] = np.asarray(t.contents.int64_contents).reshape(tuple(t.shape))
+        else:
+            out[t.name] = np.asarray(t.contents.fp32_contents).reshape(tuple(t.shape))
+    return out
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Any]:
+    """A function serving a registry for the test's duration (entered at most once)."""
+    stack: list[Serving] = []
+
+    async def start(contract: Contract, registry: Registry) -> pb_grpc.GRPCInferenceServiceStub:
+        stack.append(Serving(contract, registry))
+        return await stack[-1].__aenter__()
+
+    yield start
+    for serving in stack:
+        await serving.__aexit__()
+
+
+CLASSIFICATION = [
+    pytest.param(["yes", "no"], id="binary-strings-unsorted"),
+    pytest.param([2, 0, 1], id="multiclass-ints-unsorted"),
+    pytest.param(["virginica", "setosa", "versicolor"], id="multiclass-strings-unsorted"),
+]
+
+
+@pytest.mark.parametrize("classes", CLASSIFICATION)
+async def test_classes_in_any_order_train_serve_and_keep_the_contract_order(
+    classes: list[Any], tmp_path: Path, served: Any
+) -> None:
+    contract = task_contract({"name": "y", "classes": classes})
+    registry, manifest = trained(contract, task_table(contract), tmp_path)
+    assert manifest.parity.passed, manifest.parity
+    assert manifest.gates["beats_baseline"].passed, manifest.gates
+    assert (manifest.model_extra or {})["probability_columns"] == classes
+    multiclass = len(classes) > 2
+    assert manifest.metrics["roc_auc"] > 0.8
+    gaps = manifest.group_metrics["g"]["gaps"]
+    expected_gaps = (
+        {f"{r}:{c}" for c in classes for r in ("selection_rate", "fpr", "fnr")}
+        if multiclass
+        else {"selection_rate", "fpr", "fnr"}
+    )
+    assert set(gaps) == expected_gaps
+    pipeline, x = registered_pipeline(contract, registry, manifest)
+    columns = [list(pipeline.classes_).index(c) for c in classes]
+    want_proba = pipeline.predict_proba(x)[:, columns]
+    want_label = pipeline.predict(x)
+
+    stub = await served(contract, registry)
+    meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=contract.name))
+    probs_meta = next(o for o in meta.outputs if o.name == "probabilities")
+    assert probs_meta.parameters["classes"].string_param == ",".join(map(str, classes))
+    assert list(probs_meta.shape) == [-1, len(classes)]
+    label_meta = next(o for o in meta.outputs if o.name == "label")
+    string_classes = isinstance(classes[0], str)
+    assert label_meta.datatype == ("BYTES" if string_classes else "INT64")
+
+    got = outputs(await stub.ModelInfer(columnar_request(contract, x)))
+    np.testing.assert_allclose(got["probabilities"], want_proba, atol=1e-5)
+    assert [str(v) for v in np.asarray(got["label"]).tolist()] == [str(v) for v in want_label]
+    # The label is the class of the highest probability, in contract order.
+    top = [classes[i] for i in np.argmax(got["probabilities"], axis=1)]
+    assert [str(v) for v in top] == [str(v) for v in want_label]
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e6], ids=["labels-1e-3", "labels-1e6"])
+async def test_regression_on_any_scale_passes_its_gates_and_serves(
+    scale: float, tmp_path: Path, served: Any
+) -> None:
+    contract = task_contract({"name": "y", "type": "float"}, task="regression")
+    assert contract.promotion.primary_metric == "r2"
+    registry, manifest = trained(contract, task_table(contract, scale=scale), tmp_path)
+    assert manifest.parity.passed, manifest.parity
+    worst = manifest.parity.worst_row
+    assert worst is not None
+    assert worst["ratio"] <= 1.0
+    assert abs(worst["onnx"] - worst["sklearn"]) <= worst["bound"]
+    assert manifest.metrics["r2"] > 0.8
+    assert all(g.passed for g in manifest.gates.values()), manifest.gates
+    entry = manifest.group_metrics["g"]
+    assert set(entry["gaps"]) == {"relative_mae"}
+    # Scale-free: the relative MAE is a share of the label's spread, whatever its units.
+    assert 0 < entry["gaps"]["relative_mae"] < 0.5
+    for group in entry["groups"].values():
+        assert group["relative_mae"] == pytest.approx(group["mae"] / entry["label_spread"])
+    pipeline, x = registered_pipeline(contract, registry, manifest)
+    want = pipeline.predict(x)
+
+    stub = await served(contract, registry)
+    got = outputs(await stub.ModelInfer(columnar_request(contract, x)))
+    np.testing.assert_allclose(got["prediction"], want, rtol=1e-5, atol=1e-5 * scale)
