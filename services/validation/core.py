@@ -164,7 +164,7 @@ class Validator:
         for r in failing:
             assert r.mask is not None
             rows = pa.array(np.flatnonzero(r.mask), pa.int64())
-            column = _rule_column(contract, r.rule)
+            column = _rule_column(contract, r.rule, table.column_names)
             parts.append(
                 pa.table(
                     {
@@ -173,7 +173,9 @@ class Validator:
                         "row": rows,
                         "rule": pa.array([r.rule] * len(rows), pa.string()),
                         "column": pa.array([column] * len(rows), pa.string()),
-                        "value": _as_text(table.column(column).take(rows)),
+                        "value": _as_text(table.column(column).take(rows))
+                        if column is not None
+                        else pa.nulls(len(rows), pa.string()),
                     },
                     schema=rejected.SCHEMA,
                 )
@@ -340,13 +342,14 @@ class Validator:
         return uri
 
 
-def _rule_column(contract: Contract, rule: str) -> str:
-    """The column a row rule reads (``range:x`` -> ``x``)."""
+def _rule_column(contract: Contract, rule: str, columns: list[str]) -> str | None:
+    """The column a row rule reads (``range:x`` -> ``x``; None: a rule of the whole row)."""
     if rule == "label_values":
         return contract.label.name
     if rule == "duplicate_id":
         return contract.id
-    return rule.split(":", 1)[1]
+    column = rule.split(":", 1)[-1]
+    return column if ":" in rule and column in columns else None
 
 
 def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
