@@ -258,12 +258,34 @@ DATA: list[Panel] = [
 
 MODEL_QUALITY: list[Panel] = [
     (
-        "Live quality per version (sliding window)",
+        "Live quality per version (sliding window; classifiers)",
         "timeseries",
         [
             (
-                f'flywheel_monitoring_live_metric{{{M},metric=~"accuracy|f1|roc_auc|mae|rmse"}}',
+                f'flywheel_monitoring_live_metric{{{M},metric=~"accuracy|f1|roc_auc"}}',
                 "{{model}} v{{version}} {{metric}}",
+            )
+        ],
+        "none",
+    ),
+    (
+        "Live error per version (regressors; MAE, RMSE in label units)",
+        "timeseries",
+        [
+            (
+                f'flywheel_monitoring_live_metric{{{M},metric=~"mae|rmse"}}',
+                "{{model}} v{{version}} {{metric}}",
+            )
+        ],
+        "none",
+    ),
+    (
+        "Live R² per version (regressors)",
+        "timeseries",
+        [
+            (
+                f'flywheel_monitoring_live_metric{{{M},metric="r2"}}',
+                "{{model}} v{{version}} r2",
             )
         ],
         "none",
@@ -284,7 +306,7 @@ MODEL_QUALITY: list[Panel] = [
         "none",
     ),
     (
-        "Prediction drift (score PSI vs first window)",
+        "Prediction drift (PSI vs first window: probability, predicted class or value)",
         "timeseries",
         [(f"flywheel_monitoring_prediction_drift{{{M}}}", "{{model}} v{{version}}")],
         "none",
@@ -305,7 +327,7 @@ MODEL_QUALITY: list[Panel] = [
         "none",
     ),
     (
-        "Fairness: largest gap between groups",
+        "Fairness: largest gap between groups (rates; regression: relative MAE)",
         "timeseries",
         [
             (

@@ -49,7 +49,7 @@ def in_contract_order(proba: np.ndarray, fitted: list[Any], classes: list[Any]) 
 
 def _fresh(graph: onnx.GraphProto, base: str) -> str:
     """``base``, suffixed until no input, output, initializer or node output uses it."""
-    used = {i.name for i in (*graph.input, *graph.output, *graph.initializer)}
+    used = {i.name for i in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
     used.update(name for node in graph.node for name in (*node.input, *node.output))
     name, n = base, 0
     while name in used:
