@@ -17,6 +17,7 @@ from datetime import datetime
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared import eventtime
 from shared.drift import Profile
 from shared.events import DriftSummary, PartitionOffsets, utcnow
 from shared.store import ArtifactStore, canonical_json, sha256_hex
@@ -126,4 +127,23 @@ class DatasetCatalog:
     def load_table(self, version: DatasetVersion) -> pa.Table:
         """All rows of ``version`` as one table, in batch order."""
         tables = [self.store.get_parquet(b.uri) for b in version.batches]
-        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+        return concat_batches(tables) if tables else pa.table({})
+
+
+def concat_batches(tables: list[pa.Table]) -> pa.Table:
+    """``tables`` as one table; a column that some batches hold as timestamps and older
+    ones (written before ingestion parsed event times) as text or numbers is read as
+    timestamps throughout, by :func:`shared.eventtime.to_timestamps`."""
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        stamped = {f.name for t in tables for f in t.schema if pa.types.is_timestamp(f.type)}
+        if not stamped:
+            raise
+    fixed = []
+    for table in tables:
+        for name in stamped & set(table.column_names):
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, eventtime.to_timestamps(table.column(name)))
+        fixed.append(table)
+    return pa.concat_tables(fixed, promote_options="default")

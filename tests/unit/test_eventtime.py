@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.datasets import concat_batches
 from shared.eventtime import ARROW_TYPE, EventTimeError, parse, parse_all, to_timestamps
 
 JAN1_2016 = datetime(2016, 1, 1, tzinfo=UTC)
@@ -118,3 +119,13 @@ def test_stored_columns_become_timestamps_whatever_their_type() -> None:
     ]
     with pytest.raises(EventTimeError):
         to_timestamps(pa.chunked_array([pa.array(["later"])]))
+
+
+def test_a_dataset_mixing_text_and_timestamp_batches_loads_as_timestamps() -> None:
+    old = pa.table({"id": ["1"], "ts": ["2015"]})  # a batch from before times were parsed
+    new = pa.table({"id": ["2"], "ts": pa.array([JAN1_2016], ARROW_TYPE)})
+    table = concat_batches([old, new])
+    assert table.schema.field("ts").type == ARROW_TYPE
+    assert table.column("ts").to_pylist() == [datetime(2015, 1, 1, tzinfo=UTC), JAN1_2016]
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):  # no timestamps: not ours
+        concat_batches([pa.table({"a": [1]}), pa.table({"a": ["x"]})])
