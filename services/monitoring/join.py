@@ -2,14 +2,20 @@
 
 State is an insertion-ordered dict keyed by prediction id, capped by count and age;
 a prediction pushed out before its label arrived is counted as evicted. Feedback can
-be consumed before its prediction (they travel on different topics and partitions),
-so feedback for an id that is not waiting is itself held, bounded the same way, until
-the prediction shows up; feedback evicted from there never matched and is counted late.
+be consumed before its prediction (they travel on different topics), so feedback for
+an id that is not waiting is itself held, bounded the same way, until the prediction
+shows up; feedback evicted from there never matched and is counted late.
+
+Every entry belongs to the Kafka partition its prediction id routes to
+(``partition_of``): :meth:`LabelJoin.entries` and :meth:`LabelJoin.restore` hand one
+partition's entries to and from the durable snapshots (:mod:`.state`), and
+:meth:`LabelJoin.drop` forgets a partition another replica took over.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +52,43 @@ class LabelJoin:
     Args:
         max_pending: most predictions kept; the oldest is evicted beyond it.
         max_age_s: predictions older than this are evicted.
+        partition_of: the partition a prediction id routes to (one partition when None).
     """
 
-    def __init__(self, max_pending: int, max_age_s: float):
+    def __init__(
+        self,
+        max_pending: int,
+        max_age_s: float,
+        partition_of: Callable[[str], int] | None = None,
+    ):
         self.max_pending = max_pending
         self.max_age_s = max_age_s
+        self.partition_of = partition_of or (lambda _id: 0)
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self._early: OrderedDict[str, EarlyLabel] = OrderedDict()
+
+    def entries(self, partition: int) -> tuple[list[tuple[str, Pending]], list[EarlyLabel]]:
+        """The waiting predictions and held feedback of one partition, oldest first."""
+        part = self.partition_of
+        pending = [(k, p) for k, p in self._pending.items() if part(k) == partition]
+        early = [e for k, e in self._early.items() if part(k) == partition]
+        return pending, early
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget every entry of ``partitions`` (now owned by another replica)."""
+        gone = set(partitions)
+        for store in (self._pending, self._early):
+            for key in [k for k in store if self.partition_of(k) in gone]:
+                del store[key]
+
+    def restore(self, pending: Iterable[tuple[str, Pending]], early: Iterable[EarlyLabel]) -> None:
+        """Put back entries from a snapshot (merged by age with what is already held)."""
+        for key, p in pending:
+            self._pending[key] = p
+        for e in early:
+            self._early[e.prediction_id] = e
+        self._pending = OrderedDict(sorted(self._pending.items(), key=lambda kv: kv[1].at))
+        self._early = OrderedDict(sorted(self._early.items(), key=lambda kv: kv[1].at))
 
     def __len__(self) -> int:
         return len(self._pending)

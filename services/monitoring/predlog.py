@@ -7,9 +7,12 @@ Layout (keys below the store root)::
     feedback/_late/date=YYYY-MM-DD/<sha256>.parquet        labels whose prediction was not waiting
 
 Rows are buffered and written per ``flush_rows`` rows or ``flush_s`` seconds; the Kafka
-adapter commits offsets only after :meth:`PredictionLog.flush`, so a crash replays
-the unwritten rows (a replayed row may then appear twice in the log; readers dedupe
-by prediction id). ``flywheel lineage`` (:mod:`shared.cli.lineage`) reads it back.
+adapter commits offsets (and the join snapshots) only after :meth:`PredictionLog.flush`,
+so a crash replays the unwritten rows, never loses them. A crash between a flush and its
+commit writes the replayed rows a second time (in another object); the log is read
+through :func:`read_log`, which keeps each prediction (and each label of a prediction)
+once, so every reader sees each served row exactly once. ``flywheel lineage``
+(:mod:`shared.cli.lineage`) reads it back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from shared.events import Feedback, Prediction
@@ -152,3 +156,23 @@ class PredictionLog:
             buffers.clear()
         self._since = None
         return uris
+
+
+DEDUP_KEYS = {"predictions": ["prediction_id"], "feedback": ["prediction_id", "label", "model"]}
+
+
+def read_log(store: ArtifactStore, kind: str, model: str | None = None) -> pa.Table:
+    """Every row of the ``predictions`` or ``feedback`` log (of ``model``, or all), each
+    once: rows a replay wrote twice are kept at their first occurrence."""
+    prefix = f"{kind}/{model}" if model else kind
+    schema = PREDICTION_SCHEMA if kind == "predictions" else FEEDBACK_SCHEMA
+    tables = [store.get_parquet(k) for k in store.list(prefix) if k.endswith(".parquet")]
+    if not tables:
+        return schema.empty_table()
+    table = pa.concat_tables(tables).append_column(
+        "_row", pa.array(range(sum(t.num_rows for t in tables)), pa.int64())
+    )
+    keys = DEDUP_KEYS[kind]
+    first = table.group_by(keys, use_threads=False).aggregate([("_row", "min")])
+    rows = np.sort(first["_row_min"].to_numpy())
+    return table.take(pa.array(rows)).drop_columns(["_row"])

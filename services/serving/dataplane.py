@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from shared.events import prediction_id
+
 from .errors import invalid, not_found
 from .events import Answered, PredictionPublisher
 from .inputs import TensorSpec
@@ -127,16 +129,17 @@ class DataPlane:
         else:
             results = model.predict(feeds)
             self.metrics.batch_size.labels(model.name).observe(rows)
-        ids = [f"{prefix}-{i}" for i in range(rows)]
         elapsed = time.perf_counter() - start
-        self.publisher.submit(
+        # Waits only when the event buffer is full (Kafka behind), for a bounded time.
+        await self.publisher.submit(
             Answered(
                 model,
                 role,
                 request_id,
+                prefix,
                 feeds,
                 results,
-                ids,
+                rows,
                 shadow.model if shadow is not None else None,
                 elapsed * 1000.0,
                 time.time(),
@@ -147,7 +150,8 @@ class DataPlane:
         for name in wanted:
             spec = available[name]
             if name == PREDICTION_ID:
-                outputs.append(OutputTensor(name, "BYTES", (rows,), [i.encode() for i in ids]))
+                ids = [prediction_id(prefix, i).encode() for i in range(rows)]
+                outputs.append(OutputTensor(name, "BYTES", (rows,), ids))
                 continue
             values = results[name]
             if spec.datatype == "BYTES":

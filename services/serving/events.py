@@ -1,18 +1,26 @@
 """Prediction events: buffered, serialised and published off the response path.
 
 The data plane hands each answered request to :meth:`PredictionPublisher.submit`, which
-only appends to a bounded in-memory buffer (no I/O, no serialisation). A background
-task drains the buffer: it runs the shadow model (if any) on the same rows, turns each
-row into a ``predictions`` event (the JSON of :class:`shared.events.Prediction`) and
-sends them in batches. When the buffer is full - Kafka slow or down - new events are
-dropped and counted, so memory stays bounded and responses never wait on Kafka.
+appends it to a bounded in-memory buffer (no I/O, no serialisation). A background task
+drains the buffer: it runs the shadow model (if any) on the same rows, turns each
+request into one ``predictions`` event (the JSON of :class:`shared.events.PredictionBatch`,
+rows column by column, keyed by the request key) and sends them in batches, waiting for
+``acks=all``.
+
+Nothing is dropped while Kafka is reachable: a failed send is retried with back-off
+(the request's rows stay in the buffer), and when the buffer is full a request waits
+for room - for at most ``block_s`` - before its response is returned. Only a request
+that still finds no room after that bound (Kafka unreachable for longer than the
+buffer lasts) has its events dropped, counted and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.events import SCHEMA_VERSION
+from shared.events import PREDICTIONS_SCHEMA_VERSION
 from shared.features import MISSING_CATEGORY
 
 from .inputs import Feeds
@@ -40,9 +48,11 @@ class Answered:
     model: LoadedModel
     role: str
     request_id: str
+    key: str
+    """The request key: the event's id and Kafka key, the prefix of its prediction ids."""
     feeds: Feeds
     outputs: dict[str, np.ndarray]
-    prediction_ids: list[str]
+    rows: int
     shadow: LoadedModel | None
     latency_ms: float
     created: float
@@ -56,35 +66,30 @@ def _column(model: LoadedModel, name: str, values: np.ndarray) -> list[Any]:
     return [None if v == MISSING_CATEGORY else v for v in flat]
 
 
-def _row_outputs(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def _output_columns(outputs: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     if "prediction" in outputs:
-        return [{"prediction": v} for v in outputs["prediction"].tolist()]
-    labels = outputs["label"].tolist()
-    probs = outputs["probabilities"].tolist()
-    return [{"label": lab, "probabilities": p} for lab, p in zip(labels, probs, strict=True)]
+        return {"prediction": outputs["prediction"].tolist()}
+    return {"label": outputs["label"].tolist(), "probabilities": outputs["probabilities"].tolist()}
 
-
-YIELD_EVERY_ROWS = 128
-"""Rows serialised between two yields to the event loop."""
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def to_events(item: Answered) -> list[bytes]:
-    """The ``predictions`` events (JSON) of one answered request, one per row.
-
-    The fields every row of a request shares are encoded once; each row adds its id,
-    inputs and outputs (this runs for every served row, so it is kept cheap).
-    """
+def to_event(item: Answered) -> bytes:
+    """The ``predictions`` event (JSON of :class:`shared.events.PredictionBatch`) of one
+    answered request: every row's inputs and outputs as columns, encoded in one go."""
     model = item.model
-    columns = [(name, _column(model, name, item.feeds[name])) for name in model.spec.names]
-    outputs = _row_outputs(item.outputs)
-    shadow_rows: list[dict[str, Any]] | None = None
+    shadow = None
     if item.shadow is not None:
-        shadow_rows = _row_outputs(item.shadow.predict(item.feeds))
-    common = _dumps(
+        shadow = {
+            "model_version": item.shadow.version,
+            "data_version": item.shadow.data_version,
+            "outputs": _output_columns(item.shadow.predict(item.feeds)),
+        }
+    return _dumps(
         {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": PREDICTIONS_SCHEMA_VERSION,
+            "id": item.key,
             "created": datetime.fromtimestamp(item.created, UTC).isoformat(),
             "model": model.name,
             "model_version": model.version,
@@ -92,23 +97,12 @@ def to_events(item: Answered) -> list[bytes]:
             "request_id": item.request_id,
             "role": item.role,
             "latency_ms": item.latency_ms,
+            "rows": item.rows,
+            "inputs": {name: _column(model, name, item.feeds[name]) for name in model.spec.names},
+            "outputs": _output_columns(item.outputs),
+            "shadow": shadow,
         }
-    )[:-1]
-    events = []
-    for i, pid in enumerate(item.prediction_ids):
-        shadow = None
-        if shadow_rows is not None and item.shadow is not None:
-            shadow = {
-                "model_version": item.shadow.version,
-                "data_version": item.shadow.data_version,
-                "outputs": shadow_rows[i],
-            }
-        inputs = {name: column[i] for name, column in columns}
-        events.append(
-            f'{common},"id":{_dumps(pid)},"inputs":{_dumps(inputs)},'
-            f'"outputs":{_dumps(outputs[i])},"shadow":{_dumps(shadow)}}}'.encode()
-        )
-    return events
+    ).encode()
 
 
 class PredictionPublisher:
@@ -116,13 +110,17 @@ class PredictionPublisher:
 
     Args:
         send: publishes a list of records (the Kafka producer adapter).
-        buffer_rows: the most rows held; beyond it events are dropped.
+        buffer_rows: the most rows held (buffered or in flight).
         batch_rows: the most rows serialised and sent per round.
-        dropped: called with (model, rows) for every drop (metrics).
-        published: called with (model, rows) once Kafka acknowledged them.
-        log: a structlog logger.
+        block_s: the longest a request waits for room in a full buffer; after it its
+            events are dropped (counted, logged).
         linger_s: how long a round waits for more rows before sending (fewer, larger
             sends under load; never on the response path).
+        dropped: called with (model, rows) for every drop (metrics).
+        published: called with (model, rows) once Kafka acknowledged them.
+        waited: called with (model, seconds) for every request that waited for room.
+        log: a structlog logger.
+        retry_s: first back-off after a failed send (doubled up to 2 s).
     """
 
     def __init__(
@@ -131,37 +129,61 @@ class PredictionPublisher:
         *,
         buffer_rows: int,
         batch_rows: int,
+        block_s: float = 5.0,
         linger_s: float = 0.0,
         dropped: Callable[[str, int], None],
         published: Callable[[str, int], None],
+        waited: Callable[[str, float], None] | None = None,
         log: Any,
+        retry_s: float = 0.05,
     ):
         self.send = send
         self.buffer_rows = buffer_rows
         self.batch_rows = batch_rows
+        self.block_s = block_s
         self.linger_s = linger_s
         self.dropped = dropped
         self.published = published
+        self.waited = waited
         self.log = log
+        self.retry_s = retry_s
         self._buffer: deque[Answered] = deque()
         self._rows = 0
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
     def pending_rows(self) -> int:
-        """Rows waiting to be published."""
+        """Rows not yet acknowledged by Kafka (buffered or in flight)."""
         return self._rows
 
-    def submit(self, item: Answered) -> None:
-        """Queue one answered request's events, or drop and count them if the buffer is full."""
-        rows = len(item.prediction_ids)
-        if self._closing or self._rows + rows > self.buffer_rows:
-            self.dropped(item.model.name, rows)
+    async def submit(self, item: Answered) -> None:
+        """Queue one answered request's events, waiting (at most ``block_s``) for room."""
+        if self._rows + item.rows > self.buffer_rows and not self._closing:
+            start = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.block_s):
+                    while self._rows + item.rows > self.buffer_rows and not self._closing:
+                        self._room.clear()
+                        await self._room.wait()
+            if self.waited is not None:
+                self.waited(item.model.name, time.monotonic() - start)
+        if self._closing or self._rows + item.rows > self.buffer_rows:
+            self.dropped(item.model.name, item.rows)
+            self.log.warning(
+                "predictions.dropped",
+                model=item.model.name,
+                rows=item.rows,
+                request_id=item.request_id,
+                reason="stopping" if self._closing else "buffer full beyond the wait bound",
+                buffered_rows=self._rows,
+                block_s=self.block_s,
+            )
             return
         self._buffer.append(item)
-        self._rows += rows
+        self._rows += item.rows
         if not self._wake.is_set():
             self._wake.set()
 
@@ -174,6 +196,7 @@ class PredictionPublisher:
         as dropped."""
         self._closing = True
         self._wake.set()
+        self._room.set()
         if self._task is None:
             return
         try:
@@ -181,9 +204,10 @@ class PredictionPublisher:
         except TimeoutError:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while self._buffer:
-            item = self._buffer.popleft()
-            self.dropped(item.model.name, len(item.prediction_ids))
+        for model, rows in _count(self._buffer).items():
+            self.dropped(model, rows)
+            self.log.warning("predictions.dropped", model=model, rows=rows, reason="stopping")
+        self._buffer.clear()
         self._rows = 0
 
     async def _run(self) -> None:
@@ -201,40 +225,60 @@ class PredictionPublisher:
             while self._buffer and rows < self.batch_rows:
                 item = self._buffer.popleft()
                 batch.append(item)
-                rows += len(item.prediction_ids)
-            await self._publish(batch)
+                rows += item.rows
+            try:
+                await self._publish(batch)
+            except asyncio.CancelledError:
+                self._buffer.extendleft(reversed(batch))  # stop() counts them as dropped
+                raise
             self._rows -= rows
+            self._room.set()
 
     async def _publish(self, batch: list[Answered]) -> None:
         messages: list[Message] = []
-        counts: dict[str, int] = {}
-        since_yield = 0
+        sent: list[Answered] = []
         for item in batch:
-            if since_yield >= YIELD_EVERY_ROWS:
-                # Serialising thousands of rows at once would stall the event loop and
-                # with it the responses: let requests in between.
-                await asyncio.sleep(0)
-                since_yield = 0
-            since_yield += len(item.prediction_ids)
             try:
-                values = to_events(item)
+                value = to_event(item)
             except Exception as exc:  # a shadow model failing must not stop the publisher
                 self.log.error(
                     "predictions.serialise_failed", model=item.model.name, error=repr(exc)
                 )
-                self.dropped(item.model.name, len(item.prediction_ids))
+                self.dropped(item.model.name, item.rows)
                 continue
-            key = item.model.name.encode()
-            messages.extend((key, v, item.request_id) for v in values)
-            counts[item.model.name] = counts.get(item.model.name, 0) + len(values)
+            messages.append((item.key.encode(), value, item.request_id))
+            sent.append(item)
+            await asyncio.sleep(0)  # let responses in between two requests' encodings
         if not messages:
             return
-        try:
-            await self.send(messages)
-        except Exception as exc:
-            self.log.warning("predictions.publish_failed", rows=len(messages), error=repr(exc))
-            for model, n in counts.items():
-                self.dropped(model, n)
-            return
-        for model, n in counts.items():
-            self.published(model, n)
+        delay = self.retry_s
+        failures = 0
+        while True:
+            try:
+                await self.send(messages)
+                break
+            except Exception as exc:
+                # Kafka slow, restarting or unreachable: keep the rows (they count against
+                # the buffer, so new requests wait, then drop, beyond the bound) and retry.
+                failures += 1
+                self.log.warning(
+                    "predictions.publish_retry",
+                    requests=len(messages),
+                    failures=failures,
+                    error=repr(exc),
+                )
+                if self._closing:
+                    for model, rows in _count(sent).items():
+                        self.dropped(model, rows)
+                    return
+                await asyncio.sleep(delay)  # back-off before the next attempt
+                delay = min(2.0, delay * 2)
+        for model, rows in _count(sent).items():
+            self.published(model, rows)
+
+
+def _count(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.model.name] = counts.get(item.model.name, 0) + item.rows
+    return counts

@@ -93,7 +93,7 @@ class ServingMetrics:
             "Time a request waited for room in the full prediction-event buffer "
             "(back-pressure from Kafka), observed only for requests that waited.",
             ["model"],
-            buckets=LATENCY_BUCKETS + (2.5, 5.0),
+            buckets=(*LATENCY_BUCKETS, 2.5, 5.0),
             registry=registry,
         )
         self.events_published = Counter(

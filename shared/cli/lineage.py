@@ -2,7 +2,9 @@
 
 Reads the prediction log monitoring writes to the artifact store
 (``predictions/<model>/date=*/<sha>.parquet`` and ``feedback/...``; see
-``services/monitoring/predlog.py``), then follows the row to its model version and
+``services/monitoring/predlog.py``: a prediction id ``<request key>-<row>`` is one row
+of the log, found once even if a replay wrote it twice), then follows the row to its model
+version and
 manifest (registry), the dataset version it was trained on (catalog), and that
 version's batches with their source topic offsets.
 """
@@ -31,7 +33,8 @@ def _tables(store: ArtifactStore, prefix: str) -> Iterator[pa.Table]:
 
 
 def find_prediction(store: ArtifactStore, prediction_id: str) -> dict[str, Any] | None:
-    """The logged row of ``prediction_id`` (inputs/outputs decoded), or None."""
+    """The logged row of ``prediction_id`` (inputs/outputs decoded), or None (the first
+    copy when a replay logged it twice)."""
     for table in _tables(store, "predictions"):
         hit = table.filter(pc.equal(table["prediction_id"], prediction_id))
         if hit.num_rows:
@@ -43,13 +46,15 @@ def find_prediction(store: ArtifactStore, prediction_id: str) -> dict[str, Any] 
 
 
 def find_feedback(store: ArtifactStore, prediction_id: str) -> list[dict[str, Any]]:
-    """Every logged label of ``prediction_id`` (joined or late), oldest first."""
-    found: list[dict[str, Any]] = []
+    """Every logged label of ``prediction_id`` (joined or late), oldest first; a label a
+    replay logged twice is listed once."""
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for table in _tables(store, "feedback"):
         for row in table.filter(pc.equal(table["prediction_id"], prediction_id)).to_pylist():
+            key = (row["label"], row["model"])
             row["label"] = json.loads(row["label"])
-            found.append(row)
-    return sorted(found, key=lambda r: str(r["received"]))
+            found.setdefault(key, row)
+    return sorted(found.values(), key=lambda r: str(r["received"]))
 
 
 def lineage(store: ArtifactStore, prediction_id: str) -> dict[str, Any]:

@@ -501,13 +501,16 @@ def test_join_snapshots_restore_one_partition_with_its_offsets(tmp_path: Path) -
     join.hold(EarlyLabel("late7-0", 1, 5.0))
     snapshots = JoinSnapshots(ArtifactStore(f"file://{tmp_path}"), "g", clock=lambda: 50.0)
     k = part("late7-0")
-    key = snapshots.save(join, k, {"predictions": 12, "feedback.routed": 3})
+    offsets = {"predictions": 12, "feedback.routed": 3}
+    key = snapshots.save(join, k, offsets)
+    assert key.endswith(f"/{k}/12-3.json")  # named by the offsets the commit will point at
     mine = {pid for pid in ids if part(pid) == k}
     assert 0 < len(mine) < len(ids)  # the ids spread over partitions
 
     fresh = LabelJoin(100, 3600, part)
-    restored = JoinSnapshots(snapshots.store, "g", clock=lambda: 10.0).load(fresh, key)
-    assert restored == {"predictions": 12, "feedback.routed": 3}
+    loader = JoinSnapshots(snapshots.store, "g", clock=lambda: 10.0)
+    assert not loader.load(fresh, k, {"predictions": 11, "feedback.routed": 3})
+    assert loader.load(fresh, k, offsets)
     assert len(fresh) == len(mine)
     waiting = fresh.match(sorted(mine)[0])
     assert waiting is not None
