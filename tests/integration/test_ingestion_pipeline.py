@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared import rejected
 from shared.cli.data import publish_events, read_dlq, rows_to_events
 from shared.contract import load_contract
 from shared.datasets import DatasetCatalog
@@ -168,12 +169,12 @@ async def test_out_of_range_batch_is_quarantined_with_a_report(
 
     start_service("ingestion", FLYWHEEL_INGESTION_BATCH_ROWS="1000")
     validation = start_service("validation")
-    events = census_events(2000)
+    events = census_events(3000)
     await publish_events(kafka_settings, events[:1000])
     store = ArtifactStore(store_uri)
     catalog = DatasetCatalog(store)
     wait_for(lambda: latest_rows(catalog, CENSUS.name) == 1000, 60, "the clean batch")
-    broken = events[1000:]
+    broken = events[1000:2000]
     for e in broken[::10]:  # 10% of rows out of the contract's [0, 120] age range
         e["features"]["AGEP"] = 500.0
     await publish_events(kafka_settings, broken)
@@ -214,6 +215,33 @@ async def test_out_of_range_batch_is_quarantined_with_a_report(
             rule="range:AGEP",
         )
         == 100
+    )
+    # Every row of the quarantined batch that failed a rule is on record by event id.
+    record = rejected.read(store, CENSUS.name, event.batch_id).to_pylist()
+    assert {r["event_id"] for r in record} == {e["event_id"] for e in broken[::10]}
+    assert {(r["rule"], r["value"]) for r in record} == {("range:AGEP", "500")}
+
+    # A batch with a few bad rows is accepted without them; each one is on record.
+    few = events[2000:]
+    for e in few[::100]:
+        e["features"]["AGEP"] = 500.0
+    await publish_events(kafka_settings, few)
+    wait_for(lambda: latest_rows(catalog, CENSUS.name) == 1990, 60, "the accepted batch")
+    latest = catalog.latest(CENSUS.name)
+    assert latest is not None
+    kept = set(catalog.load_table(latest).column(CENSUS.id).to_pylist())
+    left_out = {e["event_id"] for e in few[::100]}
+    assert not kept & left_out
+    accepted = rejected.read(store, CENSUS.name, latest.batches[-1].batch_id).to_pylist()
+    assert {r["event_id"] for r in accepted} == left_out
+    assert (
+        metric(
+            validation,
+            "flywheel_validation_rejected_rows_total",
+            dataset=CENSUS.name,
+            rule="range:AGEP",
+        )
+        == 10
     )
 
 
