@@ -272,7 +272,7 @@ def _actor(actor: str | None) -> str:
 
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the alias history).")]
 ActorOpt = Annotated[
-    str | None, typer.Option("--by", "--actor", help="Your name (default: the login name).")
+    str | None, typer.Option("--by", "--actor", help="Your name (default: $USER, the login name).")
 ]
 OverrideOpt = Annotated[
     list[str] | None,
