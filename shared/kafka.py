@@ -322,6 +322,33 @@ async def describe_topics(settings: KafkaSettings) -> dict[str, int]:
     return {name: len(parts) for name, parts in found.items()}
 
 
+async def topic_retention(settings: KafkaSettings, names: Iterable[str]) -> dict[str, int | None]:
+    """Topic -> its ``retention.ms`` as the broker reports it (DescribeConfigs); None
+    when the broker does not report one or may not be asked."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    wanted = list(names)
+    if not wanted:
+        return {}
+    out: dict[str, int | None] = dict.fromkeys(wanted)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings, "admin"))
+    await admin.start()
+    try:
+        # Every config of each topic: Tansu drops the connection when config names are given.
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+        responses = await admin.describe_configs(resources)
+    except KafkaError:
+        return out  # not allowed to describe configs (ACLs): retention unknown, not an error
+    finally:
+        await admin.close()
+    for response in responses:
+        for error, _message, _kind, name, entries, *_ in response.resources:
+            for entry in entries if error == 0 else []:
+                if entry[0] == "retention.ms" and entry[1] is not None:
+                    out[name] = int(entry[1])
+    return out
+
+
 async def consumer_lag(settings: KafkaSettings) -> dict[str, dict[str, int]]:
     """Consumer group -> topic -> lag (end offset minus committed offset, summed).
 

@@ -7,10 +7,11 @@ import json
 from typing import Annotated, Any
 
 import typer
+from aiokafka.errors import KafkaError
 
 from shared import topics
 from shared.cli._output import emit, err_console
-from shared.kafka import describe_topics, ensure_topics
+from shared.kafka import describe_topics, ensure_topics, topic_retention
 from shared.settings import KafkaSettings
 
 
@@ -30,7 +31,9 @@ def ensure_all_topics(
 ) -> None:
     """Create the topics Flywheel uses that do not exist yet; idempotent.
 
-    Existing topics are left as they are (their partition count is shown, not changed).
+    New topics get their partitions, replication factor and ``retention.ms``
+    (shared/topic_specs.py). Existing topics are left as they are: their partition count
+    and retention are shown as the broker reports them, not changed.
     """
     updates: dict[str, Any] = {}
     if partitions is not None:
@@ -40,24 +43,29 @@ def ensure_all_topics(
     kafka = KafkaSettings().model_copy(update=updates)
     retry_delay_s = 0.5
 
-    async def run() -> tuple[list[str], dict[str, int]]:
+    async def run() -> tuple[list[str], dict[str, int], dict[str, int | None]]:
         created = await ensure_topics(
             kafka,
             topics.ALL_TOPICS,
             attempts=max(1, int(wait / retry_delay_s)),
             retry_delay_s=retry_delay_s,
         )
-        return created, await describe_topics(kafka)
+        return (
+            created,
+            await describe_topics(kafka),
+            await topic_retention(kafka, topics.ALL_TOPICS),
+        )
 
     try:
-        created, described = asyncio.run(run())
-    except ConnectionError as err:
+        created, described, retention = asyncio.run(run())
+    except (ConnectionError, KafkaError) as err:
         err_console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from err
     rows = [
         {
             "topic": name,
             "partitions": described.get(name),
+            "retention_ms": retention.get(name),
             "created": name in created,
         }
         for name in topics.ALL_TOPICS
@@ -66,7 +74,8 @@ def ensure_all_topics(
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        emit(rows, ["topic", "partitions", "created"], False, f"topics on {kafka.servers}")
+        columns = ["topic", "partitions", "retention_ms", "created"]
+        emit(rows, columns, False, f"topics on {kafka.servers}")
     if missing:
         err_console.print(f"[red]error:[/] topics still missing after creation: {missing}")
         raise typer.Exit(1)

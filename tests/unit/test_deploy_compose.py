@@ -31,6 +31,7 @@ from shared.cli.stack import DEFAULT_PORTS
 from shared.healthcheck import SERVICE_ENV, service_settings
 from shared.procs import SERVICES
 from shared.settings import KafkaSettings
+from shared.topic_specs import RETENTION_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -299,6 +300,7 @@ def test_topics_init_command_creates_every_topic_idempotently(
     assert all(row["created"] for row in first.values())
     assert not any(row["created"] for row in second.values())
     assert {row["partitions"] for row in second.values()} == {6}
+    assert {t: row["retention_ms"] for t, row in second.items()} == RETENTION_MS
 
 
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
