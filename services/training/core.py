@@ -149,6 +149,8 @@ class TrainingCore:
         self.clock = clock
         self.not_before: dict[str, float] = {}
         """model -> when its next run may start (a failed run's back-off)."""
+        self.failing: dict[str, int] = {}
+        """model -> failed runs since its last completed one."""
         self._wake = asyncio.Event()
         self._alias_lock = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
@@ -175,7 +177,8 @@ class TrainingCore:
             attempt=int(last.get("attempt", 1)),
         )
         self.not_before[model] = float(last["retry_at"])
-        self.metrics.consecutive_failures.labels(model).set(int(last.get("attempt", 1)))
+        self.failing[model] = int(last.get("attempt", 1))
+        self.metrics.consecutive_failures.labels(model).set(self.failing[model])
         self.log.info("training.retry_restored", model=model, retry_at=last["retry_at"])
         self._wake.set()
 
@@ -290,7 +293,8 @@ class TrainingCore:
             # poisoned dataset cannot wedge the offsets of the others.
             outcome = self._failed(model, pending, attempt, exc)
         else:
-            if outcome.outcome != "skipped" and outcome.outcome != "deferred":
+            if outcome.outcome not in ("skipped", "deferred"):
+                self.failing.pop(model, None)
                 self.metrics.consecutive_failures.labels(model).set(0)
         self.metrics.runs.labels(model, outcome.outcome).inc()
         self.outcomes.append(outcome)
@@ -336,7 +340,8 @@ class TrainingCore:
             run_id=run_id,  # the run record holds the traceback (rendering one with its
         )  # locals, as the console logger does, took seconds)
         self.metrics.failures.labels(model, phase).inc()
-        self.metrics.consecutive_failures.labels(model).set(number)
+        self.failing[model] = self.failing.get(model, 0) + 1
+        self.metrics.consecutive_failures.labels(model).set(self.failing[model])
         self.metrics.last_run.labels(model).set(time.time())
         if retry:
             queued = self.pending.setdefault(model, Pending())

@@ -196,7 +196,7 @@ async def test_retries_stop_after_the_last_attempt(tmp_path: Path) -> None:
     store = ArtifactStore(f"file://{tmp_path}")
     version = add_dataset(store, "toy", [toy_table(800)])
     clock = Clock()
-    core, _, _ = make_core(store, broken_contract(), clock)
+    core, _, metrics = make_core(store, broken_contract(), clock)
     core.submit_validated(validated(version.id, 800, 800), lambda: None)
     details = []
     for _ in range(4):
@@ -210,6 +210,9 @@ async def test_retries_stop_after_the_last_attempt(tmp_path: Path) -> None:
     record = Registry(store).last_run("toy")
     assert record is not None
     assert (record["retry_at"], record["attempt"]) == (None, 4)
-    # The next trigger still tries again.
+    # The next trigger still tries again; the failures keep counting.
     core.submit_validated(validated(version.id, 800, 800), lambda: None)
     assert core.next_ready() == ("toy", None)
+    assert (await core.run("toy")).outcome == "failed"
+    labels = {"model": "toy"}
+    assert metrics.get_sample_value("flywheel_training_consecutive_failures", labels) == 5
