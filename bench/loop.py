@@ -222,12 +222,15 @@ async def _read_topics(bootstrap: str) -> dict[str, list[dict[str, Any]]]:
         topics.MODELS_REGISTERED,
         topics.MODELS_DEPLOYMENTS,
     ]
+    from shared.kafka_protocol import fetch_partitions
+    from shared.settings import KafkaSettings
+
+    # An explicit metadata request: a consumer's own metadata holds no topic yet on Kafka.
+    found = await fetch_partitions(KafkaSettings(bootstrap_servers=bootstrap), names, 30.0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = [
-            TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()
-        ]
+        parts = [TopicPartition(t, p) for t in names for p in found[t]]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)

@@ -29,6 +29,7 @@ from shared.contract import Contract, load_contract
 from shared.events import Deployment, Prediction
 from shared.features import to_frame
 from shared.kafka import client_kwargs, consumer_kwargs
+from shared.kafka_protocol import fetch_partitions
 from shared.protogen import inference_pb2 as pb
 from shared.protogen import inference_pb2_grpc as pb_grpc
 from shared.registry import Registry
@@ -86,7 +87,8 @@ async def read_predictions(
     consumer = AIOKafkaConsumer(**consumer_kwargs(settings, "test-predictions", None))
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topics.PREDICTIONS) or set()
+        # an explicit metadata request: the consumer's own metadata has no topic yet on Kafka
+        parts = (await fetch_partitions(settings, [topics.PREDICTIONS], wait_s))[topics.PREDICTIONS]
         consumer.assign([TopicPartition(topics.PREDICTIONS, p) for p in parts])
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + wait_s

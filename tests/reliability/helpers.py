@@ -21,6 +21,7 @@ from shared.cli.data import rows_to_events
 from shared.contract import Contract, load_contract
 from shared.datasets import DatasetCatalog
 from shared.kafka import consumer_kwargs
+from shared.kafka_protocol import fetch_partitions
 from shared.procs import ServiceProcess
 from shared.settings import KafkaSettings
 from tests.conftest import CONTRACTS, need_data
@@ -139,7 +140,8 @@ async def read_topic(
     consumer = AIOKafkaConsumer(**consumer_kwargs(settings, f"reliability-{topic}", None))
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        # an explicit metadata request: the consumer's own metadata has no topic yet on Kafka
+        parts = (await fetch_partitions(settings, [topic], wait_s))[topic]
         consumer.assign([TopicPartition(topic, p) for p in parts])
         out: list[bytes] = []
         deadline = time.monotonic() + wait_s
