@@ -15,6 +15,7 @@ from .export import in_contract_order
 from .scoring import (
     CV_SCORERS,
     classification_metrics,
+    cv_scoring,
     regression_metrics,
 )
 
@@ -244,10 +245,9 @@ def importance(
     an ensemble of whole pipelines gets its raw columns shuffled instead.
     """
     metric = contract.promotion.primary_metric
-    scoring = CV_SCORERS.get(metric, "accuracy")
-    if metric == "roc_auc" and len(contract.label.classes or []) == 2:
-        scoring = "roc_auc"
-    scorer = get_scorer(scoring)
+    scorer = get_scorer(
+        cv_scoring(metric, contract.label.classes or []) if metric in CV_SCORERS else "accuracy"
+    )
     x, y = x.iloc[-rows:], y[-rows:]
     found = _encoded_blocks(pipeline, x)
     estimator: Any = pipeline

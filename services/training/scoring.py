@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,47 @@ CV_SCORERS = {
     "rmse": "neg_root_mean_squared_error",
     "r2": "r2",
 }
+
+
+Scoring = str | Callable[[Any, Any, np.ndarray], float]
+"""What scikit-learn's ``scoring=`` takes: a scorer name or a scorer callable."""
+
+
+def ovr_roc_auc(y: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float | None:
+    """One-vs-rest macro ROC AUC, ``proba``'s columns in ``classes`` order (any order).
+
+    Each class's AUC is taken on its own column and the mean is unweighted, as sklearn's
+    ``multi_class="ovr"``; a class absent from ``y`` (a time-ordered fold may hold none
+    of it) is left out of the mean instead of failing. None when no class has both
+    positive and negative rows.
+    """
+    y = np.asarray(y)
+    aucs = [
+        float(roc_auc_score(y == c, proba[:, i]))
+        for i, c in enumerate(classes)
+        if 0 < int(np.sum(y == c)) < len(y)
+    ]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def ovr_roc_auc_scorer(estimator: Any, x: Any, y: np.ndarray) -> float:
+    """A scikit-learn scorer of :func:`ovr_roc_auc` (NaN when it is undefined)."""
+    value = ovr_roc_auc(y, np.asarray(estimator.predict_proba(x)), list(estimator.classes_))
+    return float("nan") if value is None else value
+
+
+def cv_scoring(metric: str, classes: Sequence[Any]) -> Scoring:
+    """The scikit-learn scoring of a primary metric: binary ROC AUC by name, a multiclass
+    one by :func:`ovr_roc_auc_scorer`, the others by :data:`CV_SCORERS`.
+
+    Raises:
+        ValueError: the metric has no scorer.
+    """
+    if metric == "roc_auc":
+        return "roc_auc" if len(classes) == 2 else ovr_roc_auc_scorer
+    if metric not in CV_SCORERS:
+        raise ValueError(f"primary metric {metric!r} has no cross-validation scorer")
+    return CV_SCORERS[metric]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -84,9 +126,7 @@ def classification_metrics(
     else:
         out["f1"] = float(f1_score(y, labels, average="macro", zero_division=0))
         if len(present) == len(classes):
-            out["roc_auc"] = float(
-                np.mean([roc_auc_score(y == c, proba[:, i]) for i, c in enumerate(classes)])
-            )
+            out["roc_auc"] = float(ovr_roc_auc(y, proba, classes) or 0.0)
     column = {str(c): i for i, c in enumerate(classes)}
     truth = np.asarray([column[str(v)] for v in y.tolist()], dtype=np.int64)
     clipped = np.clip(proba, 1e-15, 1.0)

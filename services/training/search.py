@@ -34,7 +34,7 @@ from shared.features import build_pipeline
 
 from .estimators import BOOSTING, GRIDS, LINEAR, VOTING, describe, make_estimator
 from .folds import Splits, time_folds
-from .scoring import CV_SCORERS, higher_is_better
+from .scoring import Scoring, cv_scoring, higher_is_better
 
 
 class RunCancelled(Exception):
@@ -100,12 +100,8 @@ class SearchResult:
     """How the cross-validation folds were made, in words (time-ordered or why not)."""
 
 
-def _scorer(contract: Contract, metric: str) -> str:
-    if metric == "roc_auc" and len(contract.label.classes or []) == 2:
-        return "roc_auc"
-    if metric not in CV_SCORERS:
-        raise ValueError(f"primary metric {metric!r} has no cross-validation scorer")
-    return CV_SCORERS[metric]
+def _scorer(contract: Contract, metric: str) -> Scoring:
+    return cv_scoring(metric, contract.label.classes or [])
 
 
 def _folds(contract: Contract, folds: int, seed: int) -> KFold | StratifiedKFold:
@@ -191,10 +187,10 @@ def _failed(family: str, params: dict[str, Any], started: float, err: Exception)
 
 
 def _scored(
-    family: str, params: dict[str, Any], scores: list[float], scoring: str, started: float
+    family: str, params: dict[str, Any], scores: list[float], scoring: Scoring, started: float
 ) -> Run:
     # Sign-flip sklearn's neg_* scorers so every recorded score reads as the metric itself.
-    sign = -1.0 if scoring.startswith("neg_") else 1.0
+    sign = -1.0 if isinstance(scoring, str) and scoring.startswith("neg_") else 1.0
     values = [float(sign * s) for s in scores]
     seconds = time.perf_counter() - started
     return Run(family, params, values, float(np.mean(values)), float(np.std(values)), seconds)

@@ -27,8 +27,12 @@ from services.serving.grpc.server import GrpcServer
 from services.serving.metrics import ServingMetrics
 from services.serving.repository import ModelRepository
 from services.serving.settings import ServingSettings
+from services.training.evaluation import Predictions
+from services.training.export import class_columns, in_contract_order
+from services.training.parity import compare
+from services.training.scoring import classification_metrics, ovr_roc_auc
 from services.training.trainer import TrainConfig, fit, prepare, train
-from shared.contract import Contract, parse_contract
+from shared.contract import Contract, ContractError, PromotionPolicy, parse_contract
 from shared.datasets import DatasetCatalog
 from shared.protogen import inference_pb2 as pb
 from shared.protogen import inference_pb2_grpc as pb_grpc
@@ -254,3 +258,83 @@ async def test_regression_on_any_scale_passes_its_gates_and_serves(
     stub = await served(contract, registry)
     got = outputs(await stub.ModelInfer(columnar_request(contract, x)))
     np.testing.assert_allclose(got["prediction"], want, rtol=1e-5, atol=1e-5 * scale)
+
+
+# --- the pieces, without training ------------------------------------------------------
+
+
+def test_regression_defaults_to_r2_and_metrics_must_fit_the_task() -> None:
+    assert task_contract({"name": "y"}, task="regression").promotion.primary_metric == "r2"
+    body: dict[str, Any] = {
+        "name": "t",
+        "task": "regression",
+        "id": "id",
+        "label": {"name": "y"},
+        "features": [{"name": "x", "type": "float"}],
+    }
+    with pytest.raises(ContractError, match="'roc_auc' is not a regression metric"):
+        parse_contract({**body, "promotion": {"primary_metric": "roc_auc"}})
+    classification = {**body, "task": "classification", "label": {"name": "y", "classes": [0, 1]}}
+    assert parse_contract(classification).promotion.primary_metric == "roc_auc"
+    with pytest.raises(ContractError, match="'mae' is not a classification metric"):
+        parse_contract({**classification, "promotion": {"primary_metric": "mae"}})
+
+
+def test_parity_tolerance_is_read_as_the_absolute_part() -> None:
+    policy = PromotionPolicy.model_validate({"parity_tolerance": 1e-4})
+    assert (policy.parity_atol, policy.parity_rtol) == (1e-4, 1e-5)
+    with pytest.raises(ValueError, match="former name of parity_atol"):
+        PromotionPolicy.model_validate({"parity_tolerance": 1e-4, "parity_atol": 1e-3})
+
+
+def test_parity_is_relative_and_absolute_and_names_the_worst_row() -> None:
+    contract = task_contract({"name": "y"}, task="regression")
+    want = Predictions(np.array([1.0, 2.5e6, 3.0e6]), None)
+    got = Predictions(np.array([1.0, 2.5e6 + 0.25, 3.0e6 + 45.0]), None)
+    assert not compare(contract, want, got, 1e-5).passed  # absolute only: 0.25 fails
+    tight = compare(contract, want, got, 1e-5, 1e-5)  # row 2's bound is 30
+    assert not tight.passed
+    assert tight.worst_row is not None
+    assert (tight.worst_row["index"], tight.worst_row["onnx"]) == (2, 3.0e6 + 45.0)
+    assert tight.worst_row["ratio"] == pytest.approx(1.5, rel=1e-6)
+    loose = compare(contract, want, got, 1e-5, 1e-4)
+    assert loose.passed
+    assert loose.worst_row is not None
+    assert loose.worst_row["index"] == 2
+    assert (loose.max_abs_diff, loose.rtol) == (45.0, 1e-4)
+
+
+def test_a_classifier_label_disagreement_is_the_worst_row() -> None:
+    contract = task_contract({"name": "y", "classes": ["yes", "no"]})
+    proba = np.array([[0.2, 0.8], [0.51, 0.49]])
+    want = Predictions(np.array(["no", "yes"]), proba)
+    got = Predictions(np.array(["no", "no"]), proba + np.array([[0.0, 0.0], [-0.02, 0.02]]))
+    parity = compare(contract, want, got, 1e-5, 1e-5)
+    assert not parity.passed
+    assert parity.label_agreement == 0.5
+    assert parity.worst_row is not None
+    assert parity.worst_row["index"] == 1
+    assert parity.worst_row["label"] == {"sklearn": "yes", "onnx": "no"}
+
+
+def test_probability_columns_follow_the_contract_and_refuse_missing_classes() -> None:
+    assert class_columns(["a", "b", "c"], ["c", "a", "b"]).tolist() == [2, 0, 1]
+    assert class_columns([0, 1, 2], ["2", 0, 1]).tolist() == [2, 0, 1]  # matched by text
+    with pytest.raises(ValueError, match="hold no \\['c'\\] labels"):
+        class_columns(["a", "b"], ["a", "b", "c"])
+    proba = np.array([[0.1, 0.2, 0.7]])
+    assert in_contract_order(proba, ["a", "b", "c"], ["c", "a", "b"]).tolist() == [[0.7, 0.1, 0.2]]
+
+
+def test_multiclass_scores_read_each_class_from_its_contract_column() -> None:
+    classes = ["virginica", "setosa", "versicolor"]
+    y = np.array(["setosa", "virginica", "versicolor", "setosa"])
+    proba = np.array(
+        [[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6], [0.3, 0.6, 0.1]]
+    )  # columns in contract order: a perfect ranking
+    m = classification_metrics(
+        y, np.array(["setosa", "virginica", "versicolor", "setosa"]), proba, classes
+    )
+    assert m["roc_auc"] == pytest.approx(1.0)
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.6, 0.6])))
+    assert ovr_roc_auc(y[:2], proba[:2], classes) == pytest.approx(1.0)  # versicolor absent
