@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared import topics
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, Prediction
+from shared.events import Deployment, Prediction, PredictionBatch
 from shared.features import to_frame
 from shared.kafka import client_kwargs, consumer_kwargs
 from shared.kafka_protocol import fetch_partitions
@@ -83,7 +83,8 @@ def matrix_input(census: Census, rows: pd.DataFrame) -> list[triton.InferInput]:
 async def read_predictions(
     settings: KafkaSettings, count: int, wait_s: float = 30
 ) -> list[dict[str, Any]]:
-    """The first ``count`` events on ``predictions`` (every partition, from the start)."""
+    """The first ``count`` served rows on ``predictions`` (every partition, from the start),
+    each request's event unpacked into its rows (``Prediction`` JSON)."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(settings, "test-predictions", None))
     await consumer.start()
     try:
@@ -95,7 +96,9 @@ async def read_predictions(
         while len(out) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                out.extend(json.loads(r.value) for r in records)
+                for r in records:
+                    rows = PredictionBatch.model_validate_json(r.value).predictions()
+                    out.extend(p.model_dump(mode="json") for p in rows)
         return out
     finally:
         await consumer.stop()
@@ -437,6 +440,7 @@ def test_serving_keeps_answering_when_kafka_goes_away(
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
         KAFKA_REQUEST_TIMEOUT_MS="2000",
         FLYWHEEL_SERVING_EVENT_BUFFER_ROWS="40",
+        FLYWHEEL_SERVING_EVENT_BLOCK_MS="50",  # the bound a request waits for room
     )
     client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
     inputs = matrix_input(census, census.holdout[:4])

@@ -12,7 +12,9 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -23,6 +25,7 @@ from services.monitoring.join import LabelJoin
 from services.monitoring.metrics import MonitoringMetrics
 from services.monitoring.predlog import PredictionLog, read_log
 from services.monitoring.testing import load_car_loan, prediction_events, seed_version
+from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared import topics
 from shared.contract import load_contract
 from shared.datasets import DatasetCatalog
@@ -33,9 +36,10 @@ from shared.registry import Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, DATA, StartService, need_data
-from tests.reliability.helpers import metric, report, wait_for
+from tests.reliability.helpers import Load, metric, report, wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+# Each test runs real services for a minute or two: in `make test-reliability`, not `make test`.
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
 CONTRACT = load_contract(CONTRACTS / "car_loan.yaml")
 ROWS_PER_REQUEST = 50
@@ -225,3 +229,49 @@ async def test_two_replicas_join_as_many_labels_as_one(
     assert sum(joined) == len(feedback)  # what one replica joins (the SIGKILL test above)
     assert all(j > 0 for j in joined)  # both replicas took a share of the partitions
     assert late == 0
+
+
+async def test_sixteen_clients_with_events_on_log_every_answered_row_once(
+    start_service: StartService, store_uri: str
+) -> None:
+    need_data("employment_MA_reference.pq")
+    census = load_contract(CONTRACTS / "census_employment.yaml")
+    store = ArtifactStore(store_uri)
+    _, onnx = fit_model(census, census_rows(DATA, 400))
+    register_model(Registry(store), census, onnx, dataset_version="dv1")
+    monitoring = start_service("monitoring", **ENV)
+    # A small buffer, so 16 clients fill it and meet the back-pressure bound.
+    serving = start_service("serving", FLYWHEEL_SERVING_EVENT_BUFFER_ROWS="256")
+    x = feature_matrix(census, census_rows(DATA, 8, offset=5000)).astype(np.float32)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with Load(serving.ready_info["grpc_address"], [inp], threads=16) as load:
+        await asyncio.to_thread(wait_for, lambda: load.count() >= 1500, 120, "1,500 requests")
+    answered = [pid for a in load.ok for pid in a.ids]
+
+    def logged() -> Any:
+        table = read_log(store, "predictions", census.name)
+        return table if table.num_rows >= len(answered) else None
+
+    table = await asyncio.to_thread(wait_for, logged, 120, "every answered row logged")
+    ids = table["prediction_id"].to_pylist()
+    stored = sum(store.get_parquet(k).num_rows for k in store.list(f"predictions/{census.name}"))
+    dropped = metric(serving, "flywheel_serving_prediction_events_dropped_total")
+    waits = metric(serving, "flywheel_serving_prediction_event_wait_seconds_count")
+    waited = metric(serving, "flywheel_serving_prediction_event_wait_seconds_sum")
+    report(
+        "monitoring_sixteen_clients",
+        requests=len(load.ok),
+        errors=len(load.errors),
+        answered_rows=len(answered),
+        logged_rows=len(ids),
+        stored_rows=stored,
+        dropped=dropped,
+        requests_that_waited=waits,
+        mean_wait_ms=round(1000 * waited / waits, 2) if waits else 0.0,
+        monitoring_predictions=metric(monitoring, "flywheel_monitoring_predictions_total"),
+    )
+    assert load.errors == []
+    assert dropped == 0
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(answered)  # every answered row, exactly once
