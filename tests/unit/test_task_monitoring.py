@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import structlog
+from prometheus_client import CollectorRegistry
 
-from services.monitoring.core import worse_by
+from services.monitoring.core import Limits, MonitoringCore, worse_by
+from services.monitoring.join import LabelJoin
+from services.monitoring.metrics import MonitoringMetrics
+from services.monitoring.predlog import PredictionLog
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
 from services.monitoring.window_drift import PredictionHistogram, prediction_value
+from services.training.parity import onnx_predictions
+from services.training.trainer import train
 from shared.contract import Contract
-from tests.unit.test_tasks import task_contract
+from shared.datasets import DatasetCatalog
+from shared.drift import build_profile
+from shared.events import Feedback, Prediction
+from shared.features import table_to_frame
+from shared.registry import Registry
+from shared.store import ArtifactStore
+from tests.unit.test_tasks import FAST, task_contract, task_table
+from tests.unit.test_training_data import add_dataset
 
 IRIS = ["virginica", "setosa", "versicolor"]
 
@@ -109,3 +125,101 @@ def test_the_rollback_margin_is_a_share_of_the_reference_for_label_unit_metrics(
     assert worse_by("mae", 1.02e-3, 1e-3) == pytest.approx(0.02)
     assert worse_by("r2", 0.80, 0.85) == pytest.approx(0.05)
     assert worse_by("rmse", 0.9, 1.0) < 0
+
+
+# --- through the monitoring core, with a model trained by the training core -------------
+
+
+def _profiled(store: ArtifactStore, contract: Contract, table: pa.Table) -> str:
+    """A dataset version of ``table`` with its reference profile (as validation writes)."""
+    catalog = DatasetCatalog(store)
+    frame = table_to_frame(contract, table)
+    labels = table.column(contract.label.name).to_numpy(zero_copy_only=False)
+    version = add_dataset(store, contract.name, [table])
+    profile_uri = catalog.put_profile(contract.name, build_profile(contract, frame, labels))
+    return catalog.add(version.model_copy(update={"profile_uri": profile_uri, "id": ""})).id
+
+
+@pytest.mark.parametrize(
+    ("label", "task", "live"),
+    [
+        ({"name": "y", "classes": [2, 0, 1]}, "classification", {"accuracy", "f1"}),
+        ({"name": "y", "type": "float"}, "regression", {"mae", "rmse", "r2"}),
+    ],
+    ids=["multiclass", "regression"],
+)
+def test_the_core_reports_each_tasks_live_figures_and_prediction_drift(
+    label: dict[str, Any], task: str, live: set[str], tmp_path: Path
+) -> None:
+    contract = task_contract(label, task=task)
+    table = task_table(contract, scale=1e6)
+    store = ArtifactStore(f"file://{tmp_path}")
+    dataset = _profiled(store, contract, table)
+    registry = Registry(store)
+    train(
+        contract,
+        registry,
+        DatasetCatalog(store),
+        dataset_version=dataset,
+        reason="core test",
+        config=FAST,
+        threads=1,
+    )
+    registry.set_alias(contract.name, "champion", 1, actor="test", reason="core test")
+    manifest = registry.get(contract.name, 1)
+    prom = CollectorRegistry()
+    core = MonitoringCore(
+        {contract.name: contract},
+        registry,
+        DatasetCatalog(store),
+        MonitoringMetrics(prom),
+        LabelJoin(10_000, 3600),
+        PredictionLog(store, flush_rows=10_000, flush_s=60),
+        structlog.get_logger("test"),
+        Limits(eval_every_labels=50, window_rows=100),
+    )
+    core.load_aliases()
+    frame = table_to_frame(contract, table)
+    served = onnx_predictions(contract, registry.onnx_bytes(manifest), frame)
+    rows = table.to_pylist()
+    predictions = []
+    for i, row in enumerate(rows):
+        if task == "regression":
+            outputs: dict[str, Any] = {"prediction": float(served.labels[i])}
+        else:
+            assert served.proba is not None
+            outputs = {"label": int(served.labels[i]), "probabilities": served.proba[i].tolist()}
+        predictions.append(
+            Prediction(
+                id=f"p{i}",
+                model=contract.name,
+                model_version=1,
+                data_version=manifest.dataset_version,
+                request_id=f"r{i}",
+                inputs={f: row[f] for f in contract.feature_names},
+                outputs=outputs,
+                latency_ms=1.0,
+            )
+        )
+    core.on_predictions(predictions)
+    core.on_feedback([Feedback(prediction_id=f"p{i}", label=r["y"]) for i, r in enumerate(rows)])
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return prom.get_sample_value(name, {"model": contract.name, "version": "1", **labels})
+
+    values = {m: gauge("flywheel_monitoring_live_metric", metric=m) for m in live}
+    assert all(v is not None for v in values.values()), values
+    assert gauge("flywheel_monitoring_live_metric", metric="roc_auc") is None
+    if task == "regression":
+        assert (values["r2"] or 0.0) > 0.8
+        gap = gauge("flywheel_monitoring_fairness_gap", attribute="g", metric="relative_mae")
+        assert gap is not None
+        assert gap < 0.5  # a share of the label's spread, not label units (~1e6)
+    else:
+        assert (values["accuracy"] or 0.0) > 0.6
+        gap = gauge("flywheel_monitoring_fairness_gap", attribute="g", metric="fpr:2")
+        assert gap is not None
+    # Four windows of the same distribution: the predictions did not drift.
+    drift = gauge("flywheel_monitoring_prediction_drift")
+    assert drift is not None
+    assert drift < 0.5
