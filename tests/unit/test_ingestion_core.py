@@ -135,6 +135,10 @@ def test_lenient_forms_are_normalised_by_the_slow_path(store: ArtifactStore) -> 
         (json.dumps(event(1, label=3)).encode(), "unknown_label", "label"),
         (json.dumps(event(1, label=True)).encode(), "unknown_label", "label"),
         (json.dumps(event(1, label=None)).encode(), "missing_label", "label"),
+        (json.dumps(event(1, event_time="soon")).encode(), "bad_event_time", "event_time"),
+        (json.dumps(event(1, event_time="2024-02-30")).encode(), "bad_event_time", "event_time"),
+        (json.dumps(event(1, event_time=True)).encode(), "bad_event_time", "event_time"),
+        (json.dumps(event(1, event_time=10**17)).encode(), "bad_event_time", "event_time"),
     ],
 )
 def test_bad_events_become_dead_letters(
@@ -152,6 +156,8 @@ def test_bad_events_become_dead_letters(
     assert batch.rows == 1  # the good neighbour still goes through
     ds = "_unknown" if reason in ("bad_json", "unknown_dataset") else "toy"
     assert metrics.dlq.labels(ds, reason)._value.get() == 1
+    if reason == "bad_event_time":  # the error quotes what was sent
+        assert repr(json.loads(value)["event_time"])[:10] in letter.error
 
 
 @pytest.mark.parametrize(
