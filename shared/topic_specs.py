@@ -146,3 +146,45 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
 
 RETENTION_MS: dict[str, int] = {spec.name: spec.retention_ms for spec in TOPIC_SPECS}
 """Topic -> the ``retention.ms`` it is created with."""
+
+
+DESIGN_NOTES: tuple[tuple[str, str], ...] = (
+    (
+        "Design: the prediction stream and the label join",
+        """
+**One event per answered request.** Serving publishes one `predictions` message per
+request (`PredictionBatch`, `schema_version` 2): the request's rows column by column
+(`inputs` feature -> values, `outputs` output -> values, the shadow's outputs likewise),
+with `id` the request key and `rows` the row count. Row `i`'s prediction id, the one
+serving returned, is `<id>-<i>`, so every row stays joinable and citable on its own
+(`flywheel lineage <prediction id>`). Version 1 (one `Prediction` per row, keyed by
+model name) is still decoded by monitoring, so a rolling upgrade loses no row (its
+labels meet their predictions only while monitoring runs one replica). Sends wait for
+`acks=all`;
+a failed send is retried; a full buffer makes requests wait (bounded by
+`FLYWHEEL_SERVING_EVENT_BLOCK_MS`) and only then drops, counted and logged.
+
+**Co-partitioned keys.** The message key is the request key, which is also the routing
+key of each of its prediction ids (the part before the last `-`). Users write `feedback`
+with any key; monitoring's router re-publishes each record unchanged on
+`feedback.routed` keyed by the routing key of its `prediction_id`, so Kafka's default
+partitioner puts a label on the same partition number as its prediction. Both topics
+have the same partition count, and monitoring's stream consumer uses the range assignor,
+so partition `k` of both goes to one replica: a prediction and its label always meet.
+
+**Durable join state.** At every checkpoint monitoring flushes the prediction log,
+writes partition `k`'s waiting predictions and held labels as an immutable object named
+by the two topics' next offsets (`monitoring/state/<group>/<k>/<offsets>.json` in the
+artifact store) and then commits those offsets. The committed offsets point at the
+snapshot: a replica that is assigned `k` after a restart (SIGKILL included) or a
+rebalance restores exactly the state those offsets describe. Windowed live metrics and
+drift windows are per replica and rebuilt from traffic; counters add up across replicas.
+
+**The prediction log once per prediction.** Offsets are committed after the log flush,
+so a crash replays unwritten rows rather than losing them; a crash between a flush and
+its commit writes replayed rows again in another object, and the log's reader
+(`services.monitoring.predlog.read_log`, `flywheel lineage`) keeps each prediction once.
+""",
+    ),
+)
+"""Prose sections of docs/topics.md: the design behind the keys and bodies above."""

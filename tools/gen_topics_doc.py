@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.topic_specs import TOPIC_SPECS
+from shared.topic_specs import DESIGN_NOTES, TOPIC_SPECS
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "topics.md"
 
@@ -28,6 +28,8 @@ def render() -> str:
             f"| `{spec.name}` | {spec.key} | [{spec.body.__name__}](#{spec.name.replace('.', '')}) "
             f"| {spec.producers} | {spec.consumers} |"
         )
+    for title, text in DESIGN_NOTES:
+        lines += ["", f"## {title}", "", text.strip()]
     for spec in TOPIC_SPECS:
         schema = spec.body.model_json_schema()
         lines += [
