@@ -29,6 +29,7 @@ from services.serving.repository import ModelRepository
 from services.serving.settings import ServingSettings
 from services.training.evaluation import Predictions
 from services.training.export import class_columns, in_contract_order
+from services.training.gates import evaluate_gates
 from services.training.parity import compare
 from services.training.scoring import classification_metrics, ovr_roc_auc
 from services.training.trainer import TrainConfig, fit, prepare, train
@@ -338,3 +339,34 @@ def test_multiclass_scores_read_each_class_from_its_contract_column() -> None:
     assert m["roc_auc"] == pytest.approx(1.0)
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.6, 0.6])))
     assert ovr_roc_auc(y[:2], proba[:2], classes) == pytest.approx(1.0)  # versicolor absent
+
+
+def test_an_error_metric_beats_the_champion_by_being_lower_at_any_scale() -> None:
+    contract = task_contract({"name": "y"}, task="regression").model_copy(
+        update={"promotion": PromotionPolicy(primary_metric="mae", max_group_regression=0.05)}
+    )
+    parity = compare(contract, Predictions(np.ones(3), None), Predictions(np.ones(3), None), 1e-5)
+
+    def groups(mae: float) -> dict[str, Any]:
+        return {"g": {"groups": {"u": {"small": False, "mae": mae}}, "gaps": {}, "max_gap": 0.0}}
+
+    def gates(new: float, old: float) -> dict[str, Any]:
+        return evaluate_gates(
+            contract,
+            parity=parity,
+            metrics={"mae": new},
+            group_metrics=groups(new),
+            baseline_metrics={"mae": 10 * old},
+            champion_metrics={"mae": old},
+            champion_group_metrics=groups(old),
+        )
+
+    for scale in (1e-3, 1e6):
+        better = gates(0.9 * scale, 1.0 * scale)
+        assert better["beats_champion"].passed
+        assert better["group_regression"].passed
+        worse = gates(1.1 * scale, 1.0 * scale)
+        assert not worse["beats_champion"].passed
+        # 10% more error on the group: a share of the champion's, over the 5% limit.
+        assert not worse["group_regression"].passed
+        assert "+0.1000" in worse["group_regression"].detail
