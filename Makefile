@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run up demo test test-unit test-integration test-e2e test-reliability reliability-report lint format proto proto-check bench kcat prometheus clean
+.PHONY: install run up demo test test-unit test-integration test-e2e test-property test-reliability reliability-report lint format proto proto-check bench kcat prometheus clean
 
 install: $(STAMP)
 
@@ -53,6 +53,11 @@ test-integration: install kcat
 
 test-e2e: install
 	$(BIN)/pytest -m "e2e" $(PYTEST_ARGS)
+
+# The property-based loop (generated contracts and data through every service core): the
+# few examples of `make test` plus the slow variant's many.
+test-property: install
+	$(BIN)/pytest tests/integration/test_property_loop.py $(PYTEST_ARGS)
 
 test-reliability: install
 	$(BIN)/pytest -m "reliability" $(PYTEST_ARGS)
