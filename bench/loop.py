@@ -90,6 +90,7 @@ def _env(bootstrap: str, store: str, rows: int, extra: dict[str, str]) -> dict[s
         "FLYWHEEL_CONTRACTS": str(ROOT / "contracts"),
         "FLYWHEEL_LOG_LEVEL": "INFO",
         "FLYWHEEL_SERVING_GRPC_PORT": str(free_port()),
+        "FLYWHEEL_SERVING_HTTP_PORT": str(free_port()),
         # One batch = the reference data: the count cuts it at the last event.
         "FLYWHEEL_INGESTION_BATCH_ROWS": str(rows),
         "FLYWHEEL_INGESTION_BATCH_SECONDS": "120",

@@ -250,6 +250,7 @@ def start_flywheel(fx: Fixture, broker: str, delay_ms: float) -> tuple[Any, str]
         "FLYWHEEL_STORE": fx.store,
         "FLYWHEEL_CONTRACTS": str(ROOT / "contracts"),
         "FLYWHEEL_SERVING_GRPC_PORT": str(_free_port()),
+        "FLYWHEEL_SERVING_HTTP_PORT": "0",
         "FLYWHEEL_SERVING_METRICS_PORT": "0",
         "FLYWHEEL_SERVING_BATCH_MAX_DELAY_MS": str(delay_ms),
         "FLYWHEEL_SERVING_MAX_BATCH_SIZE": "4096",

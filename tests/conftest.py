@@ -69,6 +69,7 @@ def service_env(broker: str, store_uri: str) -> dict[str, str]:
     for name in ("INGESTION", "VALIDATION", "TRAINING", "SERVING", "MONITORING"):
         env[f"FLYWHEEL_{name}_METRICS_PORT"] = "0"
     env["FLYWHEEL_SERVING_GRPC_PORT"] = str(free_port())
+    env["FLYWHEEL_SERVING_HTTP_PORT"] = "0"  # REST: a free port, named in the ready record
     return env
 
 

@@ -2,8 +2,9 @@
 
 Start order: prediction producer and publisher, then the model manager (watcher
 positioned at the end of ``models.deployments``, then the registry's champions and
-challengers loaded, then the watcher applying events), then the gRPC server - so the
-port only opens once the models are loaded.
+challengers loaded, then the watcher applying events), then the gRPC and REST servers -
+so the ports only open once the models are loaded and warm, and readiness turns on once
+both listen. Stop runs in reverse: readiness off, drain, servers, models, publisher.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .grpc.server import GrpcServer
 from .kafka import TOPICS, DeploymentWatcher, PredictionSink
 from .metrics import ServingMetrics
 from .repository import ModelRepository
+from .rest.server import RestServer
 from .settings import ServingSettings
 
 
@@ -122,31 +124,61 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
 
     watcher = DeploymentWatcher(settings.kafka, repository.apply, invalid, log)
     dataplane = DataPlane(repository, publisher, metrics, settings.server_name)
-    server = GrpcServer(dataplane, settings, log)
+    servers = Endpoints(
+        GrpcServer(dataplane, settings, log),
+        RestServer(dataplane, settings, log),
+        settings,
+        runtime,
+    )
     runtime.info["topics"] = list(TOPICS)
     components: list[Any] = [Publisher(sink, publisher), ModelManager(repository, watcher, runtime)]
-    components.append(_Announce(server, settings, runtime))
+    components.append(servers)
     return components
 
 
-class _Announce:
-    """Starts the gRPC server and puts its address in the ready record."""
+class Endpoints:
+    """The gRPC and REST servers, readiness and the graceful drain, as one component.
 
-    def __init__(self, server: GrpcServer, settings: ServingSettings, runtime: Runtime):
-        self.server = server
+    Start: both servers listen, then readiness turns on (ServerReady, gRPC health
+    SERVING, ``/v2/health/ready`` 200) and the addresses go into the ready record. Stop
+    (SIGTERM): readiness turns off first, the servers keep answering for
+    ``drain_delay_s`` (load balancers and the readiness probe take the replica out), then
+    both stop accepting while requests in flight get ``drain_grace_s`` to finish; the
+    batchers and the prediction publisher stop after (reverse start order).
+    """
+
+    def __init__(
+        self, grpc: GrpcServer, rest: RestServer, settings: ServingSettings, runtime: Runtime
+    ):
+        self.grpc = grpc
+        self.rest = rest
         self.settings = settings
         self.runtime = runtime
 
-    async def start(self) -> None:
-        await self.server.start()
-        host = self.settings.grpc_host
+    def _address(self, host: str, port: int) -> str:
         if host in ("0.0.0.0", "::", "[::]", ""):
             host = self.settings.advertised_host
-        self.runtime.info["grpc_address"] = f"{host}:{self.server.port}"
+        return f"{host}:{port}"
+
+    async def start(self) -> None:
+        await self.grpc.start(ready=False)
+        await self.rest.start()
+        await self.grpc.set_ready(True)
+        self.runtime.info["grpc_address"] = self._address(self.settings.grpc_host, self.grpc.port)
+        self.runtime.info["http_address"] = self._address(self.settings.http_host, self.rest.port)
         self.runtime.info["models"] = {
             name: [s.model.version for s in slot.versions()]
-            for name, slot in self.server.dataplane.repository.slots.items()
+            for name, slot in self.grpc.dataplane.repository.slots.items()
         }
 
     async def stop(self) -> None:
-        await self.server.stop()
+        await self.grpc.set_ready(False)
+        self.runtime.log.info(
+            "serving.draining",
+            delay_s=self.settings.drain_delay_s,
+            grace_s=self.settings.drain_grace_s,
+        )
+        if self.settings.drain_delay_s:
+            await asyncio.sleep(self.settings.drain_delay_s)
+        await asyncio.gather(self.grpc.stop(), self.rest.stop())
+        self.runtime.log.info("serving.drained")

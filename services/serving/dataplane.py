@@ -52,15 +52,31 @@ class DataPlane:
         self.outputs = {
             name: {s.name: s for s in output_specs(c)} for name, c in repository.contracts.items()
         }
+        self._ready = False
 
     # --- health and metadata -----------------------------------------------------------
 
     def ready(self) -> bool:
-        """Whether the server takes requests: models load before the port opens, so always."""
-        return True
+        """Whether the server takes new requests: true once the registry's models are loaded
+        and warm and the servers listen, false again from the start of a drain."""
+        return self._ready
+
+    def set_ready(self, ready: bool) -> None:
+        """Turn readiness on (every server listening) or off (draining)."""
+        self._ready = ready
 
     def model_ready(self, name: str, version: str) -> bool:
-        """Whether ``name`` (at ``version``, or its champion) can answer now."""
+        """Whether ``name`` (at ``version``, or its champion) can answer now (false while the
+        server is not ready)."""
+        return self._ready and self._loaded(name, version)
+
+    def failed(self, name: str, version: str, code: str) -> None:
+        """Count a refused inference request (any transport). Only known models and loaded
+        versions become label values: clients cannot grow the series."""
+        loaded = self._loaded(name, version)
+        self.metrics.failed(self.repository.label(name), version if loaded else "", code)
+
+    def _loaded(self, name: str, version: str) -> bool:
         slot = self.repository.slots.get(name)
         if slot is None:
             return False

@@ -19,8 +19,21 @@ class ServingSettings(ServiceSettings):
     """Interface the OIP v2 gRPC server listens on."""
     grpc_port: int = Field(8001, ge=0, le=65535)
     """Port of the OIP v2 gRPC server (0 picks a free one)."""
+    http_host: str = "0.0.0.0"
+    """Interface the OIP v2 REST (HTTP) server listens on."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """Port of the OIP v2 REST server, as Triton's (0 picks a free one; the ready record's
+    ``http_address`` says which)."""
     advertised_host: str = "127.0.0.1"
-    """Host put in the ready record's ``grpc_address`` when listening on all interfaces."""
+    """Host put in the ready record's ``grpc_address`` and ``http_address`` when listening
+    on all interfaces."""
+    drain_delay_s: float = Field(0.0, ge=0)
+    """On SIGTERM, how long the servers keep answering after readiness turned false (gRPC
+    health NOT_SERVING, ``/v2/health/ready`` 503), so load balancers and the Kubernetes
+    readiness probe stop sending new requests before the ports close."""
+    drain_grace_s: float = Field(10.0, ge=0)
+    """After the drain delay: how long requests already in flight may take to finish
+    before the servers stop anyway."""
     max_batch_size: int = Field(1024, ge=1)
     """Largest number of rows one request may carry, and the adaptive batcher's cap."""
     batch_max_delay_ms: float = Field(0.0, ge=0)
@@ -42,7 +55,7 @@ class ServingSettings(ServiceSettings):
     """How long the prediction publisher lets rows accumulate before a send (bigger
     batches, fewer Kafka requests); off the response path."""
     tls_cert_file: str | None = None
-    """Server certificate (PEM). Set with ``tls_key_file`` to serve gRPC over TLS."""
+    """Server certificate (PEM). Set with ``tls_key_file`` to serve gRPC and REST over TLS."""
     tls_key_file: str | None = None
     """Server private key (PEM)."""
     tls_client_ca_file: str | None = None

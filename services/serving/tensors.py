@@ -53,14 +53,26 @@ def element_count(name: str, shape: tuple[int, ...]) -> int:
     return count
 
 
+def numpy_dtype(name: str, datatype: str) -> np.dtype[np.generic]:
+    """The numpy dtype of a fixed-size OIP datatype; INVALID_ARGUMENT for BF16 (numpy has
+    no bfloat16 and no served model takes one) and for names OIP does not define."""
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is not None:
+        return dtype
+    if datatype == "BF16":
+        raise invalid(
+            f"input {name!r}: datatype BF16 is not supported (no served model takes bfloat16); "
+            "send FP32"
+        )
+    raise invalid(f"input {name!r}: unknown datatype {datatype!r}")
+
+
 def decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
     """A flat array from OIP raw bytes, checking the byte length against the shape."""
     count = element_count(name, shape)
     if datatype == "BYTES":
         return decode_bytes(name, raw, count)
-    dtype = NUMPY_DTYPES.get(datatype)
-    if dtype is None:
-        raise invalid(f"input {name!r}: unknown datatype {datatype!r}")
+    dtype = numpy_dtype(name, datatype)
     if len(raw) != count * dtype.itemsize:
         raise invalid(
             f"input {name!r}: raw contents hold {len(raw)} bytes, but shape {list(shape)} "

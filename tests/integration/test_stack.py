@@ -51,6 +51,7 @@ def test_flywheel_up_lists_topics_restarts_a_failing_service_and_keeps_the_rest(
     port = free_port()
     env = _up_env(tmp_path)
     env["FLYWHEEL_SERVING_GRPC_PORT"] = str(free_port())
+    env["FLYWHEEL_SERVING_HTTP_PORT"] = str(free_port())
     env["FLYWHEEL_VALIDATION_METRICS_PORT"] = "-1"  # refused by its settings: exits at start
     args = ["--broker-port", str(port), "--log-dir", str(tmp_path / "logs")]
     with flywheel_up(args, env) as lines:

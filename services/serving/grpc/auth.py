@@ -36,6 +36,19 @@ def load_tokens(file: str | None, inline: str | None) -> list[str]:
     return tokens
 
 
+def bearer_allowed(header: str | bytes | None, tokens: Iterable[bytes]) -> bool:
+    """Whether an ``authorization`` value is ``Bearer <one of tokens>`` (gRPC and REST)."""
+    if header is None:
+        return False
+    text = header.decode() if isinstance(header, bytes) else str(header)
+    scheme, _, token = text.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = token.strip().encode()
+    # compare_digest against every token: no timing hint of which one is close
+    return any([hmac.compare_digest(given, t) for t in tokens])
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Rejects calls without a known bearer token with UNAUTHENTICATED.
 
@@ -61,13 +74,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _allowed(self, metadata: Iterable[tuple[str, Any]]) -> bool:
         for key, value in metadata:
             if key == "authorization":
-                text = value.decode() if isinstance(value, bytes) else str(value)
-                scheme, _, token = text.partition(" ")
-                if scheme.lower() != "bearer":
-                    return False
-                given = token.strip().encode()
-                # compare_digest against every token: no timing hint of which one is close
-                return any([hmac.compare_digest(given, t) for t in self.tokens])
+                return bearer_allowed(value, self.tokens)
         return False
 
     async def intercept_service(

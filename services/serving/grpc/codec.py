@@ -15,7 +15,7 @@ from shared.protogen import inference_pb2 as pb
 
 from ..errors import invalid
 from ..inputs import TensorSpec
-from ..tensors import NUMPY_DTYPES, Tensor, decode_raw, element_count, encode_bytes
+from ..tensors import Tensor, decode_raw, element_count, encode_bytes, numpy_dtype
 from ..types import InferRequest, InferResponse
 
 # datatype -> (InferTensorContents field, numpy dtype of that field)
@@ -48,9 +48,8 @@ def _typed(t: Any, shape: tuple[int, ...]) -> np.ndarray:
         return out
     field = _CONTENTS.get(t.datatype)
     if field is None:
-        if t.datatype in NUMPY_DTYPES:
-            raise invalid(f"input {t.name!r}: datatype {t.datatype} needs raw contents")
-        raise invalid(f"input {t.name!r}: unknown datatype {t.datatype!r}")
+        numpy_dtype(t.name, t.datatype)  # BF16 and unknown names: their own message
+        raise invalid(f"input {t.name!r}: datatype {t.datatype} needs raw contents")
     values = getattr(t.contents, field[0])
     if len(values) != count:
         raise invalid(

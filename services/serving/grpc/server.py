@@ -63,9 +63,11 @@ class GrpcServer:
         self.log = log
         self.port = settings.grpc_port
         self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
 
-    async def start(self) -> None:
-        """Bind and start serving."""
+    async def start(self, *, ready: bool = True) -> None:
+        """Bind and start serving; with ``ready`` also turn readiness on (see
+        :meth:`set_ready`), else the caller does once every server listens."""
         interceptors = []
         inline = self.settings.auth_tokens
         tokens = load_tokens(
@@ -97,16 +99,36 @@ class GrpcServer:
         self.port = (
             server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         )
-        await server.start()
         for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
         self._server = server
+        self._health = health_servicer
         self.log.info(
             "grpc.listening", port=self.port, tls=creds is not None, token_auth=bool(tokens)
         )
+        if ready:
+            await self.set_ready(True)
 
-    async def stop(self) -> None:
-        """Stop accepting calls; in-flight ones get a grace period."""
+    async def set_ready(self, ready: bool) -> None:
+        """Readiness on or off: the data plane's (ServerReady, ModelReady, REST
+        ``/v2/health/ready``) and the gRPC health service's (SERVING / NOT_SERVING), which
+        Kubernetes' native gRPC probe asks."""
+        self.dataplane.set_ready(ready)
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting calls; in-flight ones get ``grace_s`` (default: the drain_grace_s
+        setting) to finish."""
         if self._server is not None:
-            await self._server.stop(grace=5)
+            grace = self.settings.drain_grace_s if grace_s is None else grace_s
+            await self._server.stop(grace=grace)
             self._server = None

@@ -78,9 +78,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:  # never crash the server on a request
             self.log.error("infer.failed", model=request.model_name, error=repr(exc), exc_info=exc)
             code, message = "INTERNAL", f"internal error: {type(exc).__name__}"
-        model = self.dataplane.repository.label(request.model_name)
-        # Only loaded versions become label values: clients cannot grow the series.
-        loaded = self.dataplane.model_ready(request.model_name, request.model_version)
-        self.metrics.failed(model, request.model_version if loaded else "", code)
+        self.dataplane.failed(request.model_name, request.model_version, code)
         await context.abort(STATUS[code], message)
         raise AssertionError("unreachable: context.abort raises")
