@@ -365,7 +365,8 @@ async def consumer_lag(settings: KafkaSettings) -> dict[str, dict[str, int]]:
     await consumer.start()
     try:
         names = [t for t in await admin.list_topics() if not t.startswith("__")]
-        found = await fetch_partitions(settings, names, settings.request_timeout_ms / 1000)
+        timeout_s = settings.request_timeout_ms / 1000
+        found = await fetch_partitions(settings, names, timeout_s) if names else {}
         partitions = [TopicPartition(t, p) for t, ps in found.items() for p in ps]
         ends = await consumer.end_offsets(partitions) if partitions else {}
         lag: dict[str, dict[str, int]] = {}

@@ -20,6 +20,7 @@ from aiokafka.structs import TopicPartition
 
 from shared import topics
 from shared.kafka import client_kwargs
+from shared.kafka_protocol import fetch_partitions
 from shared.settings import KafkaSettings
 
 from .metrics import MonitoringMetrics
@@ -37,10 +38,10 @@ async def group_lag(settings: KafkaSettings) -> dict[str, dict[str, int]]:
     try:
         existing = set(await admin.list_topics())
         names = [t for t in topics.ALL_TOPICS if t in existing]
-        described = await admin.describe_topics(names)
-        partitions = [
-            TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
-        ]
+        # Named topics, never auto-created (an admin describe_topics may create them).
+        timeout_s = settings.request_timeout_ms / 1000
+        found = await fetch_partitions(settings, names, timeout_s) if names else {}
+        partitions = [TopicPartition(t, p) for t, parts in found.items() for p in parts]
         ends = await consumer.end_offsets(partitions) if partitions else {}
         lag: dict[str, dict[str, int]] = {}
         for group, _protocol in await admin.list_consumer_groups():
