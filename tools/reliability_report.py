@@ -42,6 +42,11 @@ WHAT: dict[str, tuple[str, str]] = {
         "Embedded broker stopped and started under five running services",
         "tests/reliability/test_broker_restart.py",
     ),
+    "new_store": (
+        "A broker that outlives its store: stale batch, dataset-version, registered and "
+        "deployment events before new data (skips counted per service)",
+        "tests/reliability/test_new_store.py",
+    ),
     "hot_swap_under_load": (
         "12 promotions and rollbacks, 1.5 s apart, under 4-thread gRPC load",
         "tests/reliability/test_hot_swap.py",

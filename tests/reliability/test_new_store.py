@@ -31,7 +31,13 @@ from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, DATA, DEPLOY_KEY, StartService
 from tests.reliability.helpers import CENSUS, census_events, metric, report, wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(600)]
+# slow (about 3 minutes on 2 busy cores): run by ``make test-reliability``, not ``make test``
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+]
 
 FAST_TRAINING = {
     "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "2",
