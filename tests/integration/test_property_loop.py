@@ -73,7 +73,14 @@ LOG = structlog.get_logger("property-loop")
 FAST = TrainConfig(search_budget_s=0.5, cv_folds=2, importance_rows=300, importance_repeats=1)
 SERVED_ROWS = 200
 """Rows of each example sent to serving (in each input style)."""
-KINDS = ("binary", "multiclass-int", "multiclass-str", "regression")
+KINDS = {
+    "binary": (0, 0),
+    "multiclass-int": (0, 0),
+    "multiclass-str": (0, 0),
+    "regression-small": (-3, 0),
+    "regression-large": (3, 6),
+}
+"""Each task, with the decimal exponent range of its label scale (regression: 1e-3..1e6)."""
 
 # --- what users bring: names, values, time forms -------------------------------------------
 
@@ -109,6 +116,7 @@ VALUE = st.one_of(
     st.sampled_from(["setosa", "Iris-virginica", "no", "yes", "40K - 60K €", "ß", "中文", " "]),
     st.text(VALUE_ALPHABET, min_size=1, max_size=8),
 )
+COLUMN_KINDS = ("float", "int", "category", "category-int", "bool")
 TIME_FORMS = ("iso-z", "iso-naive", "iso-offset", "date", "epoch-s", "epoch-ms")
 START = datetime(2021, 3, 1, tzinfo=UTC)
 
@@ -155,7 +163,10 @@ class Scenario:
 @st.composite
 def scenarios(draw: st.DrawFn, kind: str, max_rows: int) -> Scenario:
     """A contract and data set of ``kind``."""
-    n_features = draw(st.integers(2, 6))
+    # One feature of every type (in any order), plus up to two more of any type.
+    kinds = draw(st.permutations(COLUMN_KINDS))
+    kinds += draw(st.lists(st.sampled_from(COLUMN_KINDS), max_size=2))
+    n_features = len(kinds)
     names = draw(
         st.lists(
             NAME.filter(lambda n: n not in NOT_NAMES),
@@ -165,7 +176,7 @@ def scenarios(draw: st.DrawFn, kind: str, max_rows: int) -> Scenario:
         )
     )
     label, id_name, time_name, *feature_names = names
-    columns = [draw(columns_of(name)) for name in feature_names]
+    columns = [draw(columns_of(name, k)) for name, k in zip(feature_names, kinds, strict=True)]
     group = None
     categories = [c for c in columns if c.type == "category"]
     if categories and draw(st.booleans()):
@@ -174,19 +185,21 @@ def scenarios(draw: st.DrawFn, kind: str, max_rows: int) -> Scenario:
         columns[columns.index(chosen)] = Column(**{**chosen.__dict__, "informative": False})
         group = chosen.name
     classes: list[Any] | None = None
-    if kind == "binary":
+    task = "regression" if kind.startswith("regression") else kind
+    if task == "binary":
         pool = draw(st.sampled_from([[0, 1], [1, 0], ["no", "yes"], ["oui", "non"]]))
         classes = list(pool)
-    elif kind == "multiclass-int":
+    elif task == "multiclass-int":
         classes = draw(st.lists(st.integers(-5, 50), min_size=3, max_size=5, unique=True))
-    elif kind == "multiclass-str":
+    elif task == "multiclass-str":
         classes = draw(st.lists(VALUE, min_size=3, max_size=5, unique=True))
-    if classes is not None and len(classes) > 2 and classes == sorted(classes, key=str):
-        classes = classes[1:] + classes[:1]  # never in sorted order
+    if classes is not None and len(classes) > 2:
+        # Never sorted, neither by value nor as text: the contract's order is the model's.
+        classes = draw(st.permutations(classes).filter(_unsorted))
     return Scenario(
-        kind=kind,
+        kind=task,
         classes=classes,
-        label_scale=10 ** draw(st.floats(-3, 6)),
+        label_scale=10 ** draw(st.floats(*KINDS[kind])),
         columns=columns,
         label=label,
         id=id_name,
@@ -200,9 +213,12 @@ def scenarios(draw: st.DrawFn, kind: str, max_rows: int) -> Scenario:
     )
 
 
+def _unsorted(classes: list[Any]) -> bool:
+    return classes not in (sorted(classes), sorted(classes, key=str))
+
+
 @st.composite
-def columns_of(draw: st.DrawFn, name: str) -> Column:
-    kind = draw(st.sampled_from(["float", "int", "category", "category-int", "bool"]))
+def columns_of(draw: st.DrawFn, name: str, kind: str) -> Column:
     nullable = draw(st.booleans())
     if kind == "category":
         values: list[Any] = draw(st.lists(VALUE, min_size=2, max_size=5, unique=True))
@@ -554,6 +570,19 @@ def _text(values: Any) -> list[str]:
 def run_loop(s: Scenario, folder: Path) -> None:
     """One scenario through every core; asserts at each hand-over."""
     note(f"scenario: {s}")
+    print(
+        "SCEN",
+        s.kind,
+        s.classes,
+        f"{s.label_scale:.3g}",
+        [(c.name, c.type, c.nullable, c.values) for c in s.columns],
+        s.time,
+        s.time_form,
+        s.int_ids,
+        s.bools_as_ints,
+        s.rows,
+        s.group,
+    )
     gen = generate(s, folder)
     contract = gen.contract
     store = ArtifactStore(f"file://{folder / 'store'}")
@@ -584,6 +613,10 @@ def run_loop(s: Scenario, folder: Path) -> None:
         ]
         client.close()
         n = len(picked)
+        # Equal within the parity bound the version was registered with (float32 ONNX):
+        # |served - sklearn| <= atol + rtol * |sklearn|.
+        policy = contract.promotion
+        bound = {"rtol": policy.parity_rtol, "atol": policy.parity_atol}
         row_of = {}
         for answer in answers:
             ids = _text(answer.as_numpy("prediction_id"))
@@ -592,12 +625,12 @@ def run_loop(s: Scenario, folder: Path) -> None:
             if contract.task == "regression":
                 served = answer.as_numpy("prediction").astype(np.float64).ravel()
                 want = expected.labels.astype(np.float64).ravel()
-                np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-6 * s.label_scale)
+                np.testing.assert_allclose(served, want, **bound)
             else:
                 assert expected.proba is not None
                 assert _text(answer.as_numpy("label")) == _text(expected.labels)
                 proba = answer.as_numpy("probabilities")
-                np.testing.assert_allclose(proba, expected.proba, atol=1e-5)
+                np.testing.assert_allclose(proba, expected.proba, **bound)
                 classes = [str(c) for c in contract.label.classes or []]
                 argmax = [classes[j] for j in np.argmax(proba, axis=1)]
                 assert argmax == _text(answer.as_numpy("label"))
