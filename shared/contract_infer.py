@@ -150,6 +150,8 @@ def _feature(
             return "every value is different (an id or free text)"
         spec["type"] = "category"
         spec["values"] = _sorted_values(distinct)
+    elif pa.types.is_temporal(kind):
+        return f"a time ({kind}): pass --time {name!r} if it is the event time"
     else:
         return f"type {kind} is not a feature type (float, int, category, bool)"
     if _nullable(col):

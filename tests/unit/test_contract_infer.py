@@ -84,6 +84,14 @@ def test_profile_gives_types_ranges_vocabularies_nulls_and_a_task() -> None:
     assert gauge.max is not None
     assert gauge.max < 10  # infinities are left out of the range
     assert "comment" in inferred.skipped  # 300 distinct texts: an id or free text
+    timed = infer_contract(
+        table.append_column("seen", pa.array(np.arange(len(table)), pa.timestamp("s"))),
+        name="weather",
+        label="outcome",
+    )
+    assert (
+        timed.skipped["seen"] == "a time (timestamp[s]): pass --time 'seen' if it is the event time"
+    )
     assert c.training.min_rows == 300
     assert c.promotion.primary_metric == "accuracy"
     assert not inferred.notes
