@@ -570,19 +570,6 @@ def _text(values: Any) -> list[str]:
 def run_loop(s: Scenario, folder: Path) -> None:
     """One scenario through every core; asserts at each hand-over."""
     note(f"scenario: {s}")
-    print(
-        "SCEN",
-        s.kind,
-        s.classes,
-        f"{s.label_scale:.3g}",
-        [(c.name, c.type, c.nullable, c.values) for c in s.columns],
-        s.time,
-        s.time_form,
-        s.int_ids,
-        s.bools_as_ints,
-        s.rows,
-        s.group,
-    )
     gen = generate(s, folder)
     contract = gen.contract
     store = ArtifactStore(f"file://{folder / 'store'}")
