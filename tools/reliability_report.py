@@ -34,6 +34,20 @@ WHAT: dict[str, tuple[str, str]] = {
         "Monitoring SIGKILLed mid-window while predictions flow",
         "tests/reliability/test_crash_restart.py",
     ),
+    "monitoring_sigkill_join": (
+        "Monitoring SIGKILLed between 5,000 predictions (checkpointed) and their feedback; "
+        "live metrics compared with a run without the kill",
+        "tests/reliability/test_monitoring_durability.py",
+    ),
+    "monitoring_two_replicas": (
+        "Two monitoring replicas in one group, 3,000 predictions and their feedback",
+        "tests/reliability/test_monitoring_durability.py",
+    ),
+    "monitoring_sixteen_clients": (
+        "16 gRPC clients with prediction events on, a 256-row event buffer; the prediction "
+        "log against every answered row",
+        "tests/reliability/test_monitoring_durability.py",
+    ),
     "training_sigkill": (
         "Training SIGKILLed mid-run, restarted; the trigger replays",
         "tests/reliability/test_crash_restart.py",
