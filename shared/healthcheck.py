@@ -124,6 +124,8 @@ def check_service(
     # stands in, and `grpc --ca-file` probes TLS servers explicitly.
     if getattr(settings, "tls_cert_file", None):
         return None
+    # Serving's gRPC health turns NOT_SERVING with its readiness (from the start of a
+    # drain, and until its models are loaded), the same signal as REST /v2/health/ready.
     if isinstance(grpc_port, int) and grpc_port > 0:
         return check_grpc(f"{host}:{grpc_port}", timeout=timeout)
     return None
