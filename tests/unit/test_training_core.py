@@ -429,7 +429,7 @@ async def test_a_regression_contract_trains_with_regression_metrics(tmp_path: Pa
     assert manifest.metrics["r2"] > 0.9
     assert manifest.parity.passed
     assert manifest.gates["beats_baseline"].passed
-    assert "mae" in manifest.group_metrics["c"]["gaps"]
+    assert "relative_mae" in manifest.group_metrics["c"]["gaps"]  # scale-free, not label units
     assert reproduce(contract, Registry(store), DatasetCatalog(store), 1, threads=1).passed
     assert version.rows == 1200
 
