@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 FeatureType = Literal["float", "int", "category", "bool"]
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     """A column name as the data spells it: any text but empty or with control characters."""
     if not name:
         raise ValueError("a name must not be empty")
@@ -25,7 +25,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 """A feature, label, id or event-time column name, exactly as written in the data (spaces,
 hyphens, dots, parentheses, non-ASCII); ONNX gets safe names of its own
 (:func:`shared.features.onnx_input_names`)."""

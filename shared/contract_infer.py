@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from shared.contract import Contract, parse_contract
+from shared.contract import Contract, check_name, parse_contract
 
 MAX_CATEGORIES = 100
 """A text column with more distinct values than this is left out (an id, free text)."""
@@ -211,6 +211,9 @@ def infer_contract(
         max_classes: a numeric label with at most this many integer values is classes.
     """
     columns = table.column_names
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise InferenceError(f"column names appear more than once: {twice}")
     for role, column in (("label", label), ("id", id), ("event time", event_time)):
         if column is not None and column not in columns:
             raise InferenceError(f"{role} column {column!r} is not in the file ({columns})")
@@ -232,6 +235,11 @@ def infer_contract(
     skipped: dict[str, str] = {}
     for column in columns:
         if column in roles:
+            continue
+        try:
+            check_name(column)
+        except ValueError as err:
+            skipped[column] = str(err)
             continue
         spec = _feature(column, table.column(column), margin, max_categories)
         if isinstance(spec, str):

@@ -142,6 +142,11 @@ def test_unusable_input_is_a_clear_error() -> None:
         infer_contract(sample_table().select(["comment", "outcome"]), name="w", label="outcome")
     with pytest.raises(InferenceError, match="too many classes"):
         infer_contract(sample_table(), name="w", label="comment")
+    twice = pa.table([[1.0], [2.0], ["a"]], names=["x", "x", "y"])
+    with pytest.raises(InferenceError, match=r"appear more than once: \['x'\]"):
+        infer_contract(twice, name="w", label="y")
+    unnamed = sample_table(20).append_column("", pa.array(range(20)))
+    assert "" in infer_contract(unnamed, name="w", label="outcome").skipped
 
 
 def test_cli_infer_writes_a_draft_that_check_accepts(tmp_path: Path) -> None:
