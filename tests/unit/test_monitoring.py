@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.monitoring.kafka import decode_predictions
 from services.monitoring.metrics import MonitoringMetrics
 from services.monitoring.predlog import PredictionLog, read_log
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
+from services.monitoring.router import FeedbackRouter
 from services.monitoring.state import JoinSnapshots, Partitioner
 from services.monitoring.testing import load_car_loan, prediction_events, seed_version
 from services.monitoring.window_drift import VersionDrift
@@ -38,6 +40,7 @@ from shared.events import (
 )
 from shared.features import to_frame
 from shared.registry import ModelManifest, Registry
+from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
 from tests.conftest import CONTRACTS, need_data
 
@@ -539,3 +542,20 @@ def test_the_log_reads_each_replayed_prediction_once(tmp_path: Path) -> None:
     assert read_log(store, "feedback").num_rows == 1
     assert len(find_feedback(store, "k-0")) == 1
     assert read_log(store, "predictions", "other").num_rows == 0
+
+
+async def test_the_router_keys_feedback_by_its_prediction_and_counts_the_invalid() -> None:
+    registry = CollectorRegistry()
+    router = FeedbackRouter(
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        "g-router",
+        MonitoringMetrics(registry),
+        structlog.get_logger(),
+        spawn=lambda coro, name: asyncio.create_task(coro, name=name),
+    )
+    assert router.route(b'{"prediction_id": "0a1b-7", "label": 1}') == b"0a1b"
+    assert router.route(b'{"prediction_id": "no-dash-here-3", "label": "x"}') == b"no-dash-here"
+    assert router.route(b'{"label": 1}') is None
+    assert router.route(b"not json") is None
+    invalid = {"topic": "feedback", "reason": "invalid"}
+    assert registry.get_sample_value("flywheel_monitoring_rejected_total", invalid) == 2
