@@ -163,8 +163,13 @@ class EnvelopeChecker:
                 if type(v) is int:
                     ids[i] = str(v)
                 elif type(v) is not str or not v:
+                    what = "missing" if v is MISSING else f"{type(v).__name__} {v!r:.40}"
                     _reject(
-                        errors, i, "bad_envelope", "event_id", "event_id missing or not a string"
+                        errors,
+                        i,
+                        "bad_envelope",
+                        "event_id",
+                        f"event_id must be a non-empty string or an integer, got {what}",
                     )
         columns[self.contract.id] = ids
 
