@@ -4,7 +4,14 @@ Column-wise, so the cost per event is a few C-level passes rather than Python co
 field: each column is pulled out with one list comprehension, its element types are
 collected with ``set(map(type, values))``, and only a column whose types are not all
 allowed is scanned element by element to name the offending rows. Ranges and category
-vocabularies are validation's job (row rules); ingestion checks presence and types.
+vocabularies are validation's job (row rules); ingestion checks presence and types,
+and reads event times into UTC timestamps (:mod:`shared.eventtime`; the one rule the
+three decoders share).
+
+Lenient forms are normalised here: integer ids become strings, integral floats for an
+int feature become ints, 0/1 for a bool become false/true, numbers for a category become
+its text (``1``, ``1.0`` and ``"1"`` are the category ``"1"``), and an absent nullable
+feature is null.
 """
 
 from __future__ import annotations
