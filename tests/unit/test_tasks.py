@@ -24,9 +24,13 @@ from prometheus_client import CollectorRegistry
 from services.serving.dataplane import DataPlane
 from services.serving.events import PredictionPublisher
 from services.serving.grpc.server import GrpcServer
+from services.serving.inputs import InputSpec
 from services.serving.metrics import ServingMetrics
+from services.serving.model import LoadedModel
 from services.serving.repository import ModelRepository
 from services.serving.settings import ServingSettings
+from services.serving.testing import register_model
+from services.training.estimators import make_estimator
 from services.training.evaluation import Predictions
 from services.training.export import class_columns, in_contract_order
 from services.training.gates import evaluate_gates
@@ -35,6 +39,7 @@ from services.training.scoring import classification_metrics, ovr_roc_auc
 from services.training.trainer import TrainConfig, fit, prepare, train
 from shared.contract import Contract, ContractError, PromotionPolicy, parse_contract
 from shared.datasets import DatasetCatalog
+from shared.features import build_pipeline, onnx_feeds, table_to_frame, to_onnx
 from shared.protogen import inference_pb2 as pb
 from shared.protogen import inference_pb2_grpc as pb_grpc
 from shared.registry import ModelManifest, Registry
@@ -370,3 +375,25 @@ def test_an_error_metric_beats_the_champion_by_being_lower_at_any_scale() -> Non
         # 10% more error on the group: a share of the champion's, over the 5% limit.
         assert not worse["group_regression"].passed
         assert "+0.1000" in worse["group_regression"].detail
+
+
+def test_serving_puts_an_older_sorted_export_in_contract_order(tmp_path: Path) -> None:
+    classes = ["virginica", "setosa", "versicolor"]
+    contract = task_contract({"name": "y", "classes": classes})
+    table = task_table(contract)
+    frame = table_to_frame(contract, table)
+    pipeline = build_pipeline(contract, make_estimator("classification", "linear", {"C": 1.0}, 0))
+    pipeline.fit(frame, np.asarray(table.column("y").to_pylist(), dtype=object))
+    registry = Registry(ArtifactStore(f"file://{tmp_path}"))
+    # Exported as before this release: columns in sklearn's sorted order, none recorded.
+    manifest = register_model(registry, contract, to_onnx(pipeline, contract), dataset_version="d")
+    assert "probability_columns" not in (manifest.model_extra or {})
+    model = LoadedModel(manifest, registry.onnx_bytes(manifest), InputSpec(contract, 512), 1)
+    got = model.predict(onnx_feeds(contract, frame))  # feature names are ONNX-safe here
+    columns = [list(pipeline.classes_).index(c) for c in classes]
+    np.testing.assert_allclose(
+        got["probabilities"], pipeline.predict_proba(frame)[:, columns], atol=1e-5
+    )
+    broken = manifest.model_copy(update={"probability_columns": ["setosa", "versicolor"]})
+    with pytest.raises(ValueError, match="are not the contract's classes"):
+        LoadedModel(broken, registry.onnx_bytes(manifest), InputSpec(contract, 512), 1)
