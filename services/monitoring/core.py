@@ -341,6 +341,10 @@ class MonitoringCore:
         self._late(self.join.expire_early(now), received)
         for fb in feedback:
             pending = self.join.match(fb.prediction_id)
+            if pending is None and self.join.was_joined(fb.prediction_id):
+                # A second copy (the router forwards at least once): joined already.
+                self.metrics.labels.labels(UNKNOWN, "duplicate").inc()
+                continue
             if pending is None:
                 self._late(self.join.hold(EarlyLabel(fb.prediction_id, fb.label, now)), received)
                 continue

@@ -66,27 +66,41 @@ class LabelJoin:
         self.partition_of = partition_of or (lambda _id: 0)
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self._early: OrderedDict[str, EarlyLabel] = OrderedDict()
+        self._joined: OrderedDict[str, None] = OrderedDict()
+        """Ids joined lately (bounded like the rest): a label's second copy is recognised."""
 
-    def entries(self, partition: int) -> tuple[list[tuple[str, Pending]], list[EarlyLabel]]:
-        """The waiting predictions and held feedback of one partition, oldest first."""
+    def entries(
+        self, partition: int
+    ) -> tuple[list[tuple[str, Pending]], list[EarlyLabel], list[str]]:
+        """The waiting predictions, held feedback and lately joined ids of one partition,
+        oldest first."""
         part = self.partition_of
         pending = [(k, p) for k, p in self._pending.items() if part(k) == partition]
         early = [e for k, e in self._early.items() if part(k) == partition]
-        return pending, early
+        joined = [k for k in self._joined if part(k) == partition]
+        return pending, early, joined
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget every entry of ``partitions`` (now owned by another replica)."""
         gone = set(partitions)
-        for store in (self._pending, self._early):
+        stores: tuple[OrderedDict[str, Any], ...] = (self._pending, self._early, self._joined)
+        for store in stores:
             for key in [k for k in store if self.partition_of(k) in gone]:
                 del store[key]
 
-    def restore(self, pending: Iterable[tuple[str, Pending]], early: Iterable[EarlyLabel]) -> None:
+    def restore(
+        self,
+        pending: Iterable[tuple[str, Pending]],
+        early: Iterable[EarlyLabel],
+        joined: Iterable[str] = (),
+    ) -> None:
         """Put back entries from a snapshot (merged by age with what is already held)."""
         for key, p in pending:
             self._pending[key] = p
         for e in early:
             self._early[e.prediction_id] = e
+        for key in joined:
+            self._remember_joined(key)
         self._pending = OrderedDict(sorted(self._pending.items(), key=lambda kv: kv[1].at))
         self._early = OrderedDict(sorted(self._early.items(), key=lambda kv: kv[1].at))
 
@@ -116,7 +130,19 @@ class LabelJoin:
 
     def match(self, prediction_id: str) -> Pending | None:
         """The waiting prediction for this feedback (removed), or None."""
-        return self._pending.pop(prediction_id, None)
+        found = self._pending.pop(prediction_id, None)
+        if found is not None:
+            self._remember_joined(prediction_id)
+        return found
+
+    def was_joined(self, prediction_id: str) -> bool:
+        """Whether this prediction was joined to a label lately."""
+        return prediction_id in self._joined
+
+    def _remember_joined(self, prediction_id: str) -> None:
+        self._joined[prediction_id] = None
+        while len(self._joined) > self.max_pending:
+            self._joined.popitem(last=False)
 
     @property
     def early(self) -> int:
@@ -145,4 +171,7 @@ class LabelJoin:
 
     def take_early(self, prediction_id: str) -> EarlyLabel | None:
         """The feedback that arrived before this prediction (removed), or None."""
-        return self._early.pop(prediction_id, None)
+        found = self._early.pop(prediction_id, None)
+        if found is not None:
+            self._remember_joined(prediction_id)
+        return found

@@ -57,7 +57,7 @@ class MonitoringMetrics:
         )
         self.labels = Counter(
             "flywheel_monitoring_labels_total",
-            "Feedback join outcomes (joined|unmatched_evicted|late).",
+            "Feedback join outcomes (joined|unmatched_evicted|late|duplicate).",
             ["model", "outcome"],
             registry=registry,
         )

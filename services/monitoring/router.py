@@ -6,9 +6,9 @@ none). The router, in its own consumer group, forwards each valid record unchang
 (:func:`shared.events.routing_key`, the key serving published the prediction under), so
 Kafka's default partitioner puts a label on the same partition number as its prediction.
 Offsets are committed only after the forwarded records are acknowledged (``acks=all``):
-a crash may forward a record twice, never lose it (a second copy of a label already
-joined finds no waiting prediction and is counted late). Invalid records are counted and
-logged.
+a crash may forward a record twice, never lose it (the join remembers the ids it joined
+lately, in its snapshots too, and counts a second copy as ``duplicate``, not late).
+Invalid records are counted and logged.
 """
 
 from __future__ import annotations

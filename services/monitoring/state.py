@@ -84,7 +84,7 @@ class JoinSnapshots:
         key = self.key(partition, offsets)
         if self.store.exists(key):
             return key  # a replay reached the same offsets: the same state is on record
-        pending, early = join.entries(partition)
+        pending, early, joined = join.entries(partition)
         now, wall = self.clock(), time.time()
         body = {
             "format": FORMAT,
@@ -94,6 +94,7 @@ class JoinSnapshots:
             "early": [
                 {"id": e.prediction_id, "label": e.label, "at": wall - (now - e.at)} for e in early
             ],
+            "joined": joined,
         }
         with contextlib.suppress(ImmutableObjectError):  # a concurrent identical checkpoint
             self.store.put(key, json.dumps(body, separators=(",", ":"), default=str).encode())
@@ -117,5 +118,5 @@ class JoinSnapshots:
             EarlyLabel(str(row["id"]), row["label"], now - (wall - float(row["at"])))
             for row in body["early"]
         ]
-        join.restore(pending, early)
+        join.restore(pending, early, [str(k) for k in body.get("joined", [])])
         return True

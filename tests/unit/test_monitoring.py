@@ -368,7 +368,12 @@ def test_feedback_joins_counts_late_labels_and_the_log_reads_back(
     core.on_feedback([*feedback[:20], Feedback(prediction_id="nobody", label=1)])
     core.on_predictions(preds)
     core.on_feedback(feedback[20:])
+    # A second copy of joined labels (the router forwards at least once, or a user resent).
+    core.on_feedback([feedback[0], feedback[150]])
     assert _value(reg, "flywheel_monitoring_labels_total", model="unknown", outcome="late") is None
+    assert (
+        _value(reg, "flywheel_monitoring_labels_total", model="unknown", outcome="duplicate") == 2
+    )
     clock.now += 3601  # past the join's max age: the stray feedback never matched
     core.on_feedback([])
     joined = _value(reg, "flywheel_monitoring_labels_total", model="car_loan", outcome="joined")
@@ -502,6 +507,8 @@ def test_join_snapshots_restore_one_partition_with_its_offsets(tmp_path: Path) -
     for i, pid in enumerate(ids):
         join.add(pid, _pending(at=float(i)))
     join.hold(EarlyLabel("late7-0", 1, 5.0))
+    joined_id = next(pid for pid in ids if part(pid) == part("late7-0"))
+    assert join.match(joined_id) is not None
     snapshots = JoinSnapshots(ArtifactStore(f"file://{tmp_path}"), "g", clock=lambda: 50.0)
     k = part("late7-0")
     offsets = {"predictions": 12, "feedback.routed": 3}
@@ -514,13 +521,15 @@ def test_join_snapshots_restore_one_partition_with_its_offsets(tmp_path: Path) -
     loader = JoinSnapshots(snapshots.store, "g", clock=lambda: 10.0)
     assert not loader.load(fresh, k, {"predictions": 11, "feedback.routed": 3})
     assert loader.load(fresh, k, offsets)
-    assert len(fresh) == len(mine)
-    waiting = fresh.match(sorted(mine)[0])
+    assert len(fresh) == len(mine) - 1
+    waiting = fresh.match(sorted(mine - {joined_id})[0])
     assert waiting is not None
     assert waiting.model == "m"
     assert fresh.take_early("late7-0") is not None
+    assert fresh.was_joined(joined_id)  # a second copy of its label is known after a restart
     join.drop([k])  # taken over by another replica
     assert len(join) == len(ids) - len(mine)
+    assert not join.was_joined(joined_id)
     assert join.early == 0
 
 
