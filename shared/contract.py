@@ -244,6 +244,13 @@ class Contract(_Strict):
                 raise ValueError(f"groups: {group!r} is not a feature")
         if self.label.name in names:
             raise ValueError(f"label: {self.label.name!r} is also a feature")
+        # Batches hold the id, event time, features and label as columns named as they are.
+        roles = [("id", self.id), ("event_time", self.event_time)]
+        for role, column in roles:
+            if column in names or column == self.label.name:
+                raise ValueError(f"{role}: {column!r} is also a feature or the label")
+        if self.id == self.event_time:
+            raise ValueError(f"event_time: {self.id!r} is also the id")
         if self.task == "classification":
             if not self.label.classes or len(self.label.classes) < 2:
                 raise ValueError("label.classes: classification needs at least two classes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,18 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
         load_contract(tmp_path / "absent.yaml")
     with pytest.raises(ContractError, match="not a folder"):
         load_contracts(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"id": "age"}, "id: 'age' is also a feature or the label"),
+        ({"event_time": "y"}, "event_time: 'y' is also a feature or the label"),
+        ({"event_time": "id"}, "event_time: 'id' is also the id"),
+    ],
+)
+def test_id_and_event_time_are_columns_of_their_own(
+    tmp_path: Path, changes: dict[str, object], words: str
+) -> None:
+    with pytest.raises(ContractError, match=re.escape(f"(top level): {words}")):
+        load_contract(write(tmp_path, mutate(**changes)))
