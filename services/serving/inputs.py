@@ -18,7 +18,9 @@ tensor left out (every row null, as an absent feature in a data event). INT32, I
 and BOOL tensors have no null; send such a column as FP32 with NaN.
 
 Names and values are any text, so the parameters listing them (``columns``,
-``category_encoding``, ``values``) are JSON.
+``category_encoding``, ``values``) are JSON. A feature may even be called ``input``: a
+lone tensor of that name is then the matrix only when shaped ``[N, F]`` with ``F > 1``
+(a contract whose one feature is ``input`` has no separate matrix style).
 
 Values outside a category's vocabulary, nulls the contract forbids, wrong names,
 datatypes, shapes and oversized batches are INVALID_ARGUMENT errors naming the tensor.
@@ -204,7 +206,12 @@ class InputSpec:
                 "the contract's values (encoding=index); NaN is null where nullable"
             ),
         }
-        specs = [TensorSpec(MATRIX_INPUT, "FP32", (-1, len(self.names)), matrix_params)]
+        one_named_input = self.names == [MATRIX_INPUT]
+        specs = (
+            []
+            if one_named_input
+            else [TensorSpec(MATRIX_INPUT, "FP32", (-1, len(self.names)), matrix_params)]
+        )
         for f in self.features:
             params: dict[str, str] = {"type": f.type, "nullable": str(f.nullable).lower()}
             if f.is_numeric:
@@ -230,9 +237,18 @@ class InputSpec:
 
     def feeds(self, tensors: Sequence[Tensor]) -> tuple[Feeds, int]:
         """ONNX feeds and the row count for a request's input tensors."""
-        if len(tensors) == 1 and tensors[0].name == MATRIX_INPUT:
+        if len(tensors) == 1 and self._is_matrix(tensors[0]):
             return self._matrix(tensors[0])
         return self._columns(tensors)
+
+    def _is_matrix(self, t: Tensor) -> bool:
+        if t.name != MATRIX_INPUT:
+            return False
+        if MATRIX_INPUT not in self.by_name:
+            return True
+        # A feature is called "input" too: the matrix is then only an [N, F] tensor of
+        # F > 1 columns (with one feature the two styles are one tensor, read per feature).
+        return len(self.names) > 1 and len(t.shape) == 2 and t.shape[1] == len(self.names)
 
     def _matrix(self, t: Tensor) -> tuple[Feeds, int]:
         if t.datatype not in MATRIX_DATATYPES:

@@ -228,3 +228,27 @@ def test_validation_drift_metrics_carry_the_feature_names(tmp_path: Path) -> Non
         for s in family.samples
     }
     assert set(contract.feature_names) <= features
+
+
+def test_a_feature_called_input_is_told_apart_from_the_matrix() -> None:
+    label = {"name": "y", "classes": [0, 1]}
+    base = {"name": "t", "task": "classification", "id": "id", "label": label}
+    two = parse_contract(
+        {**base, "features": [{"name": "input", "type": "float"}, {"name": "x", "type": "float"}]}
+    )
+    spec = InputSpec(two, 8)
+    column = Tensor("input", "FP64", (3,), np.array([1.0, 2.0, 3.0]))
+    x = Tensor("x", "FP64", (3,), np.array([4.0, 5.0, 6.0]))
+    feeds, _ = spec.feeds([column, x])
+    np.testing.assert_array_equal(feeds["input"][:, 0], [1.0, 2.0, 3.0])
+    matrix = np.array([[1.0, 4.0], [2.0, 5.0]])
+    feeds, n = spec.feeds([Tensor("input", "FP64", matrix.shape, matrix.ravel())])
+    assert n == 2
+    np.testing.assert_array_equal(feeds["x"][:, 0], [4.0, 5.0])
+    one = parse_contract(
+        {**base, "features": [{"name": "input", "type": "category", "values": ["a", "b"]}]}
+    )
+    spec = InputSpec(one, 8)
+    assert [t.name for t in spec.tensors] == ["input"]  # no matrix entry of the same name
+    feeds, _ = spec.feeds([Tensor("input", "BYTES", (2,), np.array([b"b", b"a"], dtype=object))])
+    assert feeds["input"][:, 0].tolist() == ["b", "a"]
