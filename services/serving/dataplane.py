@@ -21,10 +21,19 @@ from .inputs import TensorSpec
 from .metrics import ServingMetrics
 from .model import PREDICTION_ID, output_specs
 from .repository import ModelRepository
+from .statistics import Statistics
 from .types import InferRequest, InferResponse, OutputTensor
 
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("model_repository_metadata", "flywheel_prediction_events")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository_metadata",
+    "flywheel_prediction_events",
+)
+"""What ServerMetadata lists: Triton's names for the Triton extensions implemented
+(REST binary tensors, ModelConfig, ModelStatistics), then Flywheel's own."""
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -53,6 +62,8 @@ class DataPlane:
             name: {s.name: s for s in output_specs(c)} for name, c in repository.contracts.items()
         }
         self._ready = False
+        self.statistics = Statistics()
+        """Triton-style per-version statistics (ModelStatistics)."""
 
     # --- health and metadata -----------------------------------------------------------
 
@@ -75,6 +86,10 @@ class DataPlane:
         versions become label values: clients cannot grow the series."""
         loaded = self._loaded(name, version)
         self.metrics.failed(self.repository.label(name), version if loaded else "", code)
+        slot = self.repository.slots.get(name)
+        served = None if slot is None else (slot.find(version) if version else slot.champion)
+        if served is not None:
+            self.statistics.failed(name, served.model.version_str)
 
     def _loaded(self, name: str, version: str) -> bool:
         slot = self.repository.slots.get(name)
@@ -140,12 +155,14 @@ class DataPlane:
             if name not in available:
                 raise invalid(f"output {name!r}: unknown; available: {list(available)}")
         feeds, rows = model.spec.feeds(request.inputs)
+        fed = time.perf_counter()
         if served.batcher is not None:
             results = await served.batcher.predict(feeds, rows)
         else:
             results = model.predict(feeds)
             self.metrics.batch_size.labels(model.name).observe(rows)
         elapsed = time.perf_counter() - start
+        predicted = start + elapsed
         # Waits only when the event buffer is full (Kafka behind), for a bounded time.
         await self.publisher.submit(
             Answered(
@@ -161,6 +178,7 @@ class DataPlane:
                 time.time(),
             )
         )
+        submitted = time.perf_counter()
         outputs: list[OutputTensor] = []
         wanted = request.outputs or list(available)
         for name in wanted:
@@ -179,6 +197,16 @@ class DataPlane:
                     OutputTensor(name, spec.datatype, values.shape, _typed(values, spec))
                 )
         self.metrics.served(model.name, model.version_str, elapsed)
+        done = time.perf_counter()
+        self.statistics.succeeded(
+            model.name,
+            model.version_str,
+            rows,
+            done - start,
+            fed - start,
+            predicted - fed,
+            done - submitted,
+        )
         parameters: dict[str, str] = {
             "model_version": model.version_str,
             "data_version": model.data_version,

@@ -69,7 +69,12 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 "missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
             )
 
+        async def deny_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await deny(None, context)
+            yield  # pragma: no cover - abort raised
+
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny_stream)
 
     def _allowed(self, metadata: Iterable[tuple[str, Any]]) -> bool:
         for key, value in metadata:
@@ -88,4 +93,6 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self._allowed(details.invocation_metadata or ()):
             return await continuation(details)
         self.on_reject()
+        if details.method.endswith("/ModelStreamInfer"):
+            return self._deny_stream
         return self._deny

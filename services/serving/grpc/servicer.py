@@ -1,16 +1,24 @@
-"""The OIP v2 ``inference.GRPCInferenceService``: convert, delegate, map errors."""
+"""The OIP v2 ``inference.GRPCInferenceService``: convert, delegate, map errors.
+
+Beside the six OIP v2 RPCs, Triton's ModelStreamInfer, ModelConfig, ModelStatistics and
+RepositoryIndex; RepositoryModelLoad/Unload answer UNIMPLEMENTED (deployments are signed
+events, see :mod:`..extensions`). Triton's shared-memory, trace and log RPCs are not in
+the service: UNIMPLEMENTED from gRPC itself."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from shared.protogen import inference_pb2 as pb
 from shared.protogen import inference_pb2_grpc as pb_grpc
 
 from ..dataplane import PLATFORM, DataPlane
 from ..errors import ServingError
+from ..extensions import REPOSITORY_CHANGES, model_config, model_statistics, repository_index
 from .codec import decode_request, encode_response, tensor_metadata
 
 STATUS = {
@@ -68,16 +76,67 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters[key].string_param = value
         return response
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Any
-    ) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | ServingError:
         try:
             return encode_response(await self.dataplane.infer(decode_request(request)))
         except ServingError as exc:
-            code, message = exc.code, exc.message
+            error = exc
         except Exception as exc:  # never crash the server on a request
             self.log.error("infer.failed", model=request.model_name, error=repr(exc), exc_info=exc)
-            code, message = "INTERNAL", f"internal error: {type(exc).__name__}"
-        self.dataplane.failed(request.model_name, request.model_version, code)
-        await context.abort(STATUS[code], message)
-        raise AssertionError("unreachable: context.abort raises")
+            error = ServingError("INTERNAL", f"internal error: {type(exc).__name__}")
+        self.dataplane.failed(request.model_name, request.model_version, error.code)
+        return error
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
+        answer = await self._infer(request)
+        if isinstance(answer, ServingError):
+            await context.abort(STATUS[answer.code], answer.message)
+            raise AssertionError("unreachable: context.abort raises")
+        return answer
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # One at a time: responses leave in request order; a bad request answers with its
+        # error_message (and its id) and the stream goes on.
+        async for request in requests:
+            answer = await self._infer(request)
+            if isinstance(answer, ServingError):
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                )
+                yield pb.ModelStreamInferResponse(
+                    error_message=answer.message, infer_response=failed
+                )
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=answer)
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        try:
+            doc = model_config(self.dataplane, request.name, request.version)
+        except ServingError as exc:
+            await context.abort(STATUS[exc.code], exc.message)
+            raise
+        return pb.ModelConfigResponse(config=json_format.ParseDict(doc, pb.ModelConfig()))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        try:
+            docs = model_statistics(self.dataplane, request.name, request.version)
+        except ServingError as exc:
+            await context.abort(STATUS[exc.code], exc.message)
+            raise
+        return json_format.ParseDict({"model_stats": docs}, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        docs = repository_index(self.dataplane, request.ready)
+        return json_format.ParseDict({"models": docs}, pb.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CHANGES)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CHANGES)

@@ -9,6 +9,7 @@ errors map to HTTP codes with Triton's ``{"error": "..."}`` body.
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from ..dataplane import PLATFORM, DataPlane
 from ..errors import ServingError
+from ..extensions import REPOSITORY_CHANGES, model_config, model_statistics, repository_index
 from ..grpc.auth import bearer_allowed, load_tokens
 from ..inputs import TensorSpec
 from ..settings import ServingSettings
@@ -80,14 +82,48 @@ class RestHandlers:
             web.get("/v2", self.server_metadata),
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
+            web.get("/v2/models/stats", self.statistics),
+            web.post("/v2/repository/index", self.repository_index),
+            web.post("/v2/repository/models/{name}/load", self.repository_change),
+            web.post("/v2/repository/models/{name}/unload", self.repository_change),
         ]
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             out += [
                 web.get(base, self.model_metadata),
                 web.get(base + "/ready", self.model_ready),
+                web.get(base + "/config", self.model_config),
+                web.get(base + "/stats", self.statistics),
                 web.post(base + "/infer", self.infer),
             ]
         return out
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        try:
+            return _json(model_config(self.dataplane, name, version))
+        except ServingError as exc:
+            return _error(HTTP_STATUS[exc.code], exc.message)
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("name", ""), request.match_info.get("version", "")
+        try:
+            return _json({"model_stats": model_statistics(self.dataplane, name, version)})
+        except ServingError as exc:
+            return _error(HTTP_STATUS[exc.code], exc.message)
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ready = False
+        if body.strip():
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                return _error(400, "the request is not valid JSON")
+            ready = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
+        return _json(repository_index(self.dataplane, ready))
+
+    async def repository_change(self, request: web.Request) -> web.Response:
+        return _error(501, REPOSITORY_CHANGES)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
