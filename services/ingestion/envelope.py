@@ -252,13 +252,16 @@ class EnvelopeChecker:
     ) -> None:
         """Reject integers an Arrow column cannot hold (JSON integers have no size limit).
 
-        For a float column a wide integer becomes a float, unless even that overflows.
+        For a float column an integer beyond 2**53 (which Arrow refuses to round into a
+        double) becomes a float, as the msgspec and Arrow readers make it, unless even
+        that overflows.
         """
+        low, high = (-(2**53), 2**53) if as_float else (INT64_MIN, INT64_MAX)
         ints = [v for v in values if type(v) is int]
-        if min(ints) >= INT64_MIN and max(ints) <= INT64_MAX:
+        if min(ints) >= low and max(ints) <= high:
             return
         for i, v in enumerate(values):
-            if type(v) is not int or INT64_MIN <= v <= INT64_MAX:
+            if type(v) is not int or low <= v <= high:
                 continue
             if as_float and abs(v) < 2**1023:
                 values[i] = float(v)

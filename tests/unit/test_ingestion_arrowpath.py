@@ -262,3 +262,11 @@ def test_chunks_of_one_time_form_take_the_arrow_path(tmp_path: Path, times: list
 def test_mixed_zoned_and_unzoned_times_step_aside_and_still_agree(tmp_path: Path) -> None:
     times = ["2018-01-01T00:00:00Z", "2018-01-01T00:00:00"]
     assert not _same(tmp_path, [_dumps(event(i, event_time=t)) for i, t in enumerate(times)])
+
+
+def test_a_wide_integer_for_a_float_is_rounded_alike_on_every_path(tmp_path: Path) -> None:
+    # 2**53 + 1 has no double: the slow path (taken here for the Infinity) crashed on it.
+    wide = [_dumps(event(i, features={"opt": 2**53 + 1})) for i in range(3)]
+    assert _same(tmp_path / "clean", wide)
+    odd = [w.replace(b'"x":1.5', b'"x":Infinity') for w in wide]
+    assert not _same(tmp_path / "odd", odd)
