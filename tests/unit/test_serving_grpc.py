@@ -1,8 +1,10 @@
-"""The gRPC adapter in-process, called through a real stub: fuzzing, token auth, TLS."""
+"""The gRPC and REST adapters in-process, called through a real stub and httpx: fuzzing,
+token auth, TLS, readiness."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import structlog
@@ -23,6 +26,7 @@ from services.serving.events import PredictionPublisher
 from services.serving.grpc.server import GrpcServer
 from services.serving.metrics import ServingMetrics
 from services.serving.repository import ModelRepository
+from services.serving.rest.server import RestServer
 from services.serving.settings import ServingSettings
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared.contract import Contract, load_contract
@@ -63,7 +67,10 @@ class ServerThread:
             published=lambda m, n: None,
             log=LOG,
         )
-        self.server = GrpcServer(DataPlane(repo, self.publisher, self.metrics), settings, LOG)
+        self.dataplane = DataPlane(repo, self.publisher, self.metrics)
+        self.server = GrpcServer(self.dataplane, settings, LOG)
+        self.rest = RestServer(self.dataplane, settings, LOG)
+        self.ready_at_start = True
         self.repo = repo
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -74,10 +81,12 @@ class ServerThread:
         self.thread.start()
         self.call(self.publisher.start())
         self.call(self.repo.load_from_registry())
-        self.call(self.server.start())
+        self.call(self.server.start(ready=self.ready_at_start))
+        self.call(self.rest.start())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.call(self.rest.stop())
         self.call(self.server.stop())
         self.call(self.publisher.stop())
         self.call(self.repo.close())
@@ -101,7 +110,14 @@ def store(tmp_path_factory: pytest.TempPathFactory, contract: Contract) -> str:
 
 
 def _settings(**kw: Any) -> ServingSettings:
-    return ServingSettings(grpc_host="127.0.0.1", grpc_port=0, max_batch_size=32, **kw)
+    return ServingSettings(
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        http_host="127.0.0.1",
+        http_port=0,
+        max_batch_size=32,
+        **kw,
+    )
 
 
 def _valid_request(contract: Contract) -> pb.ModelInferRequest:
@@ -256,6 +272,34 @@ def test_token_auth_over_tls(store: str, contract: Contract, certs: Path) -> Non
             ok = stub.ModelInfer(request, metadata=[("authorization", f"Bearer {TOKEN}")])
             assert ok.model_version == "1"
             assert running.metrics.auth_failures._value.get() == 2
+            # Streaming: refused without a token, answered with one.
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.ModelStreamInfer(iter([request])))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            streamed = list(
+                stub.ModelStreamInfer(
+                    iter([request]), metadata=[("authorization", f"Bearer {TOKEN}")]
+                )
+            )
+            assert streamed[0].infer_response.model_version == "1"
+        # REST: the same TLS and the same tokens; health stays open.
+        base = f"https://localhost:{running.rest.port}/v2"
+        with httpx.Client(verify=ssl.create_default_context(cafile=certs / "cert.pem")) as web:
+            assert web.get(f"{base}/health/ready").status_code == 200
+            refused = web.get(f"{base}/models/{MODEL}")
+            assert refused.status_code == 401
+            assert "bearer token" in refused.json()["error"]
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            assert web.get(f"{base}/models/{MODEL}", headers=auth).json()["name"] == MODEL
+            x = feature_matrix(contract, census_rows(DATA, 2, offset=100))
+            body = {"inputs": [{"name": "input", "shape": [2, 16], "datatype": "FP64"}]}
+            body["inputs"][0]["data"] = x.ravel().tolist()
+            answer = web.post(f"{base}/models/{MODEL}/infer", json=body, headers=auth)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model_version"] == "1"
+        assert running.metrics.auth_failures._value.get() == 4
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{running.rest.port}/v2/health/live", timeout=5)
         # Plaintext clients cannot talk to the TLS port.
         with (
             grpc.insecure_channel(f"127.0.0.1:{running.server.port}") as plain,
@@ -286,3 +330,33 @@ def test_mutual_tls_requires_a_client_certificate(
             pytest.raises(grpc.RpcError),
         ):
             pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)
+
+
+def test_readiness_follows_the_lifecycle_on_every_signal(store: str, contract: Contract) -> None:
+    running = ServerThread(store, contract, _settings())
+    running.ready_at_start = False
+    with running, grpc.insecure_channel(f"127.0.0.1:{running.server.port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        rest = f"http://127.0.0.1:{running.rest.port}/v2"
+
+        def signals() -> tuple[bool, int, int, bool, int]:
+            return (
+                stub.ServerReady(pb.ServerReadyRequest()).ready,
+                health.Check(health_pb2.HealthCheckRequest()).status,
+                httpx.get(f"{rest}/health/ready").status_code,
+                stub.ModelReady(pb.ModelReadyRequest(name=MODEL)).ready,
+                httpx.get(f"{rest}/models/{MODEL}/ready").status_code,
+            )
+
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        serving = health_pb2.HealthCheckResponse.SERVING
+        # Listening, models loaded, but readiness not turned on yet (start-up).
+        assert signals() == (False, not_serving, 503, False, 503)
+        assert httpx.get(f"{rest}/health/live").status_code == 200
+        running.call(running.server.set_ready(True))
+        assert signals() == (True, serving, 200, True, 200)
+        # Draining: every signal false at once, requests still answered.
+        running.call(running.server.set_ready(False))
+        assert signals() == (False, not_serving, 503, False, 503)
+        assert stub.ModelInfer(_valid_request(contract)).model_version == "1"
