@@ -18,7 +18,7 @@ from services.ingestion.metrics import IngestionMetrics
 from services.training.data import split
 from services.training.folds import time_folds
 from services.training.search import cv_splits, search
-from services.training.trainer import TrainConfig, train
+from services.training.trainer import TrainConfig, cpu_threads, train
 from shared.datasets import DatasetCatalog
 from shared.registry import Registry
 from shared.store import ArtifactStore
@@ -65,12 +65,13 @@ def test_the_search_validates_on_the_future_when_rows_have_event_times() -> None
     splits, _ = cv_splits(contract, data.x_train, data.y_train, folds=3, seed=1, times=data.t_train)
     for past, future in splits:
         assert data.t_train[past].max() < data.t_train[future].min()
-    found = search(
-        contract, data.x_train, data.y_train, budget_s=1e-9, folds=3, seed=1, times=data.t_train
-    )
+    with cpu_threads(1):  # OpenMP threads spin on shared cores
+        found = search(
+            contract, data.x_train, data.y_train, budget_s=1e-9, folds=3, seed=1, times=data.t_train
+        )
+        untimed = search(contract, data.x_train, data.y_train, budget_s=1e-9, folds=2, seed=1)
     assert found.cv.startswith("3 time-ordered folds")
     assert all(r.status == "ok" and len(r.cv_scores) == 3 for r in found.runs)
-    untimed = search(contract, data.x_train, data.y_train, budget_s=1e-9, folds=2, seed=1)
     assert untimed.cv == (
         "2 shuffled stratified folds, not time-ordered: the rows have no event time"
     )
@@ -80,9 +81,10 @@ def test_rows_sharing_one_time_are_cross_validated_shuffled_and_say_so() -> None
     contract = toy_contract()
     table = toy_table(300).set_column(1, "ts", pa.array([2015] * 300))
     data = split(contract, table, holdout_fraction=0.2)
-    found = search(
-        contract, data.x_train, data.y_train, budget_s=1e-9, folds=2, seed=1, times=data.t_train
-    )
+    with cpu_threads(1):
+        found = search(
+            contract, data.x_train, data.y_train, budget_s=1e-9, folds=2, seed=1, times=data.t_train
+        )
     assert "not time-ordered: every training row shares one event time" in found.cv
 
 
