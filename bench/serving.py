@@ -68,11 +68,19 @@ def _ready(address: str) -> bool:
 async def _drive(
     address: str, inputs: list[Any], params: dict[str, Any] | None, concurrency: int, seconds: float
 ) -> tuple[list[float], float, int]:
-    """(latencies, elapsed seconds, errors) of ``concurrency`` closed-loop clients."""
+    """(latencies, elapsed seconds, errors) of ``concurrency`` closed-loop clients, over
+    gRPC (``host:port``) or REST (``http://host:port``, tritonclient.http.aio)."""
     import tritonclient.grpc.aio as triton_aio
+    import tritonclient.http.aio as triton_http_aio
     from tritonclient.utils import InferenceServerException
 
-    client = triton_aio.InferenceServerClient(address)
+    client: Any
+    if address.startswith("http://"):
+        client = triton_http_aio.InferenceServerClient(
+            address.removeprefix("http://"), conn_limit=max(concurrency, 1)
+        )
+    else:
+        client = triton_aio.InferenceServerClient(address)
     for _ in range(50):  # warm up connections and code paths
         await client.infer(MODEL, inputs, parameters=params)
     latencies: list[float] = []
@@ -171,6 +179,41 @@ class Fixture:
         inp = triton.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         return [inp], None
+
+    def rest_inputs(self, batch: int) -> tuple[list[Any], dict[str, Any] | None]:
+        """The matrix over REST with Triton's binary tensor data (tritonclient's default)."""
+        import tritonclient.http as triton_http
+
+        x = np.ascontiguousarray(self.matrix[:batch])
+        inp = triton_http.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        return [inp], None
+
+    def rest_json_inputs(self, batch: int) -> tuple[list[Any], dict[str, Any] | None]:
+        """The matrix over REST as plain JSON (what MLServer's REST takes)."""
+        import tritonclient.http as triton_http
+
+        x = np.ascontiguousarray(self.matrix[:batch])
+        inp = triton_http.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=False)
+        return [inp], None
+
+    def mlserver_rest_inputs(self, batch: int) -> tuple[list[Any], dict[str, Any] | None]:
+        """MLServer's columns over REST as JSON (MLServer has no binary tensor data)."""
+        import tritonclient.http as triton_http
+
+        inputs = []
+        for f in self.contract.features:
+            col = self.frame[f.name].to_numpy()[:batch]
+            if f.is_numeric:
+                inp = triton_http.InferInput(f.name, [batch], "FP64")
+                inp.set_data_from_numpy(col.astype(np.float64), binary_data=False)
+            else:
+                inp = triton_http.InferInput(f.name, [batch], "BYTES")
+                inp.set_data_from_numpy(col.astype(np.object_), binary_data=False)
+                inp._parameters["content_type"] = "str"
+            inputs.append(inp)
+        return inputs, {"content_type": "pd"}
 
     def mlserver_inputs(self, batch: int) -> tuple[list[Any], dict[str, Any] | None]:
         """Columns decoded by MLServer's pandas codec into the frame the pipeline expects."""
@@ -282,18 +325,17 @@ def ensure_mlserver() -> Path:
     return ensure_venv(MLSERVER_VENV, packages, "mlserver") / "mlserver"
 
 
-def start_mlserver(fx: Fixture) -> tuple[subprocess.Popen[bytes], str]:
+def start_mlserver(fx: Fixture) -> tuple[subprocess.Popen[bytes], str, str]:
+    """MLServer serving the pipeline; (process, gRPC address, REST ``http://`` address)."""
     import joblib
 
     exe = ensure_mlserver()
     folder = fx.work / "mlserver"
     folder.mkdir(exist_ok=True)
     joblib.dump(fx.pipeline, folder / "model.joblib")
-    grpc_port = _free_port()
+    grpc_port, http_port = _free_port(), _free_port()
     (folder / "settings.json").write_text(
-        json.dumps(
-            {"http_port": _free_port(), "grpc_port": grpc_port, "metrics_port": _free_port()}
-        )
+        json.dumps({"http_port": http_port, "grpc_port": grpc_port, "metrics_port": _free_port()})
     )
     (folder / "model-settings.json").write_text(
         json.dumps(
@@ -314,7 +356,7 @@ def start_mlserver(fx: Fixture) -> tuple[subprocess.Popen[bytes], str]:
     )
     address = f"127.0.0.1:{grpc_port}"
     _wait(lambda: proc.poll() is None and _ready(address), 180, "MLServer")
-    return proc, address
+    return proc, address, f"http://127.0.0.1:{http_port}"
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -352,6 +394,16 @@ def run(quick: bool = False) -> dict[str, Any]:
                 got = compare(pair, c, b, seconds)
                 results["flywheel"][name] = got["flywheel"]
                 results["minimal"][name] = got["minimal"]
+            # REST beside gRPC on the same Flywheel process, interleaved likewise.
+            rest = f"http://{flywheel.ready_info['http_address']}"
+            protocols: dict[str, tuple[str, Inputs]] = {
+                "grpc": (flywheel_address, fx.matrix_inputs),
+                "rest_binary": (rest, fx.rest_inputs),
+                "rest_json": (rest, fx.rest_json_inputs),
+            }
+            results["flywheel_protocols"] = {}
+            for name, c, b in LOADS:
+                results["flywheel_protocols"][name] = compare(protocols, c, b, seconds)
             results["flywheel_events"] = flywheel_events(flywheel)
             modes = {
                 "batching_off": (flywheel_address, fx.matrix_inputs),
@@ -368,7 +420,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             batching.terminate()
 
     try:
-        mlserver, address = start_mlserver(fx)
+        mlserver, address, mlserver_rest = start_mlserver(fx)
     except Exception as exc:  # report why, keep the other figures
         results["mlserver"] = {"error": f"{type(exc).__name__}: {exc}"}
     else:
@@ -377,6 +429,12 @@ def run(quick: bool = False) -> dict[str, Any]:
                 name: compare({"mlserver": (address, fx.mlserver_inputs)}, c, b, seconds)[
                     "mlserver"
                 ]
+                for name, c, b in LOADS
+            }
+            results["mlserver_rest"] = {
+                name: compare(
+                    {"mlserver_rest": (mlserver_rest, fx.mlserver_rest_inputs)}, c, b, seconds
+                )["mlserver_rest"]
                 for name, c, b in LOADS
             }
         finally:
@@ -394,6 +452,20 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         out[f"throughput_ratio_vs_minimal_{name}"] = round(
             fw[name]["req_per_s"] / mini[name]["req_per_s"], 2
         )
+    protocols = results.get("flywheel_protocols", {})
+    for name, _, _ in LOADS:
+        if name in protocols:
+            by = protocols[name]
+            for rest in ("rest_binary", "rest_json"):
+                out[f"throughput_ratio_{rest}_vs_grpc_{name}"] = round(
+                    by[rest]["req_per_s"] / by["grpc"]["req_per_s"], 2
+                )
+    ml_rest = results.get("mlserver_rest", {})
+    for name, _, _ in LOADS:
+        if name in protocols and isinstance(ml_rest.get(name), dict):
+            out[f"throughput_ratio_rest_json_vs_mlserver_rest_{name}"] = round(
+                protocols[name]["rest_json"]["req_per_s"] / ml_rest[name]["req_per_s"], 2
+            )
     ml = results.get("mlserver", {})
     if "16 concurrent b1" in ml:
         for name, _, _ in LOADS:
@@ -410,7 +482,7 @@ def main() -> None:
     print(
         f"{'server':<10} {'load':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10} err"
     )
-    for server in ("flywheel", "minimal", "mlserver"):
+    for server in ("flywheel", "minimal", "mlserver", "mlserver_rest"):
         for load, r in results.get(server, {}).items():
             if isinstance(r, dict):
                 print(
@@ -419,6 +491,9 @@ def main() -> None:
                 )
             else:
                 print(f"{server:<10} {load}: {r}")
+    for load, by in results.get("flywheel_protocols", {}).items():
+        for protocol, r in by.items():
+            print(f"{'fw ' + protocol:<14} {load:<20} p50 {r['p50_ms']} ms  {r['req_per_s']} req/s")
     for mode in ("batching_off", "batching_on"):
         for c, r in results[mode].items():
             print(f"{mode:<13} {c:<5} p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms", end="  ")
