@@ -164,6 +164,11 @@ class Registry:
         """Models with at least one version."""
         return sorted({k.split("/")[1] for k in self.store.list("models") if "/versions/" in k})
 
+    def tried_models(self) -> list[str]:
+        """Models with at least one version or training run (a first run may have failed)."""
+        keys = self.store.list("models")
+        return sorted({k.split("/")[1] for k in keys if "/versions/" in k or "/runs/" in k})
+
     def version_numbers(self, model: str) -> list[int]:
         """Registered versions of ``model``, ascending."""
         keys = self.store.list(f"models/{model}/versions")

@@ -95,7 +95,7 @@ def list_models(
 ) -> None:
     """List registered versions with their aliases, dataset version and primary metric."""
     registry = _registry()
-    names = [name] if name else registry.models()
+    names = [name] if name else registry.tried_models()
     rows = [version_row(registry, m) for n in names for m in registry.versions(n)]
     failures = [line for n in names if (line := last_run_failure(registry, n))]
     if name and not rows:

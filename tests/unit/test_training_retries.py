@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
 from services.training.core import RetryPolicy, TrainingCore
 from services.training.metrics import TrainingMetrics
 from services.training.trainer import TrainConfig
+from shared.cli.main import app
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
 from shared.events import DatasetValidated, Event, RetrainRequest
@@ -216,3 +218,10 @@ async def test_retries_stop_after_the_last_attempt(tmp_path: Path) -> None:
     assert (await core.run("toy")).outcome == "failed"
     labels = {"model": "toy"}
     assert metrics.get_sample_value("flywheel_training_consecutive_failures", labels) == 5
+    # Every model listing says so, even before a first version exists.
+    env = {"FLYWHEEL_STORE": store.uri}
+    for args in (["models"], ["models", "toy"]):
+        shown = CliRunner().invoke(app, args, env=env)
+        text = " ".join(shown.output.split())
+        assert "toy: last run failed:" in text, args
+        assert "['missing'] (phase prepare, attempt 1," in text
