@@ -88,6 +88,18 @@ def _json_values(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
         parsed = np.array(data)
     except ValueError:
         raise invalid(f"input {name!r}: 'data' is a ragged nested list") from None
+    if dtype.kind in "iu" and parsed.dtype.kind in "fO":
+        # Integers beyond int64 (UINT64's upper half) parse as floats or objects: read them
+        # exactly, refusing what is not an integer.
+        items = np.array(data, dtype=object).ravel()
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise invalid(f"input {name!r}: 'data' holds values that are not {datatype}")
+        try:
+            parsed = np.array(items.tolist(), dtype=dtype)
+        except OverflowError:
+            raise invalid(
+                f"input {name!r}: 'data' holds values outside the {datatype} range"
+            ) from None
     accepted = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]
     if parsed.size and parsed.dtype.kind not in accepted:
         raise invalid(f"input {name!r}: 'data' holds values that are not {datatype}")
