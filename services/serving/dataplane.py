@@ -81,15 +81,16 @@ class DataPlane:
         server is not ready)."""
         return self._ready and self._loaded(name, version)
 
-    def failed(self, name: str, version: str, code: str) -> None:
-        """Count a refused inference request (any transport). Only known models and loaded
-        versions become label values: clients cannot grow the series."""
+    def failed(self, name: str, version: str, code: str, elapsed_s: float = 0.0) -> None:
+        """Count a refused inference request (any transport) that took ``elapsed_s``. Only
+        known models and loaded versions become label values: clients cannot grow the
+        series."""
         loaded = self._loaded(name, version)
         self.metrics.failed(self.repository.label(name), version if loaded else "", code)
         slot = self.repository.slots.get(name)
         served = None if slot is None else (slot.find(version) if version else slot.champion)
         if served is not None:
-            self.statistics.failed(name, served.model.version_str)
+            self.statistics.failed(name, served.model.version_str, elapsed_s)
 
     def _loaded(self, name: str, version: str) -> bool:
         slot = self.repository.slots.get(name)

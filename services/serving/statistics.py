@@ -78,6 +78,6 @@ class Statistics:
         entry.execution_count += 1
         entry.last_inference_ms = int(time.time() * 1000)
 
-    def failed(self, model: str, version: str) -> None:
-        """One refused request of a loaded version (its duration is not measured: 0 ns)."""
-        self._entry(model, version).fail.count += 1
+    def failed(self, model: str, version: str, seconds: float) -> None:
+        """One refused request of a loaded version, refused after ``seconds``."""
+        self._entry(model, version).fail.add(seconds)

@@ -115,6 +115,7 @@ def test_triton_extensions_over_grpc_and_rest(
     infer = s["inference_stats"]
     assert int(infer["success"]["count"]) == answered
     assert int(infer["fail"]["count"]) == 1
+    assert int(infer["fail"]["ns"]) > 0
     for phase in ("success", "compute_input", "compute_infer", "compute_output"):
         assert int(infer[phase]["ns"]) > 0, phase
     assert int(infer["compute_infer"]["ns"]) < int(infer["success"]["ns"])

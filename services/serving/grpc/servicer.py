@@ -7,6 +7,7 @@ the service: UNIMPLEMENTED from gRPC itself."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -77,6 +78,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | ServingError:
+        start = time.perf_counter()
         try:
             return encode_response(await self.dataplane.infer(decode_request(request)))
         except ServingError as exc:
@@ -84,7 +86,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:  # never crash the server on a request
             self.log.error("infer.failed", model=request.model_name, error=repr(exc), exc_info=exc)
             error = ServingError("INTERNAL", f"internal error: {type(exc).__name__}")
-        self.dataplane.failed(request.model_name, request.model_version, error.code)
+        elapsed = time.perf_counter() - start
+        self.dataplane.failed(request.model_name, request.model_version, error.code, elapsed)
         return error
 
     async def ModelInfer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -158,6 +159,7 @@ class RestHandlers:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
+        start = time.perf_counter()
         try:
             body = await request.read()
             decoded, plan = decode_request(name, version, body, request.headers.get(HEADER_LENGTH))
@@ -175,7 +177,7 @@ class RestHandlers:
                 content_type="application/octet-stream",
                 headers={HEADER_LENGTH: str(header_length)},
             )
-        self.dataplane.failed(name, version, code)
+        self.dataplane.failed(name, version, code, time.perf_counter() - start)
         return _error(HTTP_STATUS[code], message)
 
 
