@@ -440,7 +440,8 @@ def _gates(registry: Registry, model: str) -> Any:
     versions = registry.version_numbers(model)
     if not versions:
         return "no version registered"
-    return {k: g.detail for k, g in registry.get(model, versions[-1]).gates.items()}
+    manifest = registry.get(model, versions[-1])
+    return {"estimator": manifest.estimator, **{k: g.detail for k, g in manifest.gates.items()}}
 
 
 class Serving:
