@@ -80,6 +80,10 @@ def test_rest_endpoints_answer_like_grpc_and_the_pipeline(
     by_version = client.infer(MODEL, [inp], model_version="1")
     np.testing.assert_allclose(by_version.as_numpy("probabilities"), expected, atol=1e-5)
     labels = by_version.as_numpy("label")
+    # Compressed request bodies (tritonclient's request_compression_algorithm).
+    for algorithm in ("gzip", "deflate"):
+        packed = client.infer(MODEL, [inp], request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(packed.as_numpy("probabilities"), expected, atol=1e-5)
 
     # Plain JSON, nested row-major data, as curl would send it.
     body = {
