@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +27,15 @@ from services.monitoring.testing import load_car_loan, prediction_events, seed_v
 from shared import topics
 from shared.cli.main import app
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, Feedback, ModelRegistered, Prediction, RetrainRequest
+from shared.datasets import BatchRef, DatasetCatalog, DatasetVersion
+from shared.events import (
+    DatasetValidated,
+    Deployment,
+    Feedback,
+    ModelRegistered,
+    Prediction,
+    RetrainRequest,
+)
 from shared.kafka import ensure_topics
 from shared.registry import Registry
 from shared.settings import KafkaSettings
@@ -215,6 +224,37 @@ def test_served_drift_raises_the_metric_and_its_retrain_request_trains_v2_tracea
     assert trail["model"]["dataset_version"] == manifest.dataset_version
     assert trail["batches"][0]["offsets"][0]["last"] == 19_999
     assert runner.invoke(app, ["lineage", "no-such-id"]).exit_code == 1
+
+    # The request names data v1 was trained on, so training waits for new data (never an
+    # identical model twice); the drifted, labelled rows arrive as a new dataset version
+    # and the run on it carries the request.
+    catalog = DatasetCatalog(store)
+    parent = catalog.get(contract.name, manifest.dataset_version)
+    new_rows = pa.Table.from_pandas(
+        rows.iloc[-6000:][list(reference.columns)], preserve_index=False
+    )
+    sha, uri = store.put_parquet(f"datasets/{contract.name}/batches", new_rows)
+    batch = BatchRef(
+        batch_id=sha, uri=uri, sha256=sha, rows=new_rows.num_rows, raw_uri=uri, report_uri=uri
+    )
+    version = catalog.add(
+        DatasetVersion(
+            dataset=contract.name,
+            parent=parent.id,
+            batches=[*parent.batches, batch],
+            rows=parent.rows + new_rows.num_rows,
+            profile_uri=parent.profile_uri,
+        )
+    )
+    validated = DatasetValidated(
+        dataset=contract.name,
+        dataset_version=version.id,
+        rows=version.rows,
+        new_rows=new_rows.num_rows,
+        batch_ids=[b.batch_id for b in version.batches],
+        report_uri=uri,
+    )
+    asyncio.run(_publish(kafka_settings, topics.DATA_VALIDATED, [(contract.name, validated)]))
 
     # Training acted on the request: version 2, registered for that reason.
     registered = asyncio.run(
