@@ -123,10 +123,14 @@ class DataPlane:
         params = {
             "task": contract.task,
             "input_styles": (
-                "one FP32/FP64 tensor 'input' [N, F] in contract order, or one tensor per feature"
+                "one tensor per feature (the inputs listed), or one FP32/FP64 tensor 'input' "
+                "[N, F] in contract order (parameter matrix_input)"
             ),
             "max_batch_size": str(self.repository.max_batch_size),
         }
+        spec = self.repository.specs[name]
+        if spec.matrix_input is not None:
+            params["matrix_input"] = spec.matrix_input
         if served is not None:
             params["model_version"] = served.model.version_str
             params["data_version"] = served.model.data_version
@@ -137,7 +141,6 @@ class DataPlane:
         if contract.description:
             params["description"] = contract.description
         versions = [s.model.version_str for s in slot.versions()]
-        spec = self.repository.specs[name]
         return versions, spec.tensors, list(self.outputs[name].values()), params
 
     # --- inference ---------------------------------------------------------------------

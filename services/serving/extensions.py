@@ -33,8 +33,8 @@ def _tensor(spec: TensorSpec, *, output: bool) -> dict[str, Any]:
         "data_type": "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}",
         "dims": list(spec.shape[1:]),
     }
-    if not output and spec.name != "input":
-        doc["optional"] = True  # a feature tensor: one style among two (see parameters)
+    if not output and spec.parameters.get("nullable") == "true":
+        doc["optional"] = True  # a nullable feature's tensor may be left out (all null)
     return doc
 
 

@@ -1,6 +1,9 @@
 """What a model accepts, derived from its data contract, and turning tensors into feeds.
 
-Two request styles are accepted (``ModelMetadata`` lists both):
+Two request styles are accepted. ``ModelMetadata`` lists the second as the model's
+``inputs`` (so a generic client that builds one tensor per listed input sends a valid
+request) and describes the first in the model's parameters (``matrix_input``: a JSON
+object with name, datatype, shape, columns and category_encoding):
 
 * one 2-D tensor named ``input``, FP32 or FP64, shape ``[N, F]``, columns in contract
   feature order. Numeric features are taken as they are. A category column carries a
@@ -195,23 +198,32 @@ class InputSpec:
         }
         self.tensors = self._describe()
 
-    def _describe(self) -> list[TensorSpec]:
+    @property
+    def matrix_input(self) -> str | None:
+        """The one-matrix request style as JSON, for the model's metadata parameters (None
+        when the contract's one feature is itself called ``input``)."""
+        if self.names == [MATRIX_INPUT]:
+            return None
         # Names and values are any text (commas included), so lists are JSON.
-        matrix_params = {
-            "columns": _json(self.names),
-            "category_encoding": _json({n: c.encoding for n, c in self.codecs.items()}),
-            "description": (
-                "all features as one [N, F] tensor in contract order; a category column holds "
-                "its value when the vocabulary is numeric (encoding=value), else its index in "
-                "the contract's values (encoding=index); NaN is null where nullable"
-            ),
-        }
-        one_named_input = self.names == [MATRIX_INPUT]
-        specs = (
-            []
-            if one_named_input
-            else [TensorSpec(MATRIX_INPUT, "FP32", (-1, len(self.names)), matrix_params)]
+        return _json(
+            {
+                "name": MATRIX_INPUT,
+                "datatype": "FP32",
+                "accepted_datatypes": ["FP32", "FP64"],
+                "shape": [-1, len(self.names)],
+                "columns": self.names,
+                "category_encoding": {n: c.encoding for n, c in self.codecs.items()},
+                "description": (
+                    "all features as one [N, F] tensor in contract order, instead of one "
+                    "tensor per feature; a category column holds its value when the "
+                    "vocabulary is numeric (encoding=value), else its index in the contract's "
+                    "values (encoding=index); NaN is null where nullable"
+                ),
+            }
         )
+
+    def _describe(self) -> list[TensorSpec]:
+        specs: list[TensorSpec] = []
         for f in self.features:
             params: dict[str, str] = {"type": f.type, "nullable": str(f.nullable).lower()}
             if f.is_numeric:

@@ -125,7 +125,13 @@ def test_infer_matches_the_registered_model_and_publishes_events(
     assert client.is_model_ready(MODEL)
     meta = client.get_model_metadata(MODEL)
     assert meta.versions == ["1"]
-    assert [i.name for i in meta.inputs] == ["input", *census.contract.feature_names]
+    # One style is listed as the inputs (a generic client can build from them alone); the
+    # matrix style is described in the parameters.
+    assert [i.name for i in meta.inputs] == census.contract.feature_names
+    config = client.get_model_config(MODEL, as_json=True)["config"]
+    matrix = json.loads(config["parameters"]["matrix_input"]["string_value"])
+    assert (matrix["name"], matrix["shape"]) == ("input", [-1, len(meta.inputs)])
+    assert matrix["columns"] == census.contract.feature_names
 
     rows = census.holdout
     result = client.infer(MODEL, matrix_input(census, rows))
@@ -146,19 +152,17 @@ def test_infer_matches_the_registered_model_and_publishes_events(
     ids = [i.decode() for i in result.as_numpy("prediction_id")]
     assert len(set(ids)) == len(rows)
 
-    # The columnar style (one tensor per feature, BYTES for categories) answers the same.
+    # A generic client builds its request from ModelMetadata's inputs alone (names,
+    # datatypes, shapes with -1 as the batch) and gets the same answer.
+    frame = to_frame(
+        census.contract, {n: rows[n].to_numpy() for n in census.contract.feature_names}
+    )
     inputs = []
-    for f in census.contract.features:
-        if f.is_numeric:
-            arr = rows[f.name].to_numpy(dtype=np.float32)
-            inp = triton.InferInput(f.name, [len(rows)], "FP32")
-        else:
-            frame = to_frame(
-                census.contract, {n: rows[n].to_numpy() for n in census.contract.feature_names}
-            )
-            arr = frame[f.name].to_numpy().astype(np.object_)
-            inp = triton.InferInput(f.name, [len(rows)], "BYTES")
-        inp.set_data_from_numpy(arr)
+    for spec in meta.inputs:
+        shape = [len(rows) if d == -1 else d for d in spec.shape]
+        numpy_type = np.float32 if spec.datatype == "FP32" else np.object_
+        inp = triton.InferInput(spec.name, shape, spec.datatype)
+        inp.set_data_from_numpy(frame[spec.name].to_numpy().astype(numpy_type).reshape(shape))
         inputs.append(inp)
     columnar = client.infer(MODEL, inputs, request_id="columnar-1")
     np.testing.assert_allclose(columnar.as_numpy("probabilities"), expected, atol=1e-5)

@@ -5,6 +5,7 @@ with the registered pipeline and between the two protocols."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 from collections.abc import AsyncIterator
 from typing import Any
@@ -96,8 +97,11 @@ def test_triton_extensions_over_grpc_and_rest(
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "1000"
     assert config["version_policy"]["specific"]["versions"] == ["1"]
     inputs = {i["name"]: i for i in config["input"]}
-    assert inputs["input"]["data_type"] == "TYPE_FP32"
-    assert inputs["input"]["dims"] == [str(len(census.contract.feature_names))]
+    assert list(inputs) == census.contract.feature_names
+    assert inputs["AGEP"]["data_type"] == "TYPE_FP32"
+    assert inputs["SCHL"]["data_type"] == "TYPE_STRING"
+    matrix = json.loads(config["parameters"]["matrix_input"]["string_value"])
+    assert matrix["shape"] == [-1, len(census.contract.feature_names)]
     assert {"label", "probabilities", "prediction_id"} <= {o["name"] for o in config["output"]}
     rest_config = http.get_model_config(MODEL)
     assert rest_config["max_batch_size"] == config["max_batch_size"]

@@ -249,6 +249,7 @@ def test_a_feature_called_input_is_told_apart_from_the_matrix() -> None:
         {**base, "features": [{"name": "input", "type": "category", "values": ["a", "b"]}]}
     )
     spec = InputSpec(one, 8)
-    assert [t.name for t in spec.tensors] == ["input"]  # no matrix entry of the same name
+    assert [t.name for t in spec.tensors] == ["input"]
+    assert spec.matrix_input is None  # no matrix style of the same name
     feeds, _ = spec.feeds([Tensor("input", "BYTES", (2,), np.array([b"b", b"a"], dtype=object))])
     assert feeds["input"][:, 0].tolist() == ["b", "a"]

@@ -102,7 +102,9 @@ def test_a_non_numeric_vocabulary_is_encoded_by_index() -> None:
     feeds, _ = spec.feeds([Tensor("input", "FP64", x.shape, x.ravel())])
     assert feeds["salary_range"][0, 0] == "20K - 40K €"
     assert feeds["size_of_downpayment"][0, 0] == "40%"
-    assert json.loads(spec.tensors[0].parameters["category_encoding"])["salary_range"] == "index"
+    assert spec.matrix_input is not None
+    assert json.loads(spec.matrix_input)["category_encoding"]["salary_range"] == "index"
+    assert [t.name for t in spec.tensors] == contract.feature_names
     x[0, 1] = 4  # only four salary bands: index 4 is out of range
     with pytest.raises(ServingError, match="'salary_range' row 0"):
         spec.feeds([Tensor("input", "FP64", x.shape, x.ravel())])
