@@ -4,8 +4,8 @@ Data: a seeded synthetic table of 20 features (15 numeric, 5 categorical); a
 reference of 100,000 rows and current windows of 10,000 and 100,000 rows in which 7
 features drift (some strongly, some barely) and 13 do not.
 
-Flywheel: the reference profile is built once (``shared.drift.build_profile``, timed
-separately); per window, each feature is counted and summed on the reference bins
+Flywheel: the reference profile is built (``shared.drift.build_profile``, median of 3
+builds); per window, each feature is counted and summed on the reference bins
 (``StreamingHistogram``) and scored (PSI + binned KS + binned normed Wasserstein, or
 PSI + JS + chi-square) — what monitoring does per window, in O(bins) memory; the timed
 part includes every score. Verdicts, with the contract's default thresholds: PSI alone
@@ -17,8 +17,11 @@ Evidently 0.7 runs in its own virtualenv (``bench/.venv-evidently``; never a pro
 dependency) through a subprocess that times ``Report([DataDriftPreset()]).run`` on the
 same Parquet files; its per-column verdicts use its defaults for these sizes
 (Wasserstein distance normed >= 0.1 for numeric, Jensen-Shannon >= 0.1 for
-categorical). Reported: median time of 3 runs each, the per-feature verdict agreement
-with Evidently and with the truth (``DRIFTED``).
+categorical). Reported: median time of 3 runs each, Flywheel both without and with the
+profile build (Evidently's time always includes its reference processing, so the fair
+speed-up is ``speedup_with_profile``; ``speedup`` is the per-window cost once monitoring
+holds the profile), the per-feature verdict agreement with Evidently and with the truth
+(``DRIFTED``).
 
 ``python -m bench.drift [--quick]``; ``run(quick)`` returns the figures as a dict.
 ``--quick`` uses a 20,000-row reference and one 10,000-row window.
@@ -218,10 +221,13 @@ def run(quick: bool = False) -> dict[str, Any]:
     ref_rows = 20_000 if quick else 100_000
     windows = [10_000] if quick else [10_000, 100_000]
     reference = make_data(ref_rows, seed=1, drift=False)
-    start = time.perf_counter()
-    ref_frame = to_frame(contract, {f: reference[f].to_numpy() for f in contract.feature_names})
-    profile = build_profile(contract, ref_frame)
-    profile_s = time.perf_counter() - start
+    builds = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        ref_frame = to_frame(contract, {f: reference[f].to_numpy() for f in contract.feature_names})
+        profile = build_profile(contract, ref_frame)
+        builds.append(time.perf_counter() - start)
+    profile_s = statistics.median(builds)
     results: dict[str, Any] = {
         "features": {"numeric": len(NUMERIC), "categorical": len(CATEGORIES)},
         "reference_rows": ref_rows,
@@ -245,6 +251,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             truth = {f: f in DRIFTED for f in contract.feature_names}
             entry: dict[str, Any] = {
                 "flywheel_s": round(statistics.median(times), 4),
+                "flywheel_with_profile_s": round(statistics.median(times) + profile_s, 4),
                 "flywheel_drifted_psi": sorted(f for f, v in ours["psi_verdict"].items() if v),
                 "flywheel_drifted_monitoring": sorted(
                     f for f, v in ours["monitoring_verdict"].items() if v
@@ -283,6 +290,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                         ),
                         "evidently_vs_truth": _agreement(ev, truth),
                         "speedup": round(theirs["seconds"] / statistics.median(times), 1),
+                        # Evidently processes the reference on every run; so does this one.
+                        "speedup_with_profile": round(
+                            theirs["seconds"] / (statistics.median(times) + profile_s), 1
+                        ),
                     }
                 )
             results["windows"][str(rows)] = entry

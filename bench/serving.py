@@ -1,15 +1,31 @@
-"""Serving benchmark: Flywheel vs a minimal grpc.aio + ORT server vs MLServer 1.7 vs raw ORT.
+"""Serving benchmark: Flywheel against the minimal server, raw ORT and four peers.
 
 Everything runs side by side in one run on the same census model (the contract pipeline
-fitted on census rows, exported to ONNX; MLServer serves the same fitted pipeline with
-its sklearn runtime) and the same tritonclient load: sequential batch 1, 16 concurrent
-batch 1, 16 concurrent batch 64, then Flywheel with adaptive batching off and on at
-concurrency 1, 4, 16 and 64. Flywheel runs as a real process with every feature on
-(prediction events to an embedded Kafka broker, metrics, tagging).
+fitted on census rows, exported to ONNX) and the same tritonclient load: sequential
+batch 1, 16 concurrent batch 1, 16 concurrent batch 64. At each load every server takes
+a short slice in turn, round after round (``compare``), so the shared machine's drift
+hits all of them alike. The servers:
 
-MLServer is installed by the benchmark into ``bench/.venv-mlserver`` (never a project
-dependency), with ``uvloop==0.21.0`` pinned (its worker crashes with uvloop 0.23,
-MLServer issue 2286) and the project's scikit-learn version so the pickle loads.
+- ``flywheel``: the serving service as a real process with every feature on (prediction
+  events to an embedded Kafka broker, metrics, tagging);
+- ``minimal``: bench/minimal_server.py, grpc.aio + ORT and nothing else (the limit);
+- ``mlserver``: MLServer 1.7 as shipped: its sklearn runtime on the fitted pipeline
+  (pickle), pandas codec, one tensor per feature; ``mlserver_rest`` the same over REST;
+- ``mlserver_tuned_w0/1/2``: MLServer with a custom runtime (bench/peers/mlserver_onnx.py)
+  running the same ONNX file in ORT, numpy codec, one FP32 matrix, ``parallel_workers``
+  0, 1 and 2; ``mlserver_tuned`` in the summary is the fastest of the three per load;
+- ``kserve``: KServe's Python model server (bench/peers/kserve_server.py), ORT, gRPC;
+- ``triton``: Triton Inference Server's ``tritonserver`` from ``nvidia-pytriton``
+  (bench/peers/pytriton_server.py), its Python backend running the same ORT session.
+
+Every peer takes the same one FP32 matrix except MLServer as shipped (its sklearn
+runtime needs the columns). Then Flywheel's REST beside its gRPC, and adaptive batching
+off and on at concurrency 1, 4, 16 and 64.
+
+Each peer is installed by the benchmark into its own venv under ``bench/`` on first use
+(never a project dependency); a peer that cannot start keeps its row with the error.
+MLServer's venv pins ``uvloop==0.21.0`` (its worker crashes with uvloop 0.23, MLServer
+issue 2286) and the project's scikit-learn version so the pickle loads.
 
 ``python -m bench.serving [--quick]``; ``run(quick)`` returns the figures as a dict.
 """
@@ -35,8 +51,17 @@ from bench._venv import ensure_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "census_employment"
+PEERS = ROOT / "bench" / "peers"
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 MLSERVER_PACKAGES = ["mlserver==1.7.*", "mlserver-sklearn", "uvloop==0.21.0"]
+MLSERVER_WORKERS = (0, 1, 2)
+"""``parallel_workers`` tried for MLServer tuned: in-process, one and two worker processes."""
+KSERVE_VENV = ROOT / "bench" / ".venv-kserve"
+KSERVE_PACKAGES = ["kserve==0.21.*"]
+PYTRITON_VENV = ROOT / "bench" / ".venv-pytriton"
+PYTRITON_PACKAGES = ["nvidia-pytriton==0.7.*"]
+PEER_ROWS = ("mlserver", "mlserver_tuned", "kserve", "triton")
+"""The peers Flywheel's throughput is compared with in the summary."""
 LOADS = (("sequential b1", 1, 1), ("16 concurrent b1", 16, 1), ("16 concurrent b64", 16, 64))
 BATCHING_CONCURRENCY = (1, 4, 16, 64)
 BATCH_DELAY_MS = 2.0
@@ -75,14 +100,18 @@ async def _drive(
     from tritonclient.utils import InferenceServerException
 
     client: Any
+    headers: dict[str, str] | None = None
     if address.startswith("http://"):
         client = triton_http_aio.InferenceServerClient(
             address.removeprefix("http://"), conn_limit=max(concurrency, 1)
         )
+        if all(getattr(i, "_raw_data", None) is None for i in inputs):
+            # an all-JSON body: say so (MLServer's FastAPI reads it as a string otherwise)
+            headers = {"Content-Type": "application/json"}
     else:
         client = triton_aio.InferenceServerClient(address)
     for _ in range(50):  # warm up connections and code paths
-        await client.infer(MODEL, inputs, parameters=params)
+        await client.infer(MODEL, inputs, parameters=params, headers=headers)
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -92,7 +121,7 @@ async def _drive(
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             try:
-                await client.infer(MODEL, inputs, parameters=params)
+                await client.infer(MODEL, inputs, parameters=params, headers=headers)
             except InferenceServerException:
                 errors += 1
                 continue
@@ -161,6 +190,10 @@ class Fixture:
         self.pipeline, self.onnx = fit_model(self.contract, census_rows(data, 5000))
         self.onnx_path = work / "model.onnx"
         self.onnx_path.write_bytes(self.onnx)
+        self.columns_path = work / "columns.json"
+        self.columns_path.write_text(
+            json.dumps([[f.name, f.is_numeric] for f in self.contract.features])
+        )
         self.store = f"file://{work / 'store'}"
         register_model(
             Registry(ArtifactStore(self.store)), self.contract, self.onnx, dataset_version="bench"
@@ -317,46 +350,145 @@ def flywheel_events(proc: Any) -> dict[str, float]:
     return out
 
 
+def _ort_pin() -> str:
+    """The project's ONNX Runtime, so every peer runs the model on the same version."""
+    import onnxruntime
+
+    return f"onnxruntime=={onnxruntime.__version__}"
+
+
 def ensure_mlserver() -> Path:
     """The MLServer venv's ``mlserver`` executable, installing it on first use."""
     import sklearn
 
-    packages = [*MLSERVER_PACKAGES, f"scikit-learn=={sklearn.__version__}"]
+    packages = [*MLSERVER_PACKAGES, f"scikit-learn=={sklearn.__version__}", _ort_pin()]
     return ensure_venv(MLSERVER_VENV, packages, "mlserver") / "mlserver"
 
 
-def start_mlserver(fx: Fixture) -> tuple[subprocess.Popen[bytes], str, str]:
-    """MLServer serving the pipeline; (process, gRPC address, REST ``http://`` address)."""
+def _spawn(
+    fx: Fixture, name: str, cmd: list[str], address: str, cwd: Path, timeout: float = 180
+) -> subprocess.Popen[bytes]:
+    """Start a peer process (log in the work folder) and wait until it serves the model.
+
+    The peer finds the model through ``BENCH_ONNX`` / ``BENCH_COLUMNS`` and the shared
+    helpers on ``PYTHONPATH``; if it exits or never gets ready, the error carries the
+    end of its log.
+    """
+    log_path = fx.work / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+    env = {
+        **os.environ,
+        "PATH": f"{Path(cmd[0]).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(PEERS),
+        "BENCH_ONNX": str(fx.onnx_path),
+        "BENCH_COLUMNS": str(fx.columns_path),
+    }
+    env.pop("VIRTUAL_ENV", None)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait(lambda: proc.poll() is None and _ready(address), timeout, name)
+    except TimeoutError as exc:
+        _stop(proc)
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
+        raise RuntimeError(f"{exc}; exit {proc.returncode}; log: " + " | ".join(tail)) from exc
+    return proc
+
+
+def start_mlserver(
+    fx: Fixture, tuned_workers: int | None = None
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """MLServer; (process, gRPC address, REST ``http://`` address).
+
+    As shipped (``tuned_workers`` None): the sklearn runtime on the pickled pipeline.
+    Tuned: the ONNX runtime of bench/peers/mlserver_onnx.py with that many
+    ``parallel_workers``.
+    """
     import joblib
 
     exe = ensure_mlserver()
-    folder = fx.work / "mlserver"
+    tag = "mlserver" if tuned_workers is None else f"mlserver_tuned_w{tuned_workers}"
+    folder = fx.work / tag
     folder.mkdir(exist_ok=True)
-    joblib.dump(fx.pipeline, folder / "model.joblib")
     grpc_port, http_port = _free_port(), _free_port()
-    (folder / "settings.json").write_text(
-        json.dumps({"http_port": http_port, "grpc_port": grpc_port, "metrics_port": _free_port()})
-    )
-    (folder / "model-settings.json").write_text(
-        json.dumps(
-            {
-                "name": MODEL,
-                "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib", "version": "1"},
-            }
-        )
-    )
-    log = open(fx.work / "mlserver.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [str(exe), "start", str(folder)],
-        cwd=folder,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PATH": f"{exe.parent}:{os.environ['PATH']}"},
-    )
+    settings: dict[str, Any] = {
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": _free_port(),
+        # Its REST gzips large responses unasked (aiohttp's default Accept-Encoding),
+        # which tritonclient cannot read; compression on localhost would only cost it.
+        "gzip_enabled": False,
+    }
+    if tuned_workers is None:
+        joblib.dump(fx.pipeline, folder / "model.joblib")
+        model = {
+            "name": MODEL,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib", "version": "1"},
+        }
+    else:
+        settings["parallel_workers"] = tuned_workers
+        model = {
+            "name": MODEL,
+            "implementation": "mlserver_onnx.OnnxMatrixRuntime",
+            "parameters": {"uri": str(fx.onnx_path), "version": "1"},
+        }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    (folder / "model-settings.json").write_text(json.dumps(model))
     address = f"127.0.0.1:{grpc_port}"
-    _wait(lambda: proc.poll() is None and _ready(address), 180, "MLServer")
+    proc = _spawn(fx, tag, [str(exe), "start", str(folder)], address, folder)
     return proc, address, f"http://127.0.0.1:{http_port}"
+
+
+def start_kserve(fx: Fixture) -> tuple[subprocess.Popen[bytes], str]:
+    """KServe's model server on the matrix; (process, gRPC address)."""
+    python = ensure_venv(KSERVE_VENV, [*KSERVE_PACKAGES, _ort_pin()], "python") / "python"
+    grpc_port, http_port = _free_port(), _free_port()
+    cmd = [str(python), str(PEERS / "kserve_server.py"), MODEL]
+    cmd += ["--grpc_port", str(grpc_port), "--http_port", str(http_port), "--workers", "1"]
+    address = f"127.0.0.1:{grpc_port}"
+    return _spawn(fx, "kserve", cmd, address, fx.work), address
+
+
+def start_triton(fx: Fixture) -> tuple[subprocess.Popen[bytes], str]:
+    """Triton (PyTriton's ``tritonserver``) on the matrix; (process, gRPC address)."""
+    python = ensure_venv(PYTRITON_VENV, [*PYTRITON_PACKAGES, _ort_pin()], "python") / "python"
+    grpc_port = _free_port()
+    cmd = [str(python), str(PEERS / "pytriton_server.py"), MODEL, str(grpc_port)]
+    cmd += [str(_free_port()), str(_free_port())]
+    address = f"127.0.0.1:{grpc_port}"
+    return _spawn(fx, "triton", cmd, address, fx.work, timeout=120), address
+
+
+def start_peers(
+    fx: Fixture, results: dict[str, Any]
+) -> tuple[dict[str, tuple[str, Inputs]], list[subprocess.Popen[bytes]]]:
+    """Every peer that starts: its address and request builder; a failure goes in
+    ``results`` under the peer's name as ``{"error": ...}``."""
+    servers: dict[str, tuple[str, Inputs]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def attempt(name: str, start: Callable[[], tuple[Any, ...]], inputs: Inputs) -> Any:
+        try:
+            proc, address, *rest = start()
+        except Exception as exc:  # keep the row with why, measure the others
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            return None
+        procs.append(proc)
+        servers[name] = (address, inputs)
+        return rest
+
+    rest = attempt("mlserver", lambda: start_mlserver(fx), fx.mlserver_inputs)
+    if rest:
+        servers["mlserver_rest"] = (rest[0], fx.mlserver_rest_inputs)
+    for workers in MLSERVER_WORKERS:
+        attempt(
+            f"mlserver_tuned_w{workers}",
+            lambda w=workers: start_mlserver(fx, w),  # type: ignore[misc]
+            fx.matrix_inputs,
+        )
+    attempt("kserve", lambda: start_kserve(fx), fx.matrix_inputs)
+    attempt("triton", lambda: start_triton(fx), fx.matrix_inputs)
+    return servers, procs
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -380,20 +512,27 @@ def run(quick: bool = False) -> dict[str, Any]:
     fx = Fixture(work)
     results: dict[str, Any] = {"seconds_per_load": seconds, "raw_ort": raw_ort(fx, seconds)}
     results["batching_delay_ms"] = BATCH_DELAY_MS
+    results["mlserver_workers_tried"] = list(MLSERVER_WORKERS)
     with EmbeddedBroker(_free_port(), log=work / "broker.log") as broker:
         minimal, minimal_address = start_minimal(fx)
         flywheel, flywheel_address = start_flywheel(fx, broker.bootstrap, 0.0)
         batching, batching_address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS)
+        peers, peer_procs = start_peers(fx, results)
         try:
-            pair = {
+            servers: dict[str, tuple[str, Inputs]] = {
                 "flywheel": (flywheel_address, fx.matrix_inputs),
                 "minimal": (minimal_address, fx.matrix_inputs),
+                **peers,
             }
-            results["flywheel"], results["minimal"] = {}, {}
+            for name in servers:
+                results[name] = {}
             for name, c, b in LOADS:
-                got = compare(pair, c, b, seconds)
-                results["flywheel"][name] = got["flywheel"]
-                results["minimal"][name] = got["minimal"]
+                got = compare(servers, c, b, seconds)
+                for server, figures in got.items():
+                    results[server][name] = figures
+            for proc in peer_procs:  # the rest measures Flywheel alone
+                _stop(proc)
+            peer_procs = []
             # REST beside gRPC on the same Flywheel process, interleaved likewise.
             rest = f"http://{flywheel.ready_info['http_address']}"
             protocols: dict[str, tuple[str, Inputs]] = {
@@ -415,36 +554,34 @@ def run(quick: bool = False) -> dict[str, Any]:
                 results["batching_off"][f"c{c}"] = got["batching_off"]
                 results["batching_on"][f"c{c}"] = got["batching_on"]
         finally:
+            for proc in peer_procs:
+                _stop(proc)
             _stop(minimal)
             flywheel.terminate()
             batching.terminate()
-
-    try:
-        mlserver, address, mlserver_rest = start_mlserver(fx)
-    except Exception as exc:  # report why, keep the other figures
-        results["mlserver"] = {"error": f"{type(exc).__name__}: {exc}"}
-    else:
-        try:
-            results["mlserver"] = {
-                name: compare({"mlserver": (address, fx.mlserver_inputs)}, c, b, seconds)[
-                    "mlserver"
-                ]
-                for name, c, b in LOADS
-            }
-            results["mlserver_rest"] = {
-                name: compare(
-                    {"mlserver_rest": (mlserver_rest, fx.mlserver_rest_inputs)}, c, b, seconds
-                )["mlserver_rest"]
-                for name, c, b in LOADS
-            }
-        finally:
-            _stop(mlserver)
+    results["mlserver_tuned"] = best_tuned(results)
     results["summary"] = summary(results)
     return results
 
 
+def best_tuned(results: dict[str, Any]) -> dict[str, Any]:
+    """MLServer tuned at each load: the fastest ``parallel_workers`` tried (the peer's
+    best case), or the errors if none started."""
+    out: dict[str, Any] = {}
+    rows = {w: results.get(f"mlserver_tuned_w{w}", {}) for w in MLSERVER_WORKERS}
+    for name, _, _ in LOADS:
+        measured = [(w, r[name]) for w, r in rows.items() if isinstance(r.get(name), dict)]
+        if measured:
+            w, best = max(measured, key=lambda item: item[1]["req_per_s"])
+            out[name] = {**best, "parallel_workers": w}
+    if not out:
+        out["error"] = "; ".join(f"w{w}: {r.get('error')}" for w, r in rows.items())
+    return out
+
+
 def summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The two targets: p50 vs the minimal server, throughput vs MLServer."""
+    """The ratios the goals read: Flywheel vs the minimal server (p50, p99, req/s) and
+    vs each peer (req/s)."""
     out: dict[str, Any] = {}
     fw, mini = results["flywheel"], results["minimal"]
     for name, _, _ in LOADS:
@@ -466,12 +603,15 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             out[f"throughput_ratio_rest_json_vs_mlserver_rest_{name}"] = round(
                 protocols[name]["rest_json"]["req_per_s"] / ml_rest[name]["req_per_s"], 2
             )
-    ml = results.get("mlserver", {})
-    if "16 concurrent b1" in ml:
+    for name, _, _ in LOADS:
+        out[f"p99_ratio_vs_minimal_{name}"] = round(fw[name]["p99_ms"] / mini[name]["p99_ms"], 2)
+    for peer in PEER_ROWS:
+        row = results.get(peer, {})
         for name, _, _ in LOADS:
-            out[f"throughput_ratio_vs_mlserver_{name}"] = round(
-                fw[name]["req_per_s"] / ml[name]["req_per_s"], 2
-            )
+            if isinstance(row.get(name), dict) and row[name]["req_per_s"]:
+                out[f"throughput_ratio_vs_{peer}_{name}"] = round(
+                    fw[name]["req_per_s"] / row[name]["req_per_s"], 2
+                )
     return out
 
 
@@ -482,7 +622,9 @@ def main() -> None:
     print(
         f"{'server':<10} {'load':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10} err"
     )
-    for server in ("flywheel", "minimal", "mlserver", "mlserver_rest"):
+    servers = ["flywheel", "minimal", "mlserver", "mlserver_rest"]
+    servers += [f"mlserver_tuned_w{w}" for w in MLSERVER_WORKERS] + ["kserve", "triton"]
+    for server in servers:
         for load, r in results.get(server, {}).items():
             if isinstance(r, dict):
                 print(
