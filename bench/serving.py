@@ -366,7 +366,13 @@ def ensure_mlserver() -> Path:
 
 
 def _spawn(
-    fx: Fixture, name: str, cmd: list[str], address: str, cwd: Path, timeout: float = 180
+    fx: Fixture,
+    name: str,
+    cmd: list[str],
+    address: str,
+    cwd: Path,
+    timeout: float = 180,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a peer process (log in the work folder) and wait until it serves the model.
 
@@ -382,6 +388,7 @@ def _spawn(
         "PYTHONPATH": str(PEERS),
         "BENCH_ONNX": str(fx.onnx_path),
         "BENCH_COLUMNS": str(fx.columns_path),
+        **(extra_env or {}),
     }
     env.pop("VIRTUAL_ENV", None)
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -456,7 +463,15 @@ def start_triton(fx: Fixture) -> tuple[subprocess.Popen[bytes], str]:
     cmd = [str(python), str(PEERS / "pytriton_server.py"), MODEL, str(grpc_port)]
     cmd += [str(_free_port()), str(_free_port())]
     address = f"127.0.0.1:{grpc_port}"
-    return _spawn(fx, "triton", cmd, address, fx.work, timeout=120), address
+    # Triton's Python backend stub links libpython3.X.so by name: without this it finds
+    # the system's (Debian's 3.11.2), whose C RLock lacks what this interpreter's
+    # stdlib calls (``_recursion_count``), and the model fails to load.
+    libs = str(Path(sys.base_prefix) / "lib")
+    ld_path = ":".join(p for p in (libs, os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    proc = _spawn(
+        fx, "triton", cmd, address, fx.work, timeout=120, extra_env={"LD_LIBRARY_PATH": ld_path}
+    )
+    return proc, address
 
 
 def start_peers(
