@@ -5,7 +5,9 @@ Outputs are compared as ``numpy.isclose`` does, ``|onnx - sklearn| <= atol + rto
 classifier, the predicted value for a regressor. ONNX Runtime computes in float32, whose
 rounding grows with the magnitude, so a regression in the millions needs the relative
 part; probabilities in [0, 1] are held to the absolute part. The result names the worst
-row, the one whose difference comes closest to (or goes furthest past) its bound.
+row, the one whose difference comes closest to (or goes furthest past) its bound. Both
+sides see the same float32 feature values, the ones serving feeds the graph: the gate
+judges the export, not the precision of float32 inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from shared.contract import Contract
-from shared.features import onnx_feeds
+from shared.features import as_served, onnx_feeds
 from shared.registry import Parity
 
 from .evaluation import Predictions, sklearn_predictions
@@ -110,10 +112,11 @@ def check_parity(
     atol: float,
     rtol: float = 0.0,
 ) -> Parity:
-    """Run the fitted pipeline and its ONNX export on ``x`` and compare them."""
+    """Run the fitted pipeline and its ONNX export on ``x`` and compare them, both on the
+    float32 feature values the export receives (:func:`shared.features.as_served`)."""
     return compare(
         contract,
-        sklearn_predictions(contract, pipeline, x),
+        sklearn_predictions(contract, pipeline, as_served(contract, x)),
         onnx_predictions(contract, onnx, x),
         atol,
         rtol,

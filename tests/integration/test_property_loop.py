@@ -594,7 +594,7 @@ def run_loop(s: Scenario, folder: Path) -> None:
         client = triton.InferenceServerClient(serving.address)
         assert client.is_model_ready(contract.name)
         meta = client.get_model_metadata(contract.name)
-        assert [t.name for t in meta.inputs] == ["input", *contract.feature_names]
+        assert [t.name for t in meta.inputs] == contract.feature_names
         answers = [
             client.infer(contract.name, matrix_request(contract, rows)),
             client.infer(contract.name, column_request(contract, rows)),
