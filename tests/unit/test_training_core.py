@@ -47,8 +47,9 @@ class Recorder:
 
 
 def make_core(
-    store: ArtifactStore, contract: Contract, config: TrainConfig = FAST
+    store: ArtifactStore, contract: Contract, config: TrainConfig = FAST, **options: Any
 ) -> tuple[TrainingCore, Recorder, CollectorRegistry]:
+    """A training core on ``store`` with an in-memory publisher; ``options`` go to it."""
     registry = CollectorRegistry()
     recorder = Recorder()
     core = TrainingCore(
@@ -58,6 +59,7 @@ def make_core(
         recorder,
         TrainingMetrics(registry),
         config,
+        **options,
     )
     return core, recorder, registry
 

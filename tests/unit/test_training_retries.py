@@ -10,30 +10,15 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from services.training.core import RetryPolicy, TrainingCore
-from services.training.metrics import TrainingMetrics
-from services.training.trainer import TrainConfig
 from shared.cli.main import app
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
-from shared.events import DatasetValidated, Event, RetrainRequest
+from shared.events import RetrainRequest
 from shared.registry import Registry
 from shared.store import ArtifactStore
+from tests.unit.test_training_core import Recorder, validated
+from tests.unit.test_training_core import make_core as core_of
 from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
-
-FAST = TrainConfig(search_budget_s=0.5, cv_folds=2, importance_rows=300, importance_repeats=1)
-
-
-class Recorder:
-    """An in-memory publisher."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Event]] = []
-
-    async def publish(self, topic: str, key: str, event: Event) -> None:
-        self.sent.append((topic, event))
-
-    def on(self, topic: str) -> list[Event]:
-        return [e for t, e in self.sent if t == topic]
 
 
 class Clock:
@@ -47,30 +32,8 @@ class Clock:
 def make_core(
     store: ArtifactStore, contract: Contract, clock: Clock | None = None
 ) -> tuple[TrainingCore, Recorder, CollectorRegistry]:
-    metrics = CollectorRegistry()
-    recorder = Recorder()
-    core = TrainingCore(
-        {contract.name: contract},
-        Registry(store),
-        DatasetCatalog(store),
-        recorder,
-        TrainingMetrics(metrics),
-        FAST,
-        retry=RetryPolicy(base_s=10, max_s=25, attempts=3),
-        clock=clock or Clock(),
-    )
-    return core, recorder, metrics
-
-
-def validated(version_id: str, rows: int, new_rows: int) -> DatasetValidated:
-    return DatasetValidated(
-        dataset="toy",
-        dataset_version=version_id,
-        rows=rows,
-        new_rows=new_rows,
-        batch_ids=[],
-        report_uri="file:///report.json",
-    )
+    retry = RetryPolicy(base_s=10, max_s=25, attempts=3)
+    return core_of(store, contract, retry=retry, clock=clock or Clock())
 
 
 @pytest.fixture
