@@ -129,7 +129,7 @@ class StreamConsumer:
         self.log = log
         self.spawn = spawn
         self.poll_timeout_ms = poll_timeout_ms
-        self._topics = TopicWatch(settings, STREAM, topic_check_s, log)
+        self._topics = TopicWatch(settings, (*STREAM, topics.FEEDBACK), topic_check_s, log)
         self._consumer = AIOKafkaConsumer(
             **consumer_kwargs(settings, "monitoring-consumer", group_id),
             partition_assignment_strategy=(RangePartitionAssignor,),
