@@ -1,7 +1,9 @@
 """Hysteresis and cool-down for monitoring's actions, so one bad window never loops.
 
 A :class:`Trigger` fires when its condition held for ``consecutive`` evaluations in a
-row and the same action on the same model has not fired within ``cooldown_s``.
+row and the same action on the same model has not fired within ``cooldown_s``. Its state
+(streak, last firing) goes into every partition snapshot (:mod:`.state`), so a restart
+neither forgets a cool-down (a crash loop would repeat the action) nor a streak.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ class Trigger:
     cooldown_s: float
     streak: int = 0
     last_fired: float | None = None
+    observations: int = 0
+    """Evaluations recorded (0: a restored state may replace this one's streak)."""
 
     def observe(self, condition: bool, now: float) -> bool:
         """Record one evaluation; True when the action should fire now."""
+        self.observations += 1
         self.streak = self.streak + 1 if condition else 0
         if self.streak < self.consecutive:
             return False

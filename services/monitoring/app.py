@@ -19,7 +19,7 @@ from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
 from .router import FeedbackRouter
 from .settings import MonitoringSettings
-from .state import JoinSnapshots
+from .state import PartitionSnapshots
 
 TOPICS = (
     topics.PREDICTIONS,
@@ -74,7 +74,7 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
         settings.kafka,
         settings.group_id,
         core,
-        JoinSnapshots(store, settings.group_id),
+        PartitionSnapshots(store, settings.group_id),
         publisher,
         metrics,
         runtime.log,

@@ -5,6 +5,12 @@ and per model version a drift window (:mod:`.window_drift`) and a quality window
 (:mod:`.quality`); the label join (:mod:`.join`) connects feedback to the served row.
 Decisions go through :class:`.actions.Trigger` (hysteresis + cool-down) and come back
 as :class:`Outgoing` events for the Kafka adapter to publish.
+
+Every row a window counts is tagged with the stream partition it came from (the
+partition its prediction id routes to, ``join.partition_of``), so the windows are the
+union of per-partition shares that :mod:`.state` snapshots with the join and restores on
+assignment (:meth:`MonitoringCore.refresh` then republishes the restored figures), and
+:meth:`MonitoringCore.drop_partitions` forgets when another replica takes over.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from .metrics import MonitoringMetrics
 from .predlog import PredictionLog
 from .quality import Labelled, QualityWindow, largest_gaps
 from .window_drift import VersionDrift, WindowReport, prediction_value
+from .windows import PartitionedWindow, Stamps
 
 ACTOR = "monitoring"
 UNKNOWN = "unknown"
@@ -76,7 +83,7 @@ class VersionState:
     version: int
     drift: VersionDrift | None
     quality: QualityWindow
-    agreement: deque[bool]
+    agreement: PartitionedWindow[bool]
     """Shadow rows: did this (shadow) version's label equal the champion's?"""
     last_primary: float | None = None
     windows: int = 0
@@ -99,6 +106,15 @@ class ModelState:
     """The previous champion's live primary metric when it was replaced."""
     versions: OrderedDict[int, VersionState] = field(default_factory=OrderedDict)
     recent_windows: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
+
+    def triggers(self) -> dict[str, Trigger]:
+        """The model's action triggers by name (the names snapshots use)."""
+        return {
+            "drift": self.drift_trigger,
+            "quality": self.quality_trigger,
+            "rollback": self.rollback_trigger,
+            "promote": self.promote_trigger,
+        }
 
 
 def primary_metric(contract: Contract, metrics: Mapping[str, float]) -> tuple[str, float] | None:
@@ -170,6 +186,8 @@ class MonitoringCore:
         self.logger = logger
         self.limits = limits or Limits()
         self.clock = clock
+        self.stamps = Stamps()
+        """Orders window rows across partitions and restarts (:mod:`.windows`)."""
         self.models: dict[str, ModelState] = {}
         for name in self.contracts:
             self.model(name)
@@ -217,6 +235,12 @@ class MonitoringCore:
                 mode = self.registry.alias_detail(name, "challenger").get("mode")
                 state.challenger_mode = str(mode) if mode else None
 
+    def version_state(self, model: str, version: int) -> VersionState | None:
+        """The tracked state of one model version, created when new (None: no contract
+        names the model)."""
+        state = self.model(model)
+        return None if state is None else self._version(state, version)
+
     def _version(self, state: ModelState, version: int) -> VersionState:
         if version in state.versions:
             return state.versions[version]
@@ -227,9 +251,13 @@ class MonitoringCore:
             version=version,
             drift=self._drift_for(contract, version),
             quality=QualityWindow(
-                size, contract.task, positive, classes=contract.label.classes or ()
+                size,
+                contract.task,
+                positive,
+                classes=contract.label.classes or (),
+                stamps=self.stamps,
             ),
-            agreement=deque(maxlen=size),
+            agreement=PartitionedWindow(size),
         )
         state.versions[version] = vs
         self._evict_versions(state)
@@ -257,6 +285,7 @@ class MonitoringCore:
             self._window_rows(contract),
             policy.drift_psi_threshold,
             policy.drift_wasserstein_threshold,
+            stamps=self.stamps,
         )
 
     def _evict_versions(self, state: ModelState) -> None:
@@ -273,7 +302,7 @@ class MonitoringCore:
     def on_predictions(self, predictions: Sequence[Prediction]) -> list[Outgoing]:
         """Count served rows: drift windows, the label join, the prediction log."""
         out: list[Outgoing] = []
-        by_version: dict[tuple[str, int, str], list[Prediction]] = {}
+        by_version: dict[tuple[str, int, str, int], list[Prediction]] = {}
         now = self.clock()
         for p in predictions:
             state = self.model(p.model)
@@ -285,22 +314,25 @@ class MonitoringCore:
             self.predlog.add_prediction(p)
             if p.role == "champion" and state.champion is None:
                 state.champion = p.model_version
-            by_version.setdefault((p.model, p.model_version, p.role), []).append(p)
-            out.extend(self._remember(state, p, now))
-        for (model, version, role), rows in by_version.items():
+            partition = self.join.partition_of(p.id)
+            by_version.setdefault((p.model, p.model_version, p.role, partition), []).append(p)
+            out.extend(self._remember(state, p, partition, now))
+        for (model, version, role, partition), rows in by_version.items():
             state = self.models[model]
             vs = self._version(state, version)
             if vs.drift is None:
                 continue
             values = [prediction_value(state.contract, r.outputs) for r in rows]
-            reports = vs.drift.add([r.inputs for r in rows], values)
+            reports = vs.drift.add([r.inputs for r in rows], values, partition)
             for report in reports:
                 out.extend(self._on_window(state, vs, role, report))
         self.metrics.pending_labels.set(len(self.join))
         self.metrics.early_feedback.set(self.join.early)
         return out
 
-    def _remember(self, state: ModelState, p: Prediction, now: float) -> list[Outgoing]:
+    def _remember(
+        self, state: ModelState, p: Prediction, partition: int, now: float
+    ) -> list[Outgoing]:
         shadow = p.shadow or {}
         shadow_outputs = shadow.get("outputs") if isinstance(shadow, dict) else None
         shadow_version = shadow.get("model_version") if shadow_outputs is not None else None
@@ -318,7 +350,8 @@ class MonitoringCore:
         )
         if pending.shadow_version is not None:
             svs = self._version(state, pending.shadow_version)
-            svs.agreement.append(str(pending.shadow_predicted) == str(pending.predicted))
+            agrees = str(pending.shadow_predicted) == str(pending.predicted)
+            svs.agreement.append(agrees, partition, self.stamps())
             self.metrics.agreement.labels(
                 p.model, str(p.model_version), str(pending.shadow_version)
             ).set(sum(svs.agreement) / len(svs.agreement))
@@ -326,7 +359,7 @@ class MonitoringCore:
         if early is not None:
             # Its feedback was consumed first (another topic): join it now.
             fb = Feedback(prediction_id=p.id, label=early.label)
-            return self._joined(pending, fb, utcnow().isoformat())
+            return self._joined(pending, fb, utcnow().isoformat(), partition)
         for evicted in self.join.add(p.id, pending):
             self.metrics.labels.labels(evicted.model, "unmatched_evicted").inc()
         return []
@@ -348,7 +381,9 @@ class MonitoringCore:
             if pending is None:
                 self._late(self.join.hold(EarlyLabel(fb.prediction_id, fb.label, now)), received)
                 continue
-            out.extend(self._joined(pending, fb, received))
+            out.extend(
+                self._joined(pending, fb, received, self.join.partition_of(fb.prediction_id))
+            )
         self.metrics.pending_labels.set(len(self.join))
         self.metrics.early_feedback.set(self.join.early)
         return out
@@ -359,18 +394,23 @@ class MonitoringCore:
             fb = Feedback(prediction_id=label.prediction_id, label=label.label)
             self.predlog.add_feedback(fb, None, None, received)
 
-    def _joined(self, pending: Pending, fb: Feedback, received: str) -> list[Outgoing]:
+    def _joined(
+        self, pending: Pending, fb: Feedback, received: str, partition: int
+    ) -> list[Outgoing]:
         out: list[Outgoing] = []
         self.metrics.labels.labels(pending.model, "joined").inc()
         self.predlog.add_feedback(fb, pending.model, pending.version, received)
         state = self.models[pending.model]
         vs = self._version(state, pending.version)
-        vs.quality.add(Labelled(fb.label, pending.predicted, pending.score, pending.groups))
+        vs.quality.add(
+            Labelled(fb.label, pending.predicted, pending.score, pending.groups), partition
+        )
         touched = [vs]
         if pending.shadow_version is not None:
             svs = self._version(state, pending.shadow_version)
             svs.quality.add(
-                Labelled(fb.label, pending.shadow_predicted, pending.shadow_score, pending.groups)
+                Labelled(fb.label, pending.shadow_predicted, pending.shadow_score, pending.groups),
+                partition,
             )
             touched.append(svs)
         for t in touched:
@@ -437,7 +477,8 @@ class MonitoringCore:
 
     # --- quality and deployment decisions --------------------------------------------
 
-    def _evaluate(self, state: ModelState, vs: VersionState) -> list[Outgoing]:
+    def _publish(self, state: ModelState, vs: VersionState) -> dict[str, float]:
+        """Set a version's live quality gauges from its window; its metrics."""
         contract = state.contract
         model, version = contract.name, str(vs.version)
         m = self.metrics
@@ -453,9 +494,37 @@ class MonitoringCore:
             for rate, gap in largest_gaps(per_group).items():
                 m.version_series(m.fairness_gap, model, version, attribute, rate).set(gap)
         primary = primary_metric(contract, values)
+        if primary is not None:
+            vs.last_primary = primary[1]
+        return values
+
+    def refresh(self) -> None:
+        """Republish every tracked version's figures (after windows were restored or
+        dropped), deciding nothing: decisions stay on the label schedule, so a restart
+        makes no extra evaluation a run without it would not have made."""
+        for state in self.models.values():
+            for vs in state.versions.values():
+                if len(vs.quality):
+                    self._publish(state, vs)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget every window share and join entry of ``partitions`` (another replica's)."""
+        self.join.drop(partitions)
+        for state in self.models.values():
+            for vs in state.versions.values():
+                vs.quality.drop(partitions)
+                vs.agreement.drop(partitions)
+                if vs.drift is not None:
+                    vs.drift.drop(partitions)
+        self.refresh()
+
+    def _evaluate(self, state: ModelState, vs: VersionState) -> list[Outgoing]:
+        contract = state.contract
+        vs.quality.since_eval = 0
+        values = self._publish(state, vs)
+        primary = primary_metric(contract, values)
         if primary is None:
             return []
-        vs.last_primary = primary[1]
         enough = len(vs.quality) >= contract.monitoring.min_labelled_rows
         if not enough:
             return []

@@ -3,9 +3,10 @@
 :class:`StreamConsumer` consumes the co-partitioned stream - ``predictions`` and
 ``feedback.routed`` - in the consumer group, with the range assignor so partition ``k``
 of both topics goes to the same replica. A checkpoint flushes the prediction log, writes
-each changed partition's join snapshot (:mod:`.state`, named by its offsets) and then
-commits those offsets; an assigned partition restores the snapshot of its committed
-offsets, so a restart or a rebalance resumes the exact join state.
+each changed partition's snapshot (:mod:`.state`: its join entries and window shares,
+named by its offsets) and then commits those offsets; newly assigned partitions restore
+the snapshots of their committed offsets together, so a restart or a rebalance resumes
+the join and the windows as they were at the last checkpoint.
 
 :class:`ControlConsumer` follows the control topics on every replica without a group:
 ``models.deployments`` from the beginning (every replica must know each champion), the
@@ -43,7 +44,7 @@ from shared.settings import KafkaSettings
 
 from .core import MonitoringCore, Outgoing
 from .metrics import MonitoringMetrics
-from .state import JoinSnapshots, Partitioner
+from .state import Partitioner, PartitionSnapshots, Snapshot
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[Any]"]
 
@@ -92,7 +93,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class StreamConsumer:
-    """Consumes predictions and routed feedback, checkpointing the join per partition.
+    """Consumes predictions and routed feedback, checkpointing the state per partition.
 
     Args:
         settings: Kafka settings.
@@ -112,7 +113,7 @@ class StreamConsumer:
         settings: KafkaSettings,
         group_id: str,
         core: MonitoringCore,
-        snapshots: JoinSnapshots,
+        snapshots: PartitionSnapshots,
         publisher: EventPublisher,
         metrics: MonitoringMetrics,
         log: Any,
@@ -173,6 +174,7 @@ class StreamConsumer:
             new = sorted(partitions - self._owned)
             tps = [TopicPartition(t, k) for k in new for t in STREAM]
             committed = await self._committed(tps)
+            found: list[Snapshot] = []
             for k in new:
                 offsets = {
                     t: m.offset
@@ -182,14 +184,24 @@ class StreamConsumer:
                 if not offsets:
                     continue  # never checkpointed: read from the beginning
                 try:
-                    found = self.snapshots.load(self.core.join, k, offsets)
+                    snap = self.snapshots.read(k, offsets)
                 except (OSError, KeyError, ValueError, TypeError) as err:
                     self.metrics.rejected.labels("monitoring.state", "unreadable").inc()
                     self.log.error("state.unreadable", partition=k, error=repr(err))
                     continue
+                if snap is not None:
+                    found.append(snap)
                 for topic, offset in offsets.items():
                     self._next[TopicPartition(topic, k)] = offset
-                self.log.info("state.restored", partition=k, offsets=offsets, snapshot=found)
+                self.log.info(
+                    "state.restored",
+                    partition=k,
+                    offsets=offsets,
+                    snapshot=snap is not None,
+                    format=snap.format if snap else None,
+                )
+            # Together: the drift shares of one batch are compared with each other.
+            self.snapshots.restore(self.core, found)
             self._owned |= set(new)
             self._update_gauges()
 
@@ -199,7 +211,7 @@ class StreamConsumer:
             with contextlib.suppress(KafkaError, OSError):
                 await self._checkpoint()
             gone = partitions & self._owned
-            self.core.join.drop(gone)
+            self.core.drop_partitions(gone)
             self._owned -= gone
             self._dirty -= gone
             for tp in [tp for tp in self._next if tp.partition in gone]:
@@ -297,7 +309,7 @@ class StreamConsumer:
                 for t in STREAM
                 if TopicPartition(t, k) in self._next
             }
-            await asyncio.to_thread(self.snapshots.save, self.core.join, k, positions)
+            await asyncio.to_thread(self.snapshots.save, self.core, k, positions)
             for topic, offset in positions.items():
                 offsets[TopicPartition(topic, k)] = OffsetAndMetadata(offset, "")
         if not offsets:

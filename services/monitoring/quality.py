@@ -1,8 +1,10 @@
 """Live quality of one model version over a sliding window of labelled rows.
 
-The window is a bounded deque (``window_rows``) of (truth, predicted label, score,
-group values); metrics are recomputed from it on demand, so memory stays
-O(window) whatever the traffic. Each task has its own figures, as in training:
+The window is a bounded :class:`~.windows.PartitionedWindow` (``window_rows``) of
+(truth, predicted label, score, group values), each row tagged with the stream partition
+its label was joined on, so a partition's share can be snapshotted and restored
+(:mod:`.state`); metrics are recomputed from it on demand, so memory stays O(window)
+whatever the traffic. Each task has its own figures, as in training:
 binary accuracy, F1 and ROC AUC of the positive class; multiclass accuracy and macro
 F1; regression MAE, RMSE and R2. Group figures are rates (FPR, FNR, selection rate;
 one-vs-rest per class for multiclass) or, for regression, the relative MAE (a group's
@@ -11,13 +13,15 @@ MAE over the window's mean absolute deviation of the label), scale-free like tra
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from .windows import PartitionedWindow, Stamps
 
 OTHER_GROUP = "other"
 RELATIVE_MAE = "relative_mae"
@@ -121,6 +125,7 @@ class QualityWindow:
         positive: the positive class (the contract's last class) for F1, AUC and rates.
         min_group_rows: groups with fewer rows in the window are left out of the rates.
         classes: the contract's classes (more than two: multiclass metrics and rates).
+        stamps: orders the rows across partitions (the core shares one).
     """
 
     def __init__(
@@ -130,20 +135,48 @@ class QualityWindow:
         positive: Any = None,
         min_group_rows: int = 30,
         classes: Sequence[Any] = (),
+        stamps: Stamps | None = None,
     ):
-        self.rows: deque[Labelled] = deque(maxlen=size)
+        self.rows: PartitionedWindow[Labelled] = PartitionedWindow(size)
         self.task = task
         self.positive = positive
         self.min_group_rows = min_group_rows
         self.classes = list(classes)
+        self.stamps = stamps or Stamps()
         self.since_eval = 0
-        self.total = 0
+        """Rows added since the owner last evaluated the window."""
+        self.joined: Counter[int] = Counter()
+        """Rows ever added, per partition (durable with the partition's snapshot)."""
 
-    def add(self, row: Labelled) -> None:
-        """Add one labelled row."""
-        self.rows.append(row)
+    def add(self, row: Labelled, partition: int = 0) -> None:
+        """Add one labelled row, joined on stream partition ``partition``."""
+        self.rows.append(row, partition, self.stamps())
         self.since_eval += 1
-        self.total += 1
+        self.joined[partition] += 1
+
+    @property
+    def total(self) -> int:
+        """Rows ever added over the partitions held."""
+        return sum(self.joined.values())
+
+    def of(self, partition: int) -> tuple[int, list[tuple[int, Labelled]]]:
+        """One partition's rows ever added, and its (stamp, row) pairs in the window."""
+        return self.joined[partition], self.rows.of(partition)
+
+    def restore(self, partition: int, joined: int, rows: Iterable[tuple[int, Labelled]]) -> None:
+        """Put back one partition's share (from :meth:`of` in an earlier process)."""
+        rows = list(rows)
+        self.rows.restore(partition, rows)
+        self.joined[partition] = joined
+        for stamp, _ in rows:
+            self.stamps.observe(stamp)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget the rows of ``partitions`` (now another replica's)."""
+        gone = set(partitions)
+        self.rows.drop(gone)
+        for k in gone:
+            self.joined.pop(k, None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -154,7 +187,6 @@ class QualityWindow:
 
     def metrics(self) -> dict[str, float]:
         """Quality of the window (empty when it has no rows)."""
-        self.since_eval = 0
         rows = self._numeric() if self.task == "regression" else list(self.rows)
         if not rows:
             return {}

@@ -1,10 +1,12 @@
-"""Durable join state: one snapshot per stream partition, named by the offsets it holds.
+"""Durable monitoring state: one snapshot per stream partition, named by its offsets.
 
 Monitoring's stream is two co-partitioned topics: ``predictions`` (keyed by the request
 key) and ``feedback.routed`` (feedback re-keyed by the routing key of its prediction id,
 :mod:`.router`), so partition ``k`` of both holds everything one prediction's join needs.
-At every checkpoint, after the prediction log is flushed, the waiting predictions and
-held labels of partition ``k`` are written as one immutable JSON object named by the two
+At every checkpoint, after the prediction log is flushed, partition ``k``'s state - the
+join's waiting predictions, held labels and lately joined ids, and ``k``'s share of every
+window (quality rows, shadow agreement, the open drift window) with the trigger state
+(:mod:`.window_state`) - is written as one immutable JSON object named by the two
 topics' next offsets (``monitoring/state/<group>/<k>/<predictions>-<feedback>.json``),
 and only then are those offsets committed. The committed offsets are the pointer: a
 replica assigned partition ``k`` (first start, restart after SIGKILL, rebalance) reads
@@ -14,7 +16,10 @@ but the embedded broker does not keep it; offsets work on every broker.)
 
 A crash after the snapshot but before the commit replays to the same offsets; the
 snapshot already written for them is kept (the state at given offsets is the same).
-Snapshots hold wall-clock ages (monotonic clocks do not survive a restart). Objects of
+Snapshots hold wall-clock ages (monotonic clocks do not survive a restart). A replica's
+windows are the union of its partitions' shares, so after a restart its live metrics,
+drift windows and triggers are those of the last checkpoint, and the replayed records
+bring them to where a run without the restart is. Objects of
 offsets no longer committed are garbage: an object-store lifecycle rule on
 ``monitoring/state/`` may expire objects older than a day.
 """
@@ -24,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.partitioner import murmur2
 
@@ -34,10 +40,17 @@ from shared import topics
 from shared.events import routing_key
 from shared.store import ArtifactStore, ImmutableObjectError
 
-from .join import EarlyLabel, LabelJoin, Pending
+from .join import EarlyLabel, Pending
+from .window_state import Clocks, Part, encode, restore
 
-FORMAT = 1
-"""Version of the snapshot layout."""
+if TYPE_CHECKING:
+    from .core import MonitoringCore
+
+FORMAT = 2
+"""Version of the snapshot layout: 2 added the windows and triggers."""
+READABLE = (1, 2)
+"""Layouts :meth:`PartitionSnapshots.read` accepts: a format-1 snapshot (join only, from
+before windows were durable) restores its join, and its windows start empty."""
 STREAM = (topics.PREDICTIONS, topics.FEEDBACK_ROUTED)
 """The co-partitioned topics, in the order their offsets name a snapshot."""
 
@@ -60,13 +73,24 @@ class Partitioner:
         return self._of_key(routing_key(prediction_id))
 
 
-class JoinSnapshots:
-    """Writes and reads partition snapshots of a :class:`~.join.LabelJoin`.
+@dataclass(frozen=True)
+class Snapshot:
+    """One partition's snapshot, read and converted to this process's clocks."""
+
+    format: int
+    pending: list[tuple[str, Pending]]
+    early: list[EarlyLabel]
+    joined: list[str]
+    part: Part
+
+
+class PartitionSnapshots:
+    """Writes and reads partition snapshots of a :class:`~.core.MonitoringCore`.
 
     Args:
         store: the artifact store.
         group: the consumer group (snapshots of different groups never mix).
-        clock: monotonic seconds (the join's clock).
+        clock: monotonic seconds (the core's clock).
     """
 
     def __init__(self, store: ArtifactStore, group: str, clock: Any = time.monotonic):
@@ -74,49 +98,71 @@ class JoinSnapshots:
         self.prefix = f"monitoring/state/{group}"
         self.clock = clock
 
-    def key(self, partition: int, offsets: dict[str, int]) -> str:
+    def _clocks(self) -> Clocks:
+        return Clocks(self.clock(), time.time())
+
+    def key(self, partition: int, offsets: Mapping[str, int]) -> str:
         """The snapshot object of ``partition`` at the topics' ``offsets`` (-1: none)."""
         span = "-".join(str(offsets.get(t, -1)) for t in STREAM)
         return f"{self.prefix}/{partition}/{span}.json"
 
-    def save(self, join: LabelJoin, partition: int, offsets: dict[str, int]) -> str:
+    def save(self, core: MonitoringCore, partition: int, offsets: dict[str, int]) -> str:
         """Write partition ``partition``'s state at the topics' next ``offsets``; its key."""
         key = self.key(partition, offsets)
         if self.store.exists(key):
             return key  # a replay reached the same offsets: the same state is on record
-        pending, early, joined = join.entries(partition)
-        now, wall = self.clock(), time.time()
+        pending, early, joined = core.join.entries(partition)
+        clocks = self._clocks()
         body = {
             "format": FORMAT,
             "partition": partition,
             "offsets": offsets,
-            "pending": [{"id": k, **asdict(p), "at": wall - (now - p.at)} for k, p in pending],
+            "stamp": core.stamps(),
+            "pending": [{"id": k, **asdict(p), "at": clocks.to_wall(p.at)} for k, p in pending],
             "early": [
-                {"id": e.prediction_id, "label": e.label, "at": wall - (now - e.at)} for e in early
+                {"id": e.prediction_id, "label": e.label, "at": clocks.to_wall(e.at)} for e in early
             ],
             "joined": joined,
+            **encode(core, partition, clocks),
         }
         with contextlib.suppress(ImmutableObjectError):  # a concurrent identical checkpoint
             self.store.put(key, json.dumps(body, separators=(",", ":"), default=str).encode())
         return key
 
-    def load(self, join: LabelJoin, partition: int, offsets: dict[str, int]) -> bool:
-        """Restore the snapshot at ``offsets`` into ``join``; False when there is none."""
+    def read(self, partition: int, offsets: Mapping[str, int]) -> Snapshot | None:
+        """The snapshot at ``offsets`` (None when there is none).
+
+        Raises:
+            ValueError: a layout this version cannot read (it names the object).
+        """
         key = self.key(partition, offsets)
         if not self.store.exists(key):
-            return False
+            return None
         body = json.loads(self.store.get(key))
-        if body.get("format") != FORMAT:
-            raise ValueError(f"{key}: snapshot format {body.get('format')!r} is not {FORMAT}")
-        now, wall = self.clock(), time.time()
+        fmt = body.get("format")
+        if fmt not in READABLE:
+            raise ValueError(
+                f"{key}: snapshot format {fmt!r}; this version reads formats {READABLE}"
+            )
+        clocks = self._clocks()
         pending = []
         for row in body["pending"]:
             fields = {k: v for k, v in row.items() if k != "id"}
-            fields["at"] = now - (wall - float(row["at"]))
+            fields["at"] = clocks.to_monotonic(float(row["at"]))
             pending.append((str(row["id"]), Pending(**fields)))
         early = [
-            EarlyLabel(str(row["id"]), row["label"], now - (wall - float(row["at"])))
+            EarlyLabel(str(row["id"]), row["label"], clocks.to_monotonic(float(row["at"])))
             for row in body["early"]
         ]
-        join.restore(pending, early, [str(k) for k in body.get("joined", [])])
-        return True
+        part = Part(
+            partition, int(body.get("stamp", 0)), body.get("windows", []), body.get("triggers")
+        )
+        return Snapshot(int(fmt), pending, early, [str(k) for k in body.get("joined", [])], part)
+
+    def restore(self, core: MonitoringCore, snapshots: Iterable[Snapshot]) -> None:
+        """Put newly assigned partitions' snapshots into ``core``: the join entries and,
+        merged over the batch, the window shares and triggers (:mod:`.window_state`)."""
+        snapshots = list(snapshots)
+        for snap in snapshots:
+            core.join.restore(snap.pending, snap.early, snap.joined)
+        restore(core, [s.part for s in snapshots], self._clocks())

@@ -21,7 +21,7 @@ from services.monitoring.metrics import MonitoringMetrics
 from services.monitoring.predlog import PredictionLog, read_log
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
 from services.monitoring.router import FeedbackRouter
-from services.monitoring.state import JoinSnapshots, Partitioner
+from services.monitoring.state import Partitioner, PartitionSnapshots
 from services.monitoring.testing import load_car_loan, prediction_events, seed_version
 from services.monitoring.window_drift import VersionDrift
 from shared import topics
@@ -158,7 +158,7 @@ def test_window_drift_flags_the_drifted_car_loan_features(
     assert reports[1].prediction_drift is not None
     assert reports[1].prediction_drift > 0
     # Bounded memory: only the reference bins are counted, whatever the traffic.
-    assert all(h.counts.size <= 21 for h in drift.hists.values())
+    assert all(h.counts.size <= 21 for part in drift.parts.values() for h in part.values())
 
 
 def test_window_drift_flags_a_small_shift_by_wasserstein() -> None:
@@ -500,7 +500,9 @@ def test_a_request_is_one_event_whose_rows_keep_their_prediction_ids() -> None:
         )
 
 
-def test_join_snapshots_restore_one_partition_with_its_offsets(tmp_path: Path) -> None:
+def test_join_snapshots_restore_one_partition_with_its_offsets(
+    tmp_path: Path, contract: Contract
+) -> None:
     part = Partitioner(4)
     ids = [f"key{i}-0" for i in range(40)]
     join = LabelJoin(100, 3600, part)
@@ -509,25 +511,32 @@ def test_join_snapshots_restore_one_partition_with_its_offsets(tmp_path: Path) -
     join.hold(EarlyLabel("late7-0", 1, 5.0))
     joined_id = next(pid for pid in ids if part(pid) == part("late7-0"))
     assert join.match(joined_id) is not None
-    snapshots = JoinSnapshots(ArtifactStore(f"file://{tmp_path}"), "g", clock=lambda: 50.0)
+    store = ArtifactStore(f"file://{tmp_path}")
+    core, _ = _core(store, contract, Clock())
+    core.join = join
+    snapshots = PartitionSnapshots(store, "g", clock=lambda: 50.0)
     k = part("late7-0")
     offsets = {"predictions": 12, "feedback.routed": 3}
-    key = snapshots.save(join, k, offsets)
+    key = snapshots.save(core, k, offsets)
     assert key.endswith(f"/{k}/12-3.json")  # named by the offsets the commit will point at
     mine = {pid for pid in ids if part(pid) == k}
     assert 0 < len(mine) < len(ids)  # the ids spread over partitions
 
     fresh = LabelJoin(100, 3600, part)
-    loader = JoinSnapshots(snapshots.store, "g", clock=lambda: 10.0)
-    assert not loader.load(fresh, k, {"predictions": 11, "feedback.routed": 3})
-    assert loader.load(fresh, k, offsets)
+    restarted, _ = _core(store, contract, Clock())
+    restarted.join = fresh
+    loader = PartitionSnapshots(snapshots.store, "g", clock=lambda: 10.0)
+    assert loader.read(k, {"predictions": 11, "feedback.routed": 3}) is None
+    snap = loader.read(k, offsets)
+    assert snap is not None
+    loader.restore(restarted, [snap])
     assert len(fresh) == len(mine) - 1
     waiting = fresh.match(sorted(mine - {joined_id})[0])
     assert waiting is not None
     assert waiting.model == "m"
     assert fresh.take_early("late7-0") is not None
     assert fresh.was_joined(joined_id)  # a second copy of its label is known after a restart
-    join.drop([k])  # taken over by another replica
+    core.drop_partitions({k})  # taken over by another replica
     assert len(join) == len(ids) - len(mine)
     assert not join.was_joined(joined_id)
     assert join.early == 0
