@@ -112,6 +112,17 @@ class TrainingPolicy(_Strict):
     census data (55,028 training rows) it chose the same model as a search on every row
     in under a third of the time."""
     seed: int = 42
+    fast_first: bool = True
+    """When the model has no champion yet, a run first registers a cheap candidate so a
+    model answers within seconds: the search's first gradient-boosting grid point, not
+    cross-validated, fit on the latest 20,000 training rows, evaluated on the same
+    time-ordered holdout and held to the same gates (parity, beats the trivial baseline,
+    fairness) as any version, its run record marked ``candidate: fast_first``. The
+    time-boxed search then runs on the same dataset version and its winner is
+    registered as the next version, gated against the fast candidate (now the champion)
+    and deployed by ``promotion.strategy``: promoted, canaried or shadowed. Under
+    ``manual`` neither serves until ``flywheel approve`` and ``flywheel promote``.
+    False: the first run registers only the searched model."""
 
 
 PRIMARY_METRICS: dict[str, tuple[str, ...]] = {

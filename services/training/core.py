@@ -6,6 +6,10 @@ whose policy decision sees all of them. One worker runs one training at a time i
 thread, so the event loop stays free for deployment requests, which are applied to the
 registry aliases straight away (training is the registry's only writer).
 
+A model with no champion gets a fast first candidate before the search when its
+contract allows it (:mod:`.fast_first`): the run registers, gates and deploys it, then
+searches and registers the winner as the next version, both for the same triggers.
+
 A run that fails is written to the registry as a failed run record (error, phase,
 attempt), counted, and retried with exponential back-off (:class:`RetryPolicy`); its
 reasons ride along with the retry, and a restart resumes the back-off from that record.
@@ -38,6 +42,7 @@ from shared.events import (
 )
 from shared.registry import ModelManifest, Registry
 
+from . import fast_first
 from .deploy import DeploymentRefused, new_model_request, record_decision
 from .metrics import TrainingMetrics
 from .policy import Reason, decide, reasons, trigger_key
@@ -429,21 +434,20 @@ class TrainingCore:
             "training.started", model=model, dataset_version=dataset_version, reason=reason
         )
         self.metrics.running.labels(model).set(1)
-        attempt.phase = "train"
         try:
-            result = await asyncio.to_thread(
-                train,
+            first = None
+            has_champion = self.registry.aliases(model)["champion"] is not None
+            if fast_first.wanted(contract, has_champion=has_champion, last=last):
+                first = await self._train(contract, dataset_version, reason, attempt, "fast_first")
+                attempt.phase = "publish"
+                await self._publish(contract, first)
+            result = await self._train(
                 contract,
-                self.registry,
-                self.catalog,
-                dataset_version=dataset_version,
-                reason=reason,
-                config=self.config,
-                threads=self.threads,
-                cancel=self._cancel,
-                on_phase=lambda phase, s: self.metrics.phase_seconds.labels(model, phase).observe(
-                    s
-                ),
+                dataset_version,
+                reason,
+                attempt,
+                "search",
+                None if first is None else first.manifest.version,
             )
         finally:
             self.metrics.running.labels(model).set(0)
@@ -458,11 +462,45 @@ class TrainingCore:
                     "kind": r.kind,
                     "dataset_version": dataset_version,
                     "version": result.manifest.version,
+                    "fast_first_version": None if first is None else first.manifest.version,
                 },
             )
         outcome = await self._publish(contract, result)
         self.metrics.last_run.labels(model).set(time.time())
         return outcome
+
+    async def _train(
+        self,
+        contract: Contract,
+        dataset_version: str,
+        reason: str,
+        attempt: _Attempt,
+        candidate: fast_first.Candidate,
+        fast_first_version: int | None = None,
+    ) -> TrainResult:
+        """One registered version, trained in a worker thread; phases observed in the
+        metrics (a fast candidate's as ``fast_first:<phase>``)."""
+        model = contract.name
+        prefix = "fast_first:" if candidate == fast_first.FAST_FIRST else ""
+        attempt.phase = "train"
+
+        def observe(phase: str, seconds: float) -> None:
+            self.metrics.phase_seconds.labels(model, prefix + phase).observe(seconds)
+
+        return await asyncio.to_thread(
+            train,
+            contract,
+            self.registry,
+            self.catalog,
+            dataset_version=dataset_version,
+            reason=reason,
+            config=self.config,
+            threads=self.threads,
+            cancel=self._cancel,
+            on_phase=observe,
+            candidate=candidate,
+            fast_first_version=fast_first_version,
+        )
 
     def _waiting(self, model: str, last: ModelManifest | None) -> list[Reason]:
         """Drift/quality reasons deferred on the newest model's data: still waiting."""

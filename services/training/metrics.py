@@ -37,7 +37,8 @@ class TrainingMetrics:
         )
         self.phase_seconds = Histogram(
             "flywheel_training_phase_seconds",
-            "Wall time of each phase of a run (search, fit, evaluate, export, parity).",
+            "Wall time of each phase of a run (search, fit, evaluate, export, parity; a "
+            "fast first candidate's as fast_first:fit, fast_first:evaluate, ...).",
             ["model", "phase"],
             buckets=PHASE_BUCKETS,
             registry=registry,

@@ -4,7 +4,10 @@ A run's reasons come from the contract's :class:`~shared.contract.TrainingPolicy
 a first model once ``min_rows`` rows exist, ``min_new_rows`` rows since the last
 model's dataset, a drift verdict (``retrain_on_drift``), a schedule, or an explicit
 request. Each reason has a stable *kind*; (model, dataset version, kind) is the key
-that stops a replayed event from training twice.
+that stops a replayed event from training twice. A run that registers a fast first
+candidate and then the searched model (:mod:`.fast_first`) is one run for its
+triggers: they are recorded as handled after the searched version, and a fast
+candidate as the newest version still leaves the first model due.
 
 Drift and quality triggers (validation's drift verdict, monitoring's requests, whose
 ``evidence.trigger`` names them) respond to the data a model saw: on a dataset version a
@@ -23,6 +26,8 @@ from shared.contract import Contract
 from shared.events import DatasetValidated, RetrainRequest
 from shared.registry import ModelManifest
 from shared.store import canonical_json, sha256_hex
+
+from .fast_first import is_fast_first
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,8 @@ def reasons(
 
     Args:
         contract: the model's contract.
-        last: the newest registered version (None: no model yet).
+        last: the newest registered version (None: no model yet; a fast first
+            candidate counts as none, its searched model being still due).
         rows: rows in the dataset version a run would use.
         validated: ``data.validated`` events coalesced into this decision.
         requests: ``retrain.requests`` events coalesced into this decision.
@@ -54,7 +60,7 @@ def reasons(
     """
     policy = contract.training
     out: list[Reason] = []
-    if last is None:
+    if last is None or is_fast_first(last):
         if rows >= policy.min_rows:
             out.append(Reason("first-model", f"first model ({rows} rows >= {policy.min_rows})"))
     else:
@@ -85,7 +91,7 @@ def reasons(
         out.append(
             Reason(request_kind(request), f"requested by {request.requested_by}: {request.reason}")
         )
-    if last is None and requests and rows < policy.min_rows:
+    if (last is None or is_fast_first(last)) and requests and rows < policy.min_rows:
         # An explicit request cannot conjure a first model out of too few rows.
         return []
     unique: dict[str, Reason] = {}

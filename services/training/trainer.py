@@ -28,14 +28,16 @@ from shared.events import utcnow
 from shared.features import build_pipeline, onnx_input_names
 from shared.registry import ModelManifest, Registry, TamperedArtifactError
 
-from . import evaluation
+from . import evaluation, fast_first
+from .card import model_card
 from .data import Split, corrupt_labels, split
 from .deploy import planned_action
 from .estimators import LINEAR, describe, make_estimator
 from .export import export
+from .fast_first import FAST_FIRST, SEARCH, Candidate
 from .gates import all_passed, evaluate_gates
 from .parity import check_parity, onnx_predictions
-from .search import RunCancelled, check_cancel, search
+from .search import Run, RunCancelled, SearchResult, check_cancel, search
 
 PHASES = ("search", "fit", "evaluate", "export", "parity")
 
@@ -204,6 +206,8 @@ def train(
     on_phase: Callable[[str, float], None] | None = None,
     threads: int | None = None,
     cancel: threading.Event | None = None,
+    candidate: Candidate = SEARCH,
+    fast_first_version: int | None = None,
 ) -> TrainResult:
     """Train, evaluate, export and register one model version.
 
@@ -218,6 +222,11 @@ def train(
         threads: OpenMP/BLAS threads for this run (None: the libraries' default).
         cancel: when set, the run stops with :class:`RunCancelled` at the next step
             (between search candidates and between phases), before anything is registered.
+        candidate: ``search`` (the time-boxed search's winner) or ``fast_first`` (the
+            cheap first candidate of :mod:`.fast_first`: no search, a lean evaluation,
+            the same holdout and gates).
+        fast_first_version: the fast candidate registered before this searched model
+            in the same run, if any (recorded in its run record and manifest).
 
     Raises :class:`TrainingFailed` (naming the phase) when any step raises.
     """
@@ -234,6 +243,8 @@ def train(
                 on_phase,
                 cancel,
                 phases,
+                candidate,
+                fast_first_version,
             )
         except RunCancelled:
             raise
@@ -251,36 +262,50 @@ def _train(
     on_phase: Callable[[str, float], None] | None,
     cancel: threading.Event | None,
     phases: Phases,
+    candidate: Candidate,
+    fast_first_version: int | None,
 ) -> TrainResult:
     started = time.perf_counter()
     seed = contract.training.seed
     model = contract.name
+    fast = candidate == FAST_FIRST
+    if fast:
+        config = fast_first.config_for(config)
     prepared = prepare(contract, catalog, dataset_version, config)
     data = prepared.data
 
     def timed(phase: str) -> Any:
         return phases.time(phase)
 
-    with timed("search"):
-        found = search(
-            contract,
-            data.x_train,
-            prepared.y_train,
-            budget_s=config.budget(contract),
-            folds=config.cv_folds,
-            seed=seed,
-            max_rows=contract.training.search_max_rows,
-            times=data.t_train,
-            cancel=cancel,
-        )
-    _report(on_phase, phases, "search", cancel)
-    best = found.best
-    with timed("fit"):
-        pipeline = fit(contract, best.family, best.params, seed, prepared)
-        same_as_baseline = best.family == LINEAR and best.params == BASELINE_PARAMS
-        baseline = (
-            pipeline if same_as_baseline else fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
-        )
+    baseline: Pipeline | None = None
+    if fast:
+        with timed("fit"):
+            pipeline = fit(contract, fast_first.FAMILY, fast_first.params(), seed, prepared)
+        found = _unsearched(contract, phases.seconds["fit"], len(prepared.y_train))
+        best = found.best
+    else:
+        with timed("search"):
+            found = search(
+                contract,
+                data.x_train,
+                prepared.y_train,
+                budget_s=config.budget(contract),
+                folds=config.cv_folds,
+                seed=seed,
+                max_rows=contract.training.search_max_rows,
+                times=data.t_train,
+                cancel=cancel,
+            )
+        _report(on_phase, phases, "search", cancel)
+        best = found.best
+        with timed("fit"):
+            pipeline = fit(contract, best.family, best.params, seed, prepared)
+            same_as_baseline = best.family == LINEAR and best.params == BASELINE_PARAMS
+            baseline = (
+                pipeline
+                if same_as_baseline
+                else fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
+            )
     _report(on_phase, phases, "fit", cancel)
     with timed("evaluate"):
         evaluated = _evaluate(contract, registry, config, prepared, pipeline, baseline)
@@ -313,6 +338,11 @@ def _train(
     action = planned_action(contract, passed=passed, has_champion=has_champion)
     version = registry.next_version(model)
     run_id = f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    lineage: dict[str, Any] = {"candidate": candidate}
+    if fast:
+        lineage["candidate_reason"] = fast_first.why(config.budget(contract), len(prepared.y_train))
+    if fast_first_version is not None:
+        lineage["fast_first_version"] = fast_first_version
     runs_uri = registry.put_run(
         model,
         run_id,
@@ -327,7 +357,7 @@ def _train(
             "budget_s": found.budget_s,
             "budget_exhausted": found.exhausted,
             "not_run": found.not_run,
-            "cv_folds": config.cv_folds,
+            "cv_folds": 0 if fast else config.cv_folds,
             "seed": seed,
             "search_rows": found.rows,
             "search_max_rows": found.max_rows,
@@ -336,6 +366,7 @@ def _train(
             "refit_rows": len(prepared.y_train),
             "chosen": best.as_record()["name"],
             "candidates": [r.as_record() for r in found.runs],
+            **lineage,
             "created": utcnow().isoformat(),
         },
     )
@@ -380,8 +411,8 @@ def _train(
         runs_tried=len(found.runs),
         search={
             "budget_s": found.budget_s,
-            "seconds": round(phases.seconds["search"], 3),
-            "cv_folds": config.cv_folds,
+            "seconds": round(phases.seconds.get("search", 0.0), 3),
+            "cv_folds": 0 if fast else config.cv_folds,
             "not_run": found.not_run,
             "rows": found.rows,
             "max_rows": found.max_rows,
@@ -393,17 +424,37 @@ def _train(
             for r in found.runs
         ],
         chosen=describe(best.family, best.params),
-        cv_score={"metric": found.metric, "mean": best.cv_mean, "std": best.cv_std},
+        cv_score={
+            "metric": found.metric,
+            "mean": None if fast else best.cv_mean,
+            "std": None if fast else best.cv_std,
+        },
         fairness_gap=evaluation.fairness_gap(evaluated["group_metrics"]),
         feature_importance=evaluated["feature_importance"],
         trivial_baseline=evaluated["trivial_baseline"],
         interpretable_baseline=evaluated["interpretable_baseline"],
         champion=evaluated["champion"],
+        **lineage,
         card=[],
     )
     manifest = manifest.model_copy(update={"card": model_card(contract, manifest)})
     registry.register(manifest)
     return TrainResult(manifest, dict(phases.seconds), passed)
+
+
+def _unsearched(contract: Contract, seconds: float, rows: int) -> SearchResult:
+    """The fast candidate as a one-row "search" record: fitted, never cross-validated."""
+    params = fast_first.params()
+    run = Run(
+        fast_first.FAMILY,
+        params,
+        [],
+        float("nan"),
+        float("nan"),
+        seconds,
+        note=f"fast first candidate: fit on {rows} training rows, not cross-validated",
+    )
+    return SearchResult([run], run, contract.promotion.primary_metric, 0.0, False)
 
 
 def _report(
@@ -423,13 +474,14 @@ def _evaluate(
     config: TrainConfig,
     prepared: Prepared,
     pipeline: Pipeline,
-    baseline: Pipeline,
+    baseline: Pipeline | None,
 ) -> dict[str, Any]:
+    """The holdout evaluation; without ``baseline`` (the fast candidate) a lean one:
+    no interpretable baseline and no permutation importance, neither being a gate."""
     data = prepared.data
     x, y = data.x_holdout, data.y_holdout
     ours = evaluation.sklearn_predictions(contract, pipeline, x)
     trivial = evaluation.trivial_predictions(contract, prepared.y_train, len(y))
-    interpretable = evaluation.sklearn_predictions(contract, baseline, x)
 
     def groups(pred: evaluation.Predictions) -> dict[str, Any]:
         return evaluation.group_metrics(contract, x, y, pred, min_rows=config.min_group_rows)
@@ -443,13 +495,19 @@ def _evaluate(
             else "the training mean for every row",
             "metrics": evaluation.metrics(contract, y, trivial),
         },
-        "interpretable_baseline": {
+        "interpretable_baseline": None,
+        "feature_importance": [],
+        "champion": None,
+    }
+    if baseline is not None:
+        interpretable = evaluation.sklearn_predictions(contract, baseline, x)
+        out["interpretable_baseline"] = {
             "estimator": LINEAR,
             "params": BASELINE_PARAMS,
             "metrics": evaluation.metrics(contract, y, interpretable),
             **evaluation.coefficients(baseline),
-        },
-        "feature_importance": evaluation.importance(
+        }
+        out["feature_importance"] = evaluation.importance(
             contract,
             pipeline,
             x,
@@ -457,9 +515,7 @@ def _evaluate(
             rows=config.importance_rows,
             repeats=config.importance_repeats,
             seed=contract.training.seed,
-        ),
-        "champion": None,
-    }
+        )
     champion = registry.champion(contract.name)
     if champion is not None:
         try:
@@ -482,83 +538,3 @@ def _evaluate(
                 "group_metrics": groups(theirs),
             }
     return out
-
-
-def model_card(contract: Contract, m: ModelManifest) -> list[str]:
-    """The model card in plain words."""
-    extra = m.model_extra or {}
-    metric = contract.promotion.primary_metric
-    holdout = extra["holdout"]
-    lines = [
-        f"{m.model} v{m.version}: {extra['chosen']}, trained because {m.reason}.",
-        f"Data: dataset version {m.dataset_version[:12]} ({extra['dataset_rows']} rows); "
-        f"{holdout['train_rows']} training rows, holdout = {holdout['description']} "
-        f"({holdout['rows']} rows).",
-        f"Search: {extra['runs_tried']} candidates (seed {m.seed}) cross-validated on "
-        f"{extra['search'].get('sample') or 'the training rows'}"
-        + (f" ({extra['search']['folds']})" if extra["search"].get("folds") else "")
-        + f", {metric} "
-        f"{extra['cv_score']['mean']:.4f} ± {extra['cv_score']['std']:.4f} for the chosen "
-        f"one, then refit on all {holdout['train_rows']} training rows"
-        + (
-            f"; the {extra['search']['budget_s']:g} s budget left out "
-            f"{len(extra['search']['not_run'])} grid points."
-            if extra["search"]["not_run"]
-            else "."
-        ),
-        "Holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items())) + ".",
-    ]
-    trivial = extra["trivial_baseline"]["metrics"]
-    lines.append(
-        f"Trivial baseline ({extra['trivial_baseline']['description']}): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in sorted(trivial.items()))
-        + "."
-    )
-    base = extra["interpretable_baseline"]
-    top = ", ".join(f"{t['input']} {t['weight']:+.2f}" for t in base["top"][:5])
-    lines.append(
-        f"Interpretable baseline (logistic/linear, C=1): {metric} "
-        f"{base['metrics'].get(metric, float('nan')):.4f}; largest weights: {top}."
-    )
-    champion = extra.get("champion")
-    if champion:
-        lines.append(
-            f"Champion v{champion['version']} on the same holdout: {metric} "
-            f"{champion['metrics'].get(metric, float('nan')):.4f}."
-        )
-    importance = ", ".join(
-        f"{r['feature']} {r['mean']:.4f}" for r in extra["feature_importance"][:5]
-    )
-    lines.append(
-        f"Most important features (permutation on the holdout, {metric} lost when "
-        f"shuffled): {importance}."
-    )
-    for attribute, entry in m.group_metrics.items():
-        parts = []
-        for value, g in entry["groups"].items():
-            if g["small"]:
-                continue
-            rates = ", ".join(
-                f"{k} {g[k]:.4g}" if k == "mae" else f"{k} {g[k]:.3f}"
-                for k in evaluation.group_figures(g)
-            )
-            parts.append(f"{attribute}={value} ({g['rows']} rows): {rates}")
-        gaps = ", ".join(f"{k} {v:.3f}" for k, v in entry["gaps"].items())
-        lines.append(
-            f"By {attribute}: " + "; ".join(parts) + f". Largest gaps: {gaps or 'n/a'}"
-            f" ({evaluation.gap_measure(contract, entry)})."
-        )
-    failed = [f"{name} ({g.detail})" for name, g in m.gates.items() if not g.passed]
-    lines.append("Gates: all passed." if not failed else "Gates failed: " + "; ".join(failed) + ".")
-    action = extra.get("deployment")
-    lines.append(
-        f"Deployment: {action} (strategy {contract.promotion.strategy})."
-        if action
-        else f"Deployment: none (strategy {contract.promotion.strategy}"
-        + (", failed gates)." if failed else ", waiting for `flywheel promote`).")
-    )
-    if extra.get("corrupted_labels"):
-        lines.append(
-            f"Test hook: {extra['corrupted_labels']} training labels were deliberately flipped."
-        )
-    return lines

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.training.core import TrainingCore
+from services.training import trainer
+from services.training.core import RetryPolicy, TrainingCore
 from services.training.evaluation import Predictions, labels_like, metrics
 from services.training.metrics import TrainingMetrics
 from services.training.reproduce import reproduce
@@ -78,12 +79,16 @@ def validated(
     )
 
 
+SEARCH_ONLY = {"training": {"fast_first": False}}
+"""Contract override: the first run registers the searched model only."""
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:
-    """A store holding toy v1, trained and promoted (about a second and a half)."""
+    """A store holding toy v1, searched, trained and promoted (about a second and a half)."""
     store = ArtifactStore(f"file://{tmp_path / 'trained'}")
     version = add_dataset(store, "toy", [toy_table(2000)])
-    core, _, _ = make_core(store, toy_contract())
+    core, _, _ = make_core(store, toy_contract(**SEARCH_ONLY))
     core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
     outcome = asyncio.run(core.run("toy"))
     assert outcome.outcome == "promoted", outcome
@@ -95,7 +100,7 @@ async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
 ) -> None:
     store = ArtifactStore(f"file://{tmp_path}")
     version = add_dataset(store, "toy", [toy_table(2000)])
-    core, recorder, metrics = make_core(store, toy_contract())
+    core, recorder, metrics = make_core(store, toy_contract(**SEARCH_ONLY))
     acked: list[int] = []
     core.submit_validated(validated(version.id, 2000, 2000), lambda: acked.append(1))
     outcome = await core.run("toy")
@@ -119,6 +124,9 @@ async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
     assert extra["interpretable_baseline"]["coefficients"]
     assert extra["feature_importance"][0]["feature"] in {"x", "k", "c"}
     assert extra["holdout"]["method"] == "time-ordered"
+    assert extra["candidate"] == "search"
+    assert "fast_first_version" not in extra
+    assert registry.version_numbers("toy") == [1]  # fast_first off: the searched one only
     assert manifest.gates["beats_baseline"].passed
     assert any("Gates: all passed" in line for line in extra["card"])
     assert registry.verify("toy", 1) == manifest
@@ -148,6 +156,121 @@ async def test_first_model_is_registered_and_promoted_with_a_complete_manifest(
     assert metrics.get_sample_value(
         "flywheel_training_primary_metric", {"model": "toy", "version": "1"}
     ) == pytest.approx(manifest.metrics["roc_auc"])
+
+
+async def test_a_first_model_is_a_fast_candidate_then_the_search_winner(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    core, recorder, metrics = make_core(store, toy_contract())
+    acked: list[int] = []
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: acked.append(1))
+    outcome = await core.run("toy")
+    assert (outcome.outcome, outcome.version) == ("promoted", 2)
+    assert acked == [1]
+    registry = Registry(store)
+    assert registry.version_numbers("toy") == [1, 2]
+    fast, searched = registry.get("toy", 1), registry.get("toy", 2)
+    fast_extra, searched_extra = fast.model_extra or {}, searched.model_extra or {}
+    # Both on the same dataset version, for the same (first-model) trigger.
+    assert fast.dataset_version == searched.dataset_version == version.id
+    assert fast.reason == searched.reason
+    assert fast.reason.startswith("first model")
+    # v1: the fast candidate, no search, the normal gates on the same holdout.
+    assert fast_extra["candidate"] == "fast_first"
+    assert "no champion yet" in fast_extra["candidate_reason"]
+    assert (fast.estimator, fast_extra["runs_tried"]) == ("hist_gradient_boosting", 1)
+    assert set(fast_extra["phase_seconds"]) == {"fit", "evaluate", "export", "parity"}
+    assert set(fast.gates) == {"parity", "beats_baseline", "fairness_gap"}
+    assert all(g.passed for g in fast.gates.values())
+    assert fast.parity.passed
+    assert fast.metrics["roc_auc"] > 0.8
+    assert fast_extra["holdout"] == {
+        **searched_extra["holdout"],
+        "train_rows": fast_extra["holdout"]["train_rows"],
+        "train_first_event_time": fast_extra["holdout"]["train_first_event_time"],
+        "train_rows_dropped": fast_extra["holdout"]["train_rows_dropped"],
+    }  # the same time-ordered holdout
+    assert fast_extra["training_config"]["max_train_rows"] == 20_000
+    assert any("Fast first candidate" in line for line in fast_extra["card"])
+    assert registry.verify("toy", 1) == fast
+    # v2: the search winner, gated against v1 (the champion by then).
+    assert searched_extra["candidate"] == "search"
+    assert searched_extra["fast_first_version"] == 1
+    assert searched_extra["runs_tried"] >= 3
+    assert searched_extra["champion"]["version"] == 1
+    assert {"beats_champion", "group_regression"} <= set(searched.gates)
+    assert "beats_baseline" not in searched.gates
+    # Both in the alias history, both announced.
+    assert [(c.alias, c.version, c.actor) for c in registry.history("toy")] == [
+        ("champion", 1, "training"),
+        ("champion", 2, "training"),
+    ]
+    assert [e.version for e in recorder.on(topics.MODELS_REGISTERED)] == [1, 2]
+    assert [(d.action, d.version) for d in recorder.on(topics.MODELS_DEPLOYMENTS)] == [
+        ("promote", 1),
+        ("promote", 2),
+    ]
+    runs = sorted(registry.runs("toy"), key=lambda r: r["version"])
+    assert [(r["version"], r["candidate"]) for r in runs] == [(1, "fast_first"), (2, "search")]
+    assert runs[1]["fast_first_version"] == 1
+    [trigger] = registry.triggers("toy")
+    assert (trigger["version"], trigger["fast_first_version"]) == (2, 1)
+    for phase in ("fast_first:fit", "search", "fit"):
+        count = metrics.get_sample_value(
+            "flywheel_training_phase_seconds_count", {"model": "toy", "phase": phase}
+        )
+        assert count == 1, phase
+    assert (
+        metrics.get_sample_value(
+            "flywheel_training_runs_total", {"model": "toy", "outcome": "promoted"}
+        )
+        == 1
+    )  # one run for the trigger, two versions
+    # The replayed trigger trains neither again.
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
+    assert (await core.run("toy")).outcome == "skipped"
+    assert registry.version_numbers("toy") == [1, 2]
+
+
+async def test_with_a_champion_only_the_searched_model_is_trained(store: ArtifactStore) -> None:
+    core, recorder, _ = make_core(store, toy_contract())  # fast_first on
+    core.submit_request(RetrainRequest(model="toy", reason="again"), lambda: None)
+    await core.run("toy")
+    registry = Registry(store)
+    assert registry.version_numbers("toy") == [1, 2]
+    extra = registry.get("toy", 2).model_extra or {}
+    assert extra["candidate"] == "search"
+    assert "fast_first_version" not in extra
+    assert [e.version for e in recorder.on(topics.MODELS_REGISTERED)] == [2]
+
+
+async def test_a_search_cut_short_after_the_fast_candidate_resumes_with_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    core, _, _ = make_core(store, toy_contract(), retry=RetryPolicy(base_s=0.0))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("search broke")
+
+    monkeypatch.setattr(trainer, "search", broken)
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
+    failed = await core.run("toy")
+    assert failed.outcome == "failed"
+    assert "search broke" in failed.detail
+    registry = Registry(store)
+    assert registry.version_numbers("toy") == [1]
+    assert registry.aliases("toy")["champion"] == 1  # the fast candidate answers meanwhile
+    monkeypatch.undo()
+    retried = await core.run("toy")  # the retry: the first model is still due
+    assert (retried.outcome, retried.version) == ("promoted", 2)
+    assert registry.version_numbers("toy") == [1, 2]  # no second fast candidate
+    extra = registry.get("toy", 2).model_extra or {}
+    assert extra["candidate"] == "search"
+    assert extra["champion"]["version"] == 1
 
 
 async def test_a_replayed_event_never_trains_twice(store: ArtifactStore) -> None:
@@ -306,6 +429,9 @@ async def test_manual_strategy_waits_for_a_person(tmp_path: Path) -> None:
     assert (await core.run("toy")).outcome == "registered"
     assert recorder.on(topics.MODELS_DEPLOYMENTS) == []
     assert Registry(store).aliases("toy")["champion"] is None
+    # The fast candidate and the searched model: both registered, neither serving.
+    assert Registry(store).version_numbers("toy") == [1, 2]
+    assert [e.promoted for e in recorder.on(topics.MODELS_REGISTERED)] == [False, False]
     promote = DeploymentRequest(
         model="toy", action="promote", version=1, actor="user:ann", reason="ok"
     )

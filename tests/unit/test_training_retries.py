@@ -16,7 +16,7 @@ from shared.datasets import DatasetCatalog
 from shared.events import RetrainRequest
 from shared.registry import Registry
 from shared.store import ArtifactStore
-from tests.unit.test_training_core import Recorder, validated
+from tests.unit.test_training_core import SEARCH_ONLY, Recorder, validated
 from tests.unit.test_training_core import make_core as core_of
 from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
 
@@ -38,10 +38,10 @@ def make_core(
 
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:
-    """A store holding toy v1, trained and promoted."""
+    """A store holding toy v1, searched, trained and promoted."""
     store = ArtifactStore(f"file://{tmp_path / 'trained'}")
     version = add_dataset(store, "toy", [toy_table(2000)])
-    core, _, _ = make_core(store, toy_contract())
+    core, _, _ = make_core(store, toy_contract(**SEARCH_ONLY))
     core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
     assert asyncio.run(core.run("toy")).outcome == "promoted"
     return store
