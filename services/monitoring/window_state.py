@@ -67,7 +67,7 @@ def encode(core: MonitoringCore, partition: int, clocks: Clocks) -> dict[str, An
             agreement = vs.agreement.of(partition)
             if agreement:
                 entry["agreement"] = {
-                    "stamps": [s for s, _ in agreement],
+                    "stamps": _deltas([s for s, _ in agreement]),
                     "agrees": [a for _, a in agreement],
                 }
             if vs.drift is not None:
@@ -92,26 +92,45 @@ def encode(core: MonitoringCore, partition: int, clocks: Clocks) -> dict[str, An
     return {"windows": windows, "triggers": triggers}
 
 
+def _deltas(stamps: Sequence[int]) -> list[int]:
+    # Gaps between consecutive stamps: a few digits each instead of nineteen.
+    return [b - a for a, b in zip([0, *stamps], stamps, strict=False)]
+
+
+def _undeltas(deltas: Sequence[int]) -> list[int]:
+    out, at = [], 0
+    for d in deltas:
+        at += int(d)
+        out.append(at)
+    return out
+
+
+def _codes(values: Sequence[Any]) -> dict[str, Any]:
+    # A group column has a handful of distinct values: store each once.
+    names: dict[Any, int] = {}
+    codes = [names.setdefault(v, len(names)) for v in values]
+    return {"values": list(names), "codes": codes}
+
+
 def _rows(joined: int, rows: Sequence[tuple[int, Labelled]], groups: Sequence[str]) -> Any:
-    # Columns, not one object per row: a third of the bytes and of the encoding time.
+    # Columns, not one object per row: the field names once, not per row.
     return {
         "joined": joined,
-        "stamps": [s for s, _ in rows],
+        "stamps": _deltas([s for s, _ in rows]),
         "truth": [r.truth for _, r in rows],
         "predicted": [r.predicted for _, r in rows],
         "score": [r.score for _, r in rows],
-        "groups": {g: [r.groups.get(g) for _, r in rows] for g in groups},
+        "groups": {g: _codes([r.groups.get(g) for _, r in rows]) for g in groups},
     }
 
 
 def _labelled(body: dict[str, Any]) -> list[tuple[int, Labelled]]:
-    groups: dict[str, list[Any]] = body["groups"]
+    groups = {g: [col["values"][c] for c in col["codes"]] for g, col in body["groups"].items()}
     out = []
-    for i, (stamp, truth, predicted, score) in enumerate(
-        zip(body["stamps"], body["truth"], body["predicted"], body["score"], strict=True)
-    ):
+    columns = (_undeltas(body["stamps"]), body["truth"], body["predicted"], body["score"])
+    for i, (stamp, truth, predicted, score) in enumerate(zip(*columns, strict=True)):
         values = {g: str(col[i]) for g, col in groups.items() if col[i] is not None}
-        out.append((int(stamp), Labelled(truth, predicted, score, values)))
+        out.append((stamp, Labelled(truth, predicted, score, values)))
     return out
 
 
@@ -144,7 +163,7 @@ def restore(core: MonitoringCore, parts: Iterable[Part], clocks: Clocks) -> None
                 vs.quality.restore(part.partition, int(body["joined"]), _labelled(body))
             if "agreement" in entry:
                 body = entry["agreement"]
-                pairs = list(zip(body["stamps"], body["agrees"], strict=True))
+                pairs = list(zip(_undeltas(body["stamps"]), body["agrees"], strict=True))
                 vs.agreement.restore(part.partition, [(int(s), bool(a)) for s, a in pairs])
             if "drift" in entry:
                 share = DriftShare(**entry["drift"])
