@@ -172,13 +172,16 @@ partitioner puts a label on the same partition number as its prediction. Both to
 have the same partition count, and monitoring's stream consumer uses the range assignor,
 so partition `k` of both goes to one replica: a prediction and its label always meet.
 
-**Durable join state.** At every checkpoint monitoring flushes the prediction log,
-writes partition `k`'s waiting predictions and held labels as an immutable object named
-by the two topics' next offsets (`monitoring/state/<group>/<k>/<offsets>.json` in the
-artifact store) and then commits those offsets. The committed offsets point at the
-snapshot: a replica that is assigned `k` after a restart (SIGKILL included) or a
-rebalance restores exactly the state those offsets describe. Windowed live metrics and
-drift windows are per replica and rebuilt from traffic; counters add up across replicas.
+**Durable join and window state.** At every checkpoint monitoring flushes the
+prediction log, writes partition `k`'s state - the join's waiting predictions and held
+labels, `k`'s share of the quality, shadow-agreement and open drift windows, and the
+models' trigger state - as an immutable object named by the two topics' next offsets
+(`monitoring/state/<group>/<k>/<offsets>.json` in the artifact store) and then commits
+those offsets. The committed offsets point at the snapshot: a replica that is assigned
+`k` after a restart (SIGKILL included) or a rebalance restores exactly the state those
+offsets describe and replays what follows, so live metrics after a restart equal those
+of a run without it. Windows are per replica (the union of its partitions' shares);
+counters add up across replicas. Details and costs: docs/operations.md.
 
 **The prediction log once per prediction.** Offsets are committed after the log flush,
 so a crash replays unwritten rows rather than losing them; a crash between a flush and
