@@ -200,9 +200,11 @@ def plot_loop(loop: dict[str, Any], path: Path) -> bool:
         lefts = [sum(list(p["stages_s"].values())[:i]) for p in profiles.values()]
         widths = [p["stages_s"].get(stage, 0.0) for p in profiles.values()]
         ax.barh(list(profiles), widths, left=lefts, label=stage)
-    ax.axvline(loop.get("goal_s", 15.0), color="red", linestyle="--", label="goal")
+    ax.axvline(loop.get("goal_s", 5.0), color="red", linestyle="--", label="goal: first answer")
+    if loop.get("searched_goal_s"):
+        ax.axvline(loop["searched_goal_s"], color="darkred", linestyle=":", label="goal: searched")
     ax.set_xlabel("seconds from the last data event")
-    ax.set_title("Loop latency: last event -> model 1 answering on gRPC")
+    ax.set_title("Loop latency: last event -> first answer -> searched champion answering")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -367,11 +369,11 @@ def _training(entry: dict[str, Any], made: set[str]) -> list[str]:
     return out
 
 
-def _loop_spread(profile: dict[str, Any]) -> str:
-    runs = profile.get("loop_s_runs") or [profile.get("loop_s")]
-    if len(runs) < 2:
-        return _fmt(profile.get("loop_s"))
-    return f"{_fmt(profile.get('loop_s'))} ({_fmt(min(runs))}-{_fmt(max(runs))})"
+def _loop_spread(profile: dict[str, Any], key: str = "loop_s") -> str:
+    runs = profile.get(f"{key}_runs") or [profile.get(key)]
+    if len(runs) < 2 or None in runs:
+        return _fmt(profile.get(key))
+    return f"{_fmt(profile.get(key))} ({_fmt(min(runs))}-{_fmt(max(runs))})"
 
 
 def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
@@ -383,9 +385,11 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
     out += [
         "Broker and all five services as real processes, fresh store; the census reference "
         "data published as data events (one ingestion batch, cut by its last event); timed from "
-        "the last event acknowledged to the first gRPC response from model version 1. Stages "
-        "from the `created` timestamps of the events on the topics. Loop: median (min-max) "
-        "over the repeats; stages and phases: medians.",
+        "the last event acknowledged to the first gRPC response (the fast first candidate) and "
+        "to the first response from the searched champion (the search's winner, promoted "
+        "through the normal gates). Stages from the `created` timestamps of the events on the "
+        "topics, each from the end of the one before. Loop: median (min-max) over the repeats; "
+        "stages and phases: medians.",
         "",
     ]
     profiles = r.get("profiles", {})
@@ -394,20 +398,32 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
         stages += [s for s in p.get("stages_s", {}) if s not in stages]
     rows = []
     for name, p in profiles.items():
+        first = p.get("first_model") or p.get("model_1", {})
+        searched = p.get("searched_model", {})
         rows.append(
             [
                 name,
                 _loop_spread(p),
+                _loop_spread(p, "searched_loop_s"),
                 *[p.get("stages_s", {}).get(s) for s in stages],
-                p.get("model_1", {}).get("rows"),
-                _fmt(p.get("model_1", {}).get("metrics", {}).get("roc_auc"), 3),
+                p.get("rows", first.get("rows")),
+                _fmt(first.get("metrics", {}).get("roc_auc"), 3),
+                _fmt(searched.get("metrics", {}).get("roc_auc"), 3),
             ]
         )
-    out += _table(["profile", "loop s", *stages, "model 1 rows", "model 1 roc_auc"], rows)
-    out += [f"Goal: under {_fmt(r.get('goal_s'))} s.", ""]
+    headers = ["profile", "first answer s", "searched s", *stages, "rows"]
+    out += _table([*headers, "first roc_auc", "searched roc_auc"], rows)
+    out += [
+        f"Goals: first answer under {_fmt(r.get('goal_s'))} s, searched champion under "
+        f"{_fmt(r.get('searched_goal_s', 15.0))} s.",
+        "",
+    ]
     phases = {name: p.get("training_phases_s") for name, p in profiles.items()}
     seen = {ph for v in phases.values() if v for ph in v}
-    order = ["search", "fit", "evaluate", "export", "parity"]
+    order = [
+        *(f"fast_first:{ph}" for ph in ("fit", "evaluate", "export", "parity")),
+        *("search", "fit", "evaluate", "export", "parity"),
+    ]
     names = [ph for ph in order if ph in seen] + sorted(seen - set(order))
     if names:
         out += ["Training phases inside the loop (its `flywheel_training_phase_seconds`):", ""]
@@ -650,9 +666,28 @@ def _goals(modules: dict[str, Any]) -> list[str]:
             rows.append([f"serving req/s vs {label} ({load})", ">= 1.5x", value, met])
     value = res("ingestion").get("ratio_ingestion_to_raw")
     rows.append(["ingestion rate vs raw consumer", ">= 0.5x", value, _ok(value, 0.5, True)])
-    for name, p in res("loop").get("profiles", {}).items():
+    loop = res("loop")
+    first_goal = float(loop.get("goal_s", 5.0))
+    searched_goal = float(loop.get("searched_goal_s", 15.0))
+    for name, p in loop.get("profiles", {}).items():
         value = p.get("loop_s")
-        rows.append([f"loop latency, {name} (s)", "< 15 s", value, _ok(value, 15.0, False)])
+        rows.append(
+            [
+                f"loop latency, first answer, {name} (s)",
+                f"< {first_goal:g} s",
+                value,
+                _ok(value, first_goal, False),
+            ]
+        )
+        value = p.get("searched_loop_s")
+        rows.append(
+            [
+                f"loop latency, searched champion, {name} (s)",
+                f"< {searched_goal:g} s",
+                value,
+                _ok(value, searched_goal, False),
+            ]
+        )
     window = res("drift").get("windows", {}).get("100000", {})
     value = window.get("speedup_with_profile")
     rows.append(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import skl2onnx  # noqa: F401  # loaded with the service: the first export paid 0.2 s for it
 from onnx import helper, numpy_helper
 from sklearn.pipeline import Pipeline
 
