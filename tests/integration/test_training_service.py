@@ -111,24 +111,31 @@ def test_census_reference_trains_registers_promotes_and_reproduces(
     start_service("training", **FAST)
     dataset_version = announce(kafka_settings, store, "census_employment", pq.read_table(path))
 
+    def two(events: list[dict[str, Any]]) -> bool:
+        return len(events) == 2
+
     seen = asyncio.run(
-        collect(
-            kafka_settings,
-            {topics.MODELS_REGISTERED: bool, topics.MODELS_DEPLOYMENTS: bool},
-        )
+        collect(kafka_settings, {topics.MODELS_REGISTERED: two, topics.MODELS_DEPLOYMENTS: two})
     )
-    [registered] = seen[topics.MODELS_REGISTERED]
-    assert registered["version"] == 1
-    assert registered["promoted"] is True
-    assert registered["dataset_version"] == dataset_version
-    assert all(registered["gates"].values())
-    [deployment] = seen[topics.MODELS_DEPLOYMENTS]
-    assert (deployment["action"], deployment["version"]) == ("promote", 1)
+    # The fast first candidate answers first; the searched model follows, gated against it.
+    fast, registered = seen[topics.MODELS_REGISTERED]
+    assert (fast["version"], registered["version"]) == (1, 2)
+    for event in (fast, registered):
+        assert event["promoted"] is True
+        assert event["dataset_version"] == dataset_version
+        assert all(event["gates"].values())
+    assert "beats_champion" in registered["gates"]
+    deployments = seen[topics.MODELS_DEPLOYMENTS]
+    assert [(d["action"], d["version"]) for d in deployments] == [("promote", 1), ("promote", 2)]
 
     registry = Registry(store)
-    manifest = registry.verify("census_employment", 1)
+    first = registry.verify("census_employment", 1)
+    assert (first.model_extra or {})["candidate"] == "fast_first"
+    assert first.parity.passed
+    manifest = registry.verify("census_employment", 2)
     extra = manifest.model_extra or {}
-    assert registry.aliases("census_employment") == {"champion": 1, "challenger": None}
+    assert (extra["candidate"], extra["fast_first_version"]) == ("search", 1)
+    assert registry.aliases("census_employment") == {"champion": 2, "challenger": None}
     assert manifest.reason.startswith("first model")
     assert manifest.parity.passed
     assert manifest.parity.rows == 13757
@@ -143,17 +150,22 @@ def test_census_reference_trains_registers_promotes_and_reproduces(
 
     listed = cli(service_env, "models", "census_employment", "--json")
     assert listed.exit_code == 0, listed.output
-    [row] = json.loads(listed.output)
-    assert row["aliases"] == ["champion"]
-    assert row["primary_metric"] == "roc_auc"
-    runs = cli(service_env, "runs", "census_employment", "--json")
-    assert len(json.loads(runs.output)[0]["candidates"]) == extra["runs_tried"]
-    card = cli(service_env, "model", "census_employment", "1", "--json")
+    rows = json.loads(listed.output)
+    assert [r["version"] for r in rows] == [1, 2]
+    assert rows[1]["aliases"] == ["champion"]
+    assert rows[1]["primary_metric"] == "roc_auc"
+    runs = json.loads(cli(service_env, "runs", "census_employment", "--json").output)
+    searched = next(r for r in runs if r["version"] == 2)
+    assert len(searched["candidates"]) == extra["runs_tried"]
+    card = cli(service_env, "model", "census_employment", "2", "--json")
     assert json.loads(card.output)["onnx_sha256"] == manifest.onnx_sha256
 
-    reproduced = cli(service_env, "reproduce", "census_employment", "1", "--threads", "1", "--json")
-    assert reproduced.exit_code == 0, reproduced.output
-    assert json.loads(reproduced.output)["passed"] is True
+    for version in ("1", "2"):  # the fast candidate too: its row cap is in its record
+        reproduced = cli(
+            service_env, "reproduce", "census_employment", version, "--threads", "1", "--json"
+        )
+        assert reproduced.exit_code == 0, reproduced.output
+        assert json.loads(reproduced.output)["passed"] is True
 
 
 def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
@@ -165,31 +177,34 @@ def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
     store = ArtifactStore(service_env["FLYWHEEL_STORE"])
     first = start_service("training", **FAST)
     announce(kafka_settings, store, "census_employment", pq.read_table(path))
-    first_seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
-    assert first_seen[topics.MODELS_REGISTERED][0]["promoted"] is True
+    # The first run: the fast first candidate v1, then the searched v2 (the champion).
+    first_seen = asyncio.run(
+        collect(kafka_settings, {topics.MODELS_REGISTERED: lambda s: len(s) == 2})
+    )
+    assert [e["promoted"] for e in first_seen[topics.MODELS_REGISTERED]] == [True, True]
     assert first.terminate() == 0
 
     # The test hook flips most training labels: a deliberately worse challenger.
     start_service("training", FLYWHEEL_TRAINING_CORRUPT_LABEL_SHARE="0.7", **FAST)
     request = RetrainRequest(model="census_employment", reason="corrupted slice test")
     asyncio.run(publish(kafka_settings, topics.RETRAIN_REQUESTS, "census_employment", request))
-    seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: lambda s: len(s) == 2}))
-    worse = seen[topics.MODELS_REGISTERED][1]
-    assert worse["version"] == 2
+    seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: lambda s: len(s) == 3}))
+    worse = seen[topics.MODELS_REGISTERED][2]
+    assert worse["version"] == 3
     assert worse["promoted"] is False
     assert worse["gates"]["beats_champion"] is False
     assert "corrupted slice test" in worse["reason"]
     registry = Registry(store)
-    manifest = registry.get("census_employment", 2)
+    manifest = registry.get("census_employment", 3)
     assert "vs champion" in manifest.gates["beats_champion"].detail
-    assert registry.aliases("census_employment")["champion"] == 1
+    assert registry.aliases("census_employment")["champion"] == 2
 
     # A failed gate is not promotable without naming it in an override.
-    blocked = cli(service_env, "promote", "census_employment", "2", "--reason", "try it")
+    blocked = cli(service_env, "promote", "census_employment", "3", "--reason", "try it")
     assert blocked.exit_code == 1
     assert "--override beats_champion" in blocked.output
     never = cli(
-        service_env, "approve", "census_employment", "2", "--override", "parity", "--reason", "x"
+        service_env, "approve", "census_employment", "3", "--override", "parity", "--reason", "x"
     )
     assert never.exit_code == 1
     assert "never" in never.output
@@ -199,40 +214,41 @@ def test_a_worse_model_is_refused_and_rollbacks_reach_the_alias_history(
     overrides = [arg for gate in failed for arg in ("--override", gate)]
     approved = cli(
         service_env,
-        *("approve", "census_employment", "2", *overrides),
+        *("approve", "census_employment", "3", *overrides),
         *("--reason", "accepted for the slice test", "--by", "cy", "--wait", "30"),
     )
     assert approved.exit_code == 0, approved.output
     promoted = cli(
         service_env,
-        *("promote", "census_employment", "2", "--reason", "try it", "--by", "ann"),
+        *("promote", "census_employment", "3", "--reason", "try it", "--by", "ann"),
         *("--wait", "30"),
     )
     assert promoted.exit_code == 0, promoted.output
-    assert registry.aliases("census_employment")["champion"] == 2
+    assert registry.aliases("census_employment")["champion"] == 3
     rolled = cli(
         service_env,
         *("rollback", "census_employment", "--reason", "worse", "--actor", "ann", "--wait", "30"),
     )
     assert rolled.exit_code == 0, rolled.output
-    assert registry.aliases("census_employment")["champion"] == 1
+    assert registry.aliases("census_employment")["champion"] == 2
     history = registry.history("census_employment")
     assert [(c.alias, c.version, c.actor, c.reason) for c in history[-3:]] == [
-        ("approval", 2, "user:cy", "accepted for the slice test"),
-        ("champion", 2, "user:ann", "try it"),
-        ("champion", 1, "user:ann", "worse"),
+        ("approval", 3, "user:cy", "accepted for the slice test"),
+        ("champion", 3, "user:ann", "try it"),
+        ("champion", 2, "user:ann", "worse"),
     ]
     assert history[-3].detail["overrides"] == failed
     listed = json.loads(cli(service_env, "models", "census_employment", "--json").output)
     assert [(r["version"], r["serving"], r["approved_by"]) for r in listed] == [
-        (1, "champion", []),
-        (2, "-", ["user:cy"]),
+        (1, "-", []),
+        (2, "champion", []),
+        (3, "-", ["user:cy"]),
     ]
-    assert listed[1]["overridden_gates"] == failed
+    assert listed[2]["overridden_gates"] == failed
     # A request signed with another key is refused by training and recorded nowhere.
     forged = cli(
         {**service_env, "FLYWHEEL_DEPLOY_KEY": "not-the-stack-key-0123456789"},
-        *("promote", "census_employment", "2", "--reason", "forged", "--wait", "3"),
+        *("promote", "census_employment", "3", "--reason", "forged", "--wait", "3"),
     )
     assert forged.exit_code == 1
     assert registry.history("census_employment") == history
@@ -260,11 +276,12 @@ def test_an_export_that_disagrees_with_sklearn_fails_the_parity_gate(
     # ONNX's float32 Scaler shifts these standardised inputs: a lossy export.
     table = lossy_table()
     announce(kafka_settings, store, "lossy", table)
-    seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: bool}))
-    [registered] = seen[topics.MODELS_REGISTERED]
-    assert registered["gates"]["parity"] is False
-    assert registered["promoted"] is False
-    manifest = Registry(store).get("lossy", 1)
+    # The fast first candidate (boosting: float32 thresholds) and the searched model.
+    seen = asyncio.run(collect(kafka_settings, {topics.MODELS_REGISTERED: lambda s: len(s) == 2}))
+    for registered in seen[topics.MODELS_REGISTERED]:
+        assert registered["gates"]["parity"] is False
+        assert registered["promoted"] is False
+    manifest = Registry(store).get("lossy", 2)
     assert manifest.parity.label_agreement < 1.0 or manifest.parity.max_abs_diff > 1e-5
     port = proc.ready_info["metrics_port"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
