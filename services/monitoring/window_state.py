@@ -19,7 +19,9 @@ restart and never counting a row twice after a rebalance:
   (``opened``): a window closes while one partition's record is handled, that partition is
   checkpointed with the new ``opened``, so an older share is one of a window already
   scored. (After a rebalance a share of another replica's window may lose to this one's,
-  and is then left out: at most one partial window of that partition is not counted);
+  and is then left out: at most one partial window of that partition is not counted;
+  so may a share in a snapshot kept from before a crash, when the replay reached the same
+  offsets and the object on record was not rewritten);
 - triggers come from the newest snapshot; a replica that evaluated already keeps its own
   streaks, and a cool-down is the later of the two (a restart never shortens one). When
   the champion or challenger changed since (the registry's aliases, read at start, are

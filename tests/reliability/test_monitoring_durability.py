@@ -156,58 +156,81 @@ def _labels(proc: Any, outcome: str) -> float:
     return metric(proc, "flywheel_monitoring_labels_total", model=CONTRACT.name, outcome=outcome)
 
 
-async def test_sigkill_between_predictions_and_feedback_joins_every_label(
+async def test_sigkill_in_the_middle_of_feedback_joins_every_label_with_the_same_metrics(
     start_service: StartService, kafka_settings: KafkaSettings, store_uri: str
 ) -> None:
     store = ArtifactStore(store_uri)
     batches, feedback = _requests(store, 5000)
+    half = len(feedback) // 2
     monitoring = start_service("monitoring", **ENV)
     await _publish(
         kafka_settings,
         topics.PREDICTIONS,
         [(b.id, b.model_dump_json().encode()) for b in batches],
     )
-    # Every prediction checkpointed (log flushed, join snapshot written, offsets committed).
+    # Every prediction checkpointed (log flushed, snapshot written, offsets committed).
     await asyncio.to_thread(
         wait_for,
         lambda: _committed_sync(kafka_settings, topics.PREDICTIONS, len(batches)),
         120,
         "the predictions committed",
     )
-    pending_at_kill = metric(monitoring, "flywheel_monitoring_pending_predictions")
-    monitoring.kill()
-    # Users send every label while monitoring is down, keyed as they like (here: none).
+    pending_before_feedback = metric(monitoring, "flywheel_monitoring_pending_predictions")
+    # Users send half the labels, keyed as they like (here: by no rule at all).
     await _publish(
         kafka_settings,
         topics.FEEDBACK,
-        [(f"user-{i % 7}", f.model_dump_json().encode()) for i, f in enumerate(feedback)],
+        [(f"user-{i % 7}", f.model_dump_json().encode()) for i, f in enumerate(feedback[:half])],
+    )
+    # Killed once some labels are joined and checkpointed (they are in the quality window's
+    # snapshots), while the rest of the half may still be in flight (replayed after).
+    await asyncio.to_thread(
+        wait_for,
+        lambda: _committed_sync(kafka_settings, topics.FEEDBACK_ROUTED, half // 2),
+        120,
+        "a quarter of the labels committed",
+    )
+    joined_before_kill = _labels(monitoring, "joined")
+    monitoring.kill()
+    # The other half is sent while monitoring is down.
+    await _publish(
+        kafka_settings,
+        topics.FEEDBACK,
+        [
+            (f"user-{i % 7}", f.model_dump_json().encode())
+            for i, f in enumerate(feedback[half:], start=half)
+        ],
     )
     restarted = start_service("monitoring", **ENV)
-    await asyncio.to_thread(
-        wait_for, lambda: _labels(restarted, "joined") >= len(feedback), 120, "every label"
-    )
     # labelled_rows is set after the other live metrics of an evaluation: once a scrape
-    # shows every label, the figures beside it are those of the last evaluation.
+    # shows every label in the window, the figures beside it are those of the last
+    # evaluation, over the restored rows and the ones joined since.
     live = await asyncio.to_thread(
         wait_for,
         lambda: (m := _live(restarted))["labelled_rows"] == len(feedback) and m,
-        60,
-        "the last evaluation",
+        180,
+        "every label in the live window",
     )
     expected = _baseline(store, batches, feedback)
     logged = read_log(store, "predictions", CONTRACT.name)
+    joined_after_restart = _labels(restarted, "joined")
     report(
         "monitoring_sigkill_join",
         predictions=len(feedback),
-        pending_at_kill=pending_at_kill,
-        joined_after_restart=_labels(restarted, "joined"),
+        pending_before_feedback=pending_before_feedback,
+        joined_before_kill=joined_before_kill,
+        joined_after_restart=joined_after_restart,
+        duplicates=metric(restarted, "flywheel_monitoring_labels_total", outcome="duplicate"),
         late=metric(restarted, "flywheel_monitoring_labels_total", outcome="late"),
         live=live,
         without_kill=expected,
         logged_rows=logged.num_rows,
     )
-    assert pending_at_kill == len(feedback)
-    assert _labels(restarted, "joined") == len(feedback)
+    assert pending_before_feedback == len(feedback)
+    assert 0 < joined_before_kill < len(feedback)  # killed in the middle of the feedback
+    # The restored window holds what was joined by the last checkpoint; only the rest
+    # (and what was joined after it but before the kill, replayed) is joined again.
+    assert joined_after_restart < len(feedback)
     assert metric(restarted, "flywheel_monitoring_labels_total", outcome="late") == 0
     assert live == pytest.approx(expected)
     assert sorted(logged["prediction_id"].to_pylist()) == sorted(f.prediction_id for f in feedback)
