@@ -76,28 +76,30 @@ def test_ten_cool_downs_of_drift_on_unchanged_data_give_one_retrain_on_new_data(
     port = proc.ready_info["metrics_port"]
     first = toy_table(1500)
     announce(kafka_settings, store, [first])
-    wait_until("v1", lambda: registry.version_numbers("toy") == [1])
+    # The first run: the fast first candidate v1, then the searched v2.
+    wait_until("v1 and v2", lambda: registry.version_numbers("toy") == [1, 2])
 
     for n in range(10):  # what monitoring sends after each cool-down of persistent drift
         request = RetrainRequest(
             model="toy",
             reason=f"drift on x (window {n})",
             requested_by="monitoring",
-            evidence={"trigger": "drift", "model_version": 1},
+            evidence={"trigger": "drift", "model_version": 2},
         )
         asyncio.run(publish(kafka_settings, topics.RETRAIN_REQUESTS, "toy", request))
     # Each request is either a decision of its own or coalesced into the one waiting.
     wait_until("ten decisions", lambda: decided(port) == 10)
-    assert registry.version_numbers("toy") == [1]
+    assert registry.version_numbers("toy") == [1, 2]
 
     announce(kafka_settings, store, [first, toy_table(60, 3, 1500)])  # a little new data
-    wait_until("v2", lambda: registry.version_numbers("toy") == [1, 2])
-    assert "drift on x" in registry.get("toy", 2).reason
+    wait_until("v3", lambda: registry.version_numbers("toy") == [1, 2, 3])
+    assert "drift on x" in registry.get("toy", 3).reason
+    assert (registry.get("toy", 3).model_extra or {})["candidate"] == "search"
     for n in range(10, 13):
         request = RetrainRequest(model="toy", reason=f"drift ({n})", evidence={"trigger": "drift"})
         asyncio.run(publish(kafka_settings, topics.RETRAIN_REQUESTS, "toy", request))
     wait_until("three more decisions", lambda: decided(port) == 13)
-    assert registry.version_numbers("toy") == [1, 2]
+    assert registry.version_numbers("toy") == [1, 2, 3]
 
 
 def decided(port: object) -> float:
