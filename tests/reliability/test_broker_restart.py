@@ -39,7 +39,8 @@ from tests.reliability.helpers import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+# Real services killed and restarted for a minute: in `make test-reliability`, not `make test`.
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
 # every service checks its topics this often while idle (defaults are 10-30 s)
 TOPIC_CHECK = {

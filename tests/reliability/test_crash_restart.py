@@ -42,7 +42,8 @@ from tests.reliability.helpers import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+# Real services killed and restarted for a minute: in `make test-reliability`, not `make test`.
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
 FAST_TRAINING = {
     "FLYWHEEL_TRAINING_SEARCH_BUDGET_S": "2",

@@ -27,7 +27,8 @@ from tests.conftest import DATA, StartService, need_data
 from tests.deploying import decide
 from tests.reliability.helpers import CENSUS, Answer, Load, metric, report, wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+# Promotions and rollbacks under load for a minute: in `make test-reliability`, not `make test`.
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
 # (action, version): champion v1 at start; each step one swap
 STEPS: list[tuple[DeploymentAction, int]] = [

@@ -41,7 +41,13 @@ from tests.reliability.helpers import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(600)]
+# Minutes of sustained load: in `make test-reliability`, not `make test`.
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+]
 
 MIB = 1024
 
