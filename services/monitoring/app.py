@@ -5,6 +5,7 @@ from __future__ import annotations
 from shared import topics
 from shared.contract import load_contracts
 from shared.datasets import DatasetCatalog
+from shared.deployment_check import DeploymentCheck
 from shared.kafka import EventPublisher, ensure_topics
 from shared.registry import Registry
 from shared.service import Component, Runtime
@@ -42,9 +43,12 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
     contracts = load_contracts(settings.contracts)
     store = ArtifactStore(settings.store)
     metrics = MonitoringMetrics(runtime.registry)
+    registry = Registry(store)
+    # Read before the core: it verifies deployment events with the key, as serving does.
+    key = load_key(settings)
     core = MonitoringCore(
         contracts,
-        Registry(store),
+        registry,
         DatasetCatalog(store),
         metrics,
         LabelJoin(settings.join_max_pending, settings.join_max_age_s),
@@ -56,6 +60,7 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
             window_rows=settings.window_rows,
             cooldown_s=settings.cooldown_s,
         ),
+        check=DeploymentCheck(contracts, registry, key),
     )
     control = ControlConsumer(
         settings.kafka, core, metrics, runtime.log, runtime.spawn, settings.poll_timeout_ms
@@ -64,9 +69,11 @@ async def build(settings: MonitoringSettings, runtime: Runtime) -> list[Componen
     await control.position()
     core.load_aliases()
     runtime.info["models"] = sorted(contracts)
-    key = load_key(settings)
     if key is None:
-        runtime.log.warning("deploy_key.missing", effect="rollback requests are refused")
+        runtime.log.warning(
+            "deploy_key.missing",
+            effect="rollback requests and deployment events are refused",
+        )
     publisher = EventPublisher(
         settings.kafka, "monitoring-producer", runtime.log, sign=Signer(key) if key else None
     )

@@ -24,6 +24,7 @@ from typing import Any
 from shared import topics
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
+from shared.deployment_check import DeploymentCheck, Refused
 from shared.events import (
     BatchQuarantined,
     DatasetValidated,
@@ -163,6 +164,9 @@ class MonitoringCore:
         logger: structured logger.
         limits: service-level knobs.
         clock: monotonic seconds (cool-downs).
+        check: verifies deployment events against the registry as serving does (None:
+            followed unverified, for unit tests); a refused one is counted and ignored, so
+            monitoring judges the versions serving serves, not what a forged event claims.
     """
 
     def __init__(
@@ -176,8 +180,10 @@ class MonitoringCore:
         logger: Any,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        check: DeploymentCheck | None = None,
     ):
         self.contracts = dict(contracts)
+        self.check = check
         self.registry = registry
         self.catalog = catalog
         self.metrics = metrics
@@ -680,6 +686,20 @@ class MonitoringCore:
             return
         if not self._holds(topics.MODELS_DEPLOYMENTS, d.model, d.version):
             return
+        if self.check is not None:
+            try:
+                self.check.check(d)
+            except Refused as err:
+                self.metrics.rejected.labels(topics.MODELS_DEPLOYMENTS, err.reason).inc()
+                self.logger.warning(
+                    "deployment.refused",
+                    model=d.model,
+                    version=d.version,
+                    action=d.action,
+                    reason=err.reason,
+                    error=str(err),
+                )
+                return
         if d.action == "promote":
             if d.version != state.champion:
                 old = state.versions.get(state.champion) if state.champion is not None else None

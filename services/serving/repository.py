@@ -17,11 +17,11 @@ import asyncio
 from typing import Any
 
 from shared.contract import Contract
+from shared.deployment_check import DeploymentCheck, Refused
 from shared.events import Deployment
 from shared.registry import AliasState, Registry, TamperedArtifactError
 
 from .batching import AdaptiveBatcher
-from .deployments import DeploymentCheck, Refused
 from .errors import ServingError, not_found
 from .inputs import InputSpec
 from .metrics import ServingMetrics

@@ -28,6 +28,7 @@ from shared import topics
 from shared.cli.lineage import find_feedback, find_prediction, lineage
 from shared.contract import Contract, load_contract, parse_contract
 from shared.datasets import DatasetCatalog
+from shared.deployment_check import DeploymentCheck
 from shared.drift import build_profile
 from shared.events import (
     Deployment,
@@ -42,7 +43,8 @@ from shared.features import to_frame
 from shared.registry import ModelManifest, Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
-from tests.conftest import CONTRACTS, need_data
+from tests.conftest import CONTRACTS, DEPLOY_KEY, need_data
+from tests.deploying import decide
 
 DRIFTED = {"car_value", "loan_length", "salary_range", "repaid_loan_on_prev_car"}
 
@@ -351,6 +353,29 @@ def test_canary_is_rolled_back_when_worse_and_promoted_when_not(
     )
     assert core.models["car_loan"].challenger is None
     assert core.models["car_loan"].champion == version
+
+
+def test_monitoring_follows_only_deployments_the_registry_recorded(
+    tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    reference, _ = car_loan
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    seed_version(store, contract, reference.iloc[:3000], 1)
+    seed_version(store, contract, reference.iloc[3000:6000], 2, champion=False)
+    registry = Registry(store)
+    core, reg = _core(store, contract, Clock())
+    core.check = DeploymentCheck({contract.name: contract}, registry, DEPLOY_KEY)
+    forged = Deployment(
+        model=contract.name, action="promote", version=2, champion_version=2, reason="forged"
+    )
+    core.on_deployment(forged)  # unsigned: no registry decision stands behind it
+    assert core.models[contract.name].champion == 1
+    refused = {"topic": topics.MODELS_DEPLOYMENTS, "reason": "signature"}
+    assert reg.get_sample_value("flywheel_monitoring_rejected_total", refused) == 1
+    genuine = decide(registry, contract, "canary", 2, canary_percent=20)
+    core.on_deployment(genuine)
+    assert core.models[contract.name].challenger == 2
+    assert core.models[contract.name].challenger_mode == "canary"
 
 
 def test_feedback_joins_counts_late_labels_and_the_log_reads_back(

@@ -1,4 +1,7 @@
-"""What serving may serve: deployment events checked against the registry.
+"""What may serve: deployment events checked against the registry.
+
+Serving runs this check before it loads anything; monitoring runs the same check before
+it follows a deployment, so both act on the registry's decisions only.
 
 The registry is the single source of truth. A ``models.deployments`` event is only a
 signed announcement that training recorded a decision; before anything is loaded,
