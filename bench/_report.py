@@ -304,14 +304,58 @@ def _serving(entry: dict[str, Any], made: set[str]) -> list[str]:
         )
         if "bench_throughput_concurrency.png" in made:
             out += ["![throughput vs concurrency](img/bench_throughput_concurrency.png)", ""]
+    out += _protocols(r)
     events = r.get("flywheel_events")
     if events:
         out += [
-            "Prediction events during the Flywheel runs (every served row is one): "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in events.items()),
+            "Prediction rows published and dropped during the Flywheel runs (one event per "
+            "request carries its rows): " + ", ".join(f"{k} {_fmt(v)}" for k, v in events.items()),
             "",
         ]
     return out
+
+
+def _protocols(r: dict[str, Any]) -> list[str]:
+    """REST beside gRPC on the same Flywheel process, and MLServer's REST, same loads."""
+    protocols = r.get("flywheel_protocols", {})
+    if not protocols:
+        return []
+    out = [
+        "### REST beside gRPC",
+        "",
+        "One Flywheel process, its gRPC port and its REST port (`tritonclient.http`: binary "
+        "tensor extension, and plain JSON tensors), interleaved slice by slice; MLServer's "
+        "REST row (as shipped, JSON) is from the peer runs above.",
+        "",
+    ]
+    rows: list[list[Any]] = []
+    ml_rest = r.get("mlserver_rest", {})
+    for load, by in protocols.items():
+        grpc = by.get("grpc", {}).get("req_per_s")
+        for protocol, f in by.items():
+            rows.append(
+                [
+                    load,
+                    protocol,
+                    f["p50_ms"],
+                    f["p99_ms"],
+                    f["req_per_s"],
+                    _ratio(f["req_per_s"], grpc),
+                ]
+            )
+        ml = ml_rest.get(load)
+        if isinstance(ml, dict):
+            rows.append(
+                [
+                    load,
+                    "mlserver_rest",
+                    ml["p50_ms"],
+                    ml["p99_ms"],
+                    ml["req_per_s"],
+                    _ratio(ml["req_per_s"], grpc),
+                ]
+            )
+    return out + _table(["load", "protocol", "p50 ms", "p99 ms", "req/s", "vs Flywheel gRPC"], rows)
 
 
 def _ingestion(entry: dict[str, Any], made: set[str]) -> list[str]:
