@@ -1,7 +1,8 @@
 """The demo: the whole flywheel on real data, driven from outside like a user would.
 
-1. publish the census 2015 reference data → dataset version → model v1 trained,
-   registered, promoted and answering on gRPC;
+1. publish the census 2015 reference data → dataset version → a fast first candidate
+   (v1) registered, promoted and answering on gRPC within seconds, then the searched
+   model (v2) promoted over it through the same gates;
 2. serve 2016-2018 census rows over gRPC while publishing their true labels as feedback;
 3. show live quality per group and drift; then the car-loan data: a first model on its
    reference, its drifting analysis period served (with feedback) and published as new
@@ -218,6 +219,70 @@ def _metrics(ctx: _Ctx, name: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
+def first_run_done(registry: Registry, model: str) -> int | None:
+    """The newest version once a model's first training run is over, else None.
+
+    That run may register a fast first candidate (``candidate: fast_first``) and then
+    the searched model; it is over when the newest version is not a fast candidate and
+    the deployment its manifest planned (``deployment``) is in the aliases.
+    """
+    numbers = registry.version_numbers(model)
+    if not numbers:
+        return None
+    newest = registry.get(model, numbers[-1])
+    extra = newest.model_extra or {}
+    if extra.get("candidate") == "fast_first":
+        return None
+    aliases = registry.aliases(model)
+    if extra.get("deployment") and newest.version not in aliases.values():
+        return None
+    return newest.version
+
+
+def _first_run(ctx: _Ctx, contract: Contract, table: pa.Table) -> int:
+    """Wait for the first model to answer, then for the first run's searched model; the
+    champion once both are in."""
+    name = contract.name
+    first = _wait(ctx, f"{name}'s first model", lambda: ctx.registry.aliases(name)["champion"])
+    _wait(
+        ctx,
+        f"serving to answer {name} v{first}",
+        lambda: _answering_version(ctx, contract, table) > 0,
+    )
+    manifest = ctx.registry.get(name, first)
+    kind = (manifest.model_extra or {}).get("candidate", "search")
+    console.print(
+        f"v{first} ({manifest.estimator}, {kind.replace('_', ' ')}) answering, trained on "
+        f"{manifest.dataset_version[:12]}: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(manifest.metrics.items())[:5])
+    )
+    searched = _wait(ctx, f"{name}'s searched model", lambda: first_run_done(ctx.registry, name))
+    aliases = ctx.registry.aliases(name)
+    if searched != first:
+        m = ctx.registry.get(name, searched)
+        failed = [g for g, r in m.gates.items() if not r.passed]
+        where = (
+            "champion"
+            if aliases["champion"] == searched
+            else f"challenger beside v{aliases['champion']}"
+            if aliases["challenger"] == searched
+            else f"not deployed (gates failed: {', '.join(failed) or 'none'})"
+        )
+        console.print(
+            f"v{searched} ({m.estimator}, searched): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(m.metrics.items())[:5])
+            + f"; {where}"
+        )
+    champion = aliases["champion"]
+    assert champion is not None
+    _wait(
+        ctx,
+        f"serving to answer {name} with v{champion}",
+        lambda: _answering_version(ctx, contract, table) == champion,
+    )
+    return champion
+
+
 def _read_census(ctx: _Ctx, name: str) -> pa.Table:
     return pq.read_table(ctx.ep.data / name)
 
@@ -232,7 +297,7 @@ def _read_car(ctx: _Ctx, name: str, target: str | None = None) -> pa.Table:
 
 def _step_census(ctx: _Ctx, report: DemoReport, rows: int) -> None:
     contract = ctx.contracts["census_employment"]
-    console.rule("[bold]1. census 2015 reference → dataset version → model v1")
+    console.rule("[bold]1. census 2015 reference → dataset version → first model → searched model")
     reference = _read_census(ctx, "employment_MA_reference.pq")
     _publish(ctx, "publishing census 2015", rows_to_events(contract, reference))
 
@@ -245,18 +310,7 @@ def _step_census(ctx: _Ctx, report: DemoReport, rows: int) -> None:
     console.print(
         f"dataset version {version.id[:12]}: {version.rows} rows, {len(version.batches)} batches"
     )
-    champion = _wait(ctx, "model v1", lambda: ctx.registry.aliases(contract.name)["champion"])
-    manifest = ctx.registry.get(contract.name, champion)
-    report.census_model_version = champion
-    console.print(
-        f"model v{champion} ({manifest.estimator}) trained on {manifest.dataset_version[:12]}: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(manifest.metrics.items())[:5])
-    )
-    _wait(
-        ctx,
-        f"serving to answer with v{champion}",
-        lambda: _answering_version(ctx, contract, reference) == champion,
-    )
+    report.census_model_version = _first_run(ctx, contract, reference)
 
     console.rule("[bold]2. census 2016-2018 served over gRPC, true labels as feedback")
     analysis = _read_census(ctx, "employment_MA_analysis.pq")
@@ -308,13 +362,10 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
             )
         return
     _publish(ctx, "publishing car-loan reference", rows_to_events(contract, reference))
-    champion = _wait(ctx, "car_loan v1", lambda: ctx.registry.aliases(contract.name)["champion"])
+    # The first run's searched model is a canary beside the fast first candidate (the
+    # contract's strategy); the traffic below decides it as it would any canary.
+    champion = _first_run(ctx, contract, reference)
     report.car_champion = champion
-    _wait(
-        ctx,
-        f"serving to answer car_loan v{champion}",
-        lambda: _answering_version(ctx, contract, reference) == champion,
-    )
     analysis = _read_car(
         ctx, "synthetic_car_loan_analysis.csv", "synthetic_car_loan_analysis_target.csv"
     )

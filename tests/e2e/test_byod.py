@@ -37,6 +37,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from shared import topics
 from shared.cli.data import read_table
+from shared.cli.demo import first_run_done
 from shared.contract import Contract, load_contract
 from shared.datasets import DatasetCatalog
 from shared.kafka import producer_kwargs
@@ -96,9 +97,11 @@ def _flywheel(env: dict[str, str], *commands: list[str]) -> list[str]:
 
 
 def _champion(registry: Registry, name: str, deadline: float) -> int:
-    """The champion's version, once training has promoted one."""
+    """The champion's version, once the first training run is over (a fast first
+    candidate, then the searched model promoted over it or refused)."""
     while time.monotonic() < deadline:
-        version = registry.aliases(name)["champion"] if registry.version_numbers(name) else None
+        done = first_run_done(registry, name)
+        version = registry.aliases(name)["champion"] if done else None
         if version is not None:
             return version
         time.sleep(0.5)  # training is an eventual outcome: poll the registry with a deadline
