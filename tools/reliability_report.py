@@ -35,7 +35,8 @@ WHAT: dict[str, tuple[str, str]] = {
         "tests/reliability/test_crash_restart.py",
     ),
     "monitoring_sigkill_join": (
-        "Monitoring SIGKILLed between 5,000 predictions (checkpointed) and their feedback; "
+        "Monitoring SIGKILLed in the middle of the feedback of 5,000 predictions (half the "
+        "labels joined and checkpointed before the kill, the rest sent while it is down); "
         "live metrics compared with a run without the kill",
         "tests/reliability/test_monitoring_durability.py",
     ),
