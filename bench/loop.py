@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -78,6 +79,10 @@ SEARCHED_GOAL_S = 15.0
 """Goal: the last event to the searched champion answering."""
 ANSWER_TIMEOUT_S = 600.0
 POLL_INTERVAL_S = 0.02
+"""Between polls until the first answer (a refused call costs serving next to nothing)."""
+ANSWERED_POLL_INTERVAL_S = 0.1
+"""Between polls once a model answers: each answer is a prediction served, published
+and monitored, and polling at 50/s took CPU from the search running beside it."""
 
 
 @dataclass
@@ -99,6 +104,9 @@ def _env(bootstrap: str, store: str, rows: int, extra: dict[str, str]) -> dict[s
         "FLYWHEEL_STORE": store,
         "FLYWHEEL_CONTRACTS": str(ROOT / "contracts"),
         "FLYWHEEL_LOG_LEVEL": "INFO",
+        # Serving loads only deployments signed with the stack's key (as `flywheel up`
+        # generates one): a fresh key per loop.
+        "FLYWHEEL_DEPLOY_KEY": secrets.token_hex(32),
         "FLYWHEEL_SERVING_GRPC_PORT": str(free_port()),
         "FLYWHEEL_SERVING_HTTP_PORT": str(free_port()),
         # One batch = the reference data: the count cuts it at the last event.
@@ -239,7 +247,7 @@ def _poll_answers(address: str, store: str, deadline_s: float) -> Answers:
                     candidates[version] = str(extra.get("candidate", "search"))
                 if candidates[version] == "search":
                     return Answers(first[0], first[1], at, version, polls)
-            time.sleep(POLL_INTERVAL_S)
+            time.sleep(POLL_INTERVAL_S if first is None else ANSWERED_POLL_INTERVAL_S)
     raise TimeoutError(
         f"no answer from a searched version in {deadline_s} s ({polls} polls; first answer {first})"
     )
