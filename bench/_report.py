@@ -430,8 +430,8 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
         "Broker and all five services as real processes, fresh store; the census reference "
         "data published as data events (one ingestion batch, cut by its last event); timed from "
         "the last event acknowledged to the first gRPC response (the fast first candidate) and "
-        "to the first response from the searched champion (the search's winner, promoted "
-        "through the normal gates). Stages from the `created` timestamps of the events on the "
+        "to the searched model's outcome (its first response when promoted through the normal "
+        "gates, or its refusal). Stages from the `created` timestamps of the events on the "
         "topics, each from the end of the one before. Loop: median (min-max) over the repeats; "
         "stages and phases: medians.",
         "",
@@ -453,10 +453,17 @@ def _loop(entry: dict[str, Any], made: set[str]) -> list[str]:
                 p.get("rows", first.get("rows")),
                 _fmt(first.get("metrics", {}).get("roc_auc"), 3),
                 _fmt(searched.get("metrics", {}).get("roc_auc"), 3),
+                "; ".join(sorted(set(p.get("searched_outcomes", ["answering"])))),
             ]
         )
     headers = ["profile", "first answer s", "searched s", *stages, "rows"]
-    out += _table([*headers, "first roc_auc", "searched roc_auc"], rows)
+    out += _table([*headers, "first roc_auc", "searched roc_auc", "searched model"], rows)
+    out += [
+        "`searched model`: `answering` when the search's winner beat the fast candidate and was "
+        "promoted (timed to its first response); `refused: <gates>` when it did not beat it (timed "
+        "to its registration with the failed gates; the fast candidate stays champion).",
+        "",
+    ]
     out += [
         f"Goals: first answer under {_fmt(r.get('goal_s'))} s, searched champion under "
         f"{_fmt(r.get('searched_goal_s', 15.0))} s.",

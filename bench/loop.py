@@ -210,6 +210,9 @@ class Answers:
     searched_at: float
     searched_version: int
     polls: int
+    searched_outcome: str = "answering"
+    """``answering``, or ``refused: <gates>`` when the searched model failed a gate against
+    the fast candidate (which then stays champion: the search found nothing better)."""
 
 
 def _poll_answers(address: str, store: str, deadline_s: float) -> Answers:
@@ -247,10 +250,30 @@ def _poll_answers(address: str, store: str, deadline_s: float) -> Answers:
                     candidates[version] = str(extra.get("candidate", "search"))
                 if candidates[version] == "search":
                     return Answers(first[0], first[1], at, version, polls)
+            if first is not None:
+                refused = _refused_search(registry, first[1])
+                if refused is not None:
+                    version, gates = refused
+                    outcome = f"refused: {', '.join(gates)}"
+                    return Answers(first[0], first[1], time.time(), version, polls, outcome)
             time.sleep(POLL_INTERVAL_S if first is None else ANSWERED_POLL_INTERVAL_S)
     raise TimeoutError(
         f"no answer from a searched version in {deadline_s} s ({polls} polls; first answer {first})"
     )
+
+
+def _refused_search(registry: Any, first: int) -> tuple[int, list[str]] | None:
+    """A searched version registered after ``first`` that failed a gate, with the gates."""
+    for version in registry.version_numbers(MODEL):
+        if version <= first:
+            continue
+        manifest = registry.get(MODEL, version)
+        if str((manifest.model_extra or {}).get("candidate", "search")) != "search":
+            continue
+        failed = sorted(name for name, gate in manifest.gates.items() if not gate.passed)
+        if failed:
+            return version, failed
+    return None
 
 
 async def _read_topics(bootstrap: str) -> dict[str, list[dict[str, Any]]]:
@@ -316,7 +339,7 @@ def _version_events(
         for e in records[topics.MODELS_DEPLOYMENTS]
         if e["model"] == MODEL and e["version"] == version and e["action"] == "promote"
     ]
-    return registered, max(_created(registered), *promoted)
+    return registered, max([_created(registered), *promoted])
 
 
 def _model(registered: dict[str, Any]) -> dict[str, Any]:
@@ -350,8 +373,9 @@ def split(records: dict[str, list[dict[str, Any]]], last_event: float, answers: 
         ("training->first registered", _created(first), None),
         ("serving->first answer", answers.first_at, first_deployed),
         ("training->searched registered", _created(searched), None),
-        ("serving->searched answer", answers.searched_at, searched_deployed),
     ]
+    if answers.searched_outcome == "answering":
+        marks.append(("serving->searched answer", answers.searched_at, searched_deployed))
     stages: dict[str, float] = {}
     previous = last_event
     for name, at, start in marks:
@@ -394,6 +418,7 @@ def measure(extra_env: dict[str, str]) -> dict[str, Any]:
         "events": events,
         "loop_s": round(answers.first_at - last_event, 3),
         "searched_loop_s": round(answers.searched_at - last_event, 3),
+        "searched_outcome": answers.searched_outcome,
         **split(records, last_event, answers),
         "training_phases_s": phases,
         "publish_s": round(publish_s, 3),
@@ -419,6 +444,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "loop_s_runs": [r["loop_s"] for r in runs],
         "searched_loop_s": _median([r["searched_loop_s"] for r in runs]),
         "searched_loop_s_runs": [r["searched_loop_s"] for r in runs],
+        "searched_outcomes": [r["searched_outcome"] for r in runs],
         "stages_s": {s: _median([r["stages_s"][s] for r in runs]) for s in last["stages_s"]},
         "training_phases_s": {
             ph: _median([r["training_phases_s"].get(ph, 0.0) for r in runs])
