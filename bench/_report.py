@@ -731,9 +731,10 @@ def _goals(modules: dict[str, Any]) -> list[str]:
             ]
         )
         value = p.get("searched_loop_s")
+        outcome = "; ".join(sorted(set(p.get("searched_outcomes", ["answering"]))))
         rows.append(
             [
-                f"loop latency, searched champion, {name} (s)",
+                f"loop latency, searched model {outcome}, {name} (s)",
                 f"< {searched_goal:g} s",
                 value,
                 _ok(value, searched_goal, False),
