@@ -43,20 +43,11 @@ from shared.features import to_frame
 from shared.registry import ModelManifest, Registry
 from shared.settings import KafkaSettings
 from shared.store import ArtifactStore
+from tests.clock import Clock
 from tests.conftest import CONTRACTS, DEPLOY_KEY, need_data
 from tests.deploying import decide
 
 DRIFTED = {"car_value", "loan_length", "salary_range", "repaid_loan_on_prev_car"}
-
-
-class Clock:
-    """A hand-driven monotonic clock for cool-downs."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

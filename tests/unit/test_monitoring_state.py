@@ -28,20 +28,11 @@ from shared.datasets import DatasetCatalog
 from shared.events import Feedback, Prediction
 from shared.registry import Registry
 from shared.store import ArtifactStore
+from tests.clock import Clock
 from tests.conftest import CONTRACTS, need_data
 
 PARTITIONS = 4
 WINDOW = 500
-
-
-class Clock:
-    """A hand-driven monotonic clock (each process has its own origin)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 
 from shared.cli import stack
 from shared.cli.stack import NothingStarts, Supervisor
+from tests.clock import Clock
 
 
 class FakeProc:
@@ -32,14 +33,6 @@ class FakeProc:
 
     def last_error(self) -> str:
         return "settings.invalid: metrics_port" if self.crashes else ""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -16,24 +16,17 @@ from shared.datasets import DatasetCatalog
 from shared.events import RetrainRequest
 from shared.registry import Registry
 from shared.store import ArtifactStore
+from tests.clock import Clock
 from tests.unit.test_training_core import SEARCH_ONLY, Recorder, validated
 from tests.unit.test_training_core import make_core as core_of
 from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_core(
     store: ArtifactStore, contract: Contract, clock: Clock | None = None
 ) -> tuple[TrainingCore, Recorder, CollectorRegistry]:
     retry = RetryPolicy(base_s=10, max_s=25, attempts=3)
-    return core_of(store, contract, retry=retry, clock=clock or Clock())
+    return core_of(store, contract, retry=retry, clock=clock or Clock(1_000_000.0))
 
 
 @pytest.fixture
@@ -107,7 +100,7 @@ def broken_contract() -> Contract:
 async def test_a_failed_run_is_recorded_counted_and_retried_with_back_off(tmp_path: Path) -> None:
     store = ArtifactStore(f"file://{tmp_path}")
     version = add_dataset(store, "toy", [toy_table(800)])
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     core, _, metrics = make_core(store, broken_contract(), clock)
     acked: list[int] = []
     core.submit_validated(validated(version.id, 800, 800), lambda: acked.append(1))
@@ -160,7 +153,7 @@ async def test_a_failed_run_is_recorded_counted_and_retried_with_back_off(tmp_pa
 async def test_retries_stop_after_the_last_attempt(tmp_path: Path) -> None:
     store = ArtifactStore(f"file://{tmp_path}")
     version = add_dataset(store, "toy", [toy_table(800)])
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     core, _, metrics = make_core(store, broken_contract(), clock)
     core.submit_validated(validated(version.id, 800, 800), lambda: None)
     details = []
