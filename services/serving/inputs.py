@@ -101,9 +101,10 @@ class CategoryCodec:
         if bad.any():
             row = int(np.argmax(bad))
             what = "values" if self.by_value else "indices into the contract's values"
+            value = float(column[row])
             raise invalid(
-                f"input {MATRIX_INPUT!r}: column {name!r} row {row}: {column[row]!r} is not one "
-                f"of the category's {what}"
+                f"input {MATRIX_INPUT!r}: column {name!r} row {row}: {value!r} is not one of the "
+                f"category's {what}"
             )
         if not self.feature.nullable:
             row = int(np.argmax(nulls))
@@ -118,6 +119,9 @@ class CategoryCodec:
 
 DENSE_LIMIT = 100_000
 """Largest category key decoded through a dense lookup table (else binary search)."""
+SMALL_ROWS = 8
+"""Up to this many rows, category columns are decoded by dict lookups in Python: a
+handful of numpy calls cost more than a few dozen lookups (batch-1 latency)."""
 
 
 class MatrixCategories:
@@ -132,6 +136,9 @@ class MatrixCategories:
     def __init__(self, columns: list[int], codecs: list[CategoryCodec]):
         self.columns = np.array(columns, dtype=np.intp)
         self.codecs = codecs
+        # The same keys and labels as the codecs, as one dict per column. NaN is never a
+        # key (NaN != NaN): nulls, like unknown keys, take the vectorised path below.
+        self.lookups = [dict(zip(c.keys.tolist(), c.labels.tolist(), strict=True)) for c in codecs]
         keys = [c.keys for c in codecs]
         self.dense = bool(codecs) and all(
             np.all(k == np.round(k)) and k.min() >= 0 and k.max() <= DENSE_LIMIT for k in keys
@@ -152,21 +159,38 @@ class MatrixCategories:
         self.missing = len(labels) - 1
 
     def decode(self, matrix: np.ndarray) -> np.ndarray:
-        """String values [N, K] of the category columns of ``matrix`` [N, F]."""
+        """String values [N, K] of the category columns of ``matrix`` [N, F], in Fortran
+        order: each column ``[:, k : k + 1]`` is a contiguous view, an ONNX feed as it is."""
+        if len(matrix) <= SMALL_ROWS:
+            try:
+                by_column = [
+                    [lookup[v] for v in column]
+                    for lookup, column in zip(
+                        self.lookups, matrix.T[self.columns].tolist(), strict=True
+                    )
+                ]
+            except KeyError:
+                pass  # a null or an unknown key: the vectorised path maps or names it
+            else:
+                return np.array(by_column, dtype=object).T
         values = matrix[:, self.columns].astype(np.float64, copy=False)
         if not self.dense:
-            return np.stack([c.decode(values[:, j]) for j, c in enumerate(self.codecs)], axis=1)
+            return np.asfortranarray(
+                np.stack([c.decode(values[:, j]) for j, c in enumerate(self.codecs)], axis=1)
+            )
         with np.errstate(invalid="ignore"):
             ints = values.astype(np.int64)
         ok = (ints == values) & (ints >= 0) & (ints <= self.maxes)
         pos = np.where(ok, self.table[np.where(ok, self.offsets + ints, 0)], -1)
         if (pos < 0).any():
             # Let the per-column codec name the first bad value (or map nullable NaNs).
-            out = self.labels[np.maximum(pos, 0)]
+            out = self.labels[np.maximum(pos, 0).T].T
             for j in np.flatnonzero((pos < 0).any(axis=0)):
                 out[:, j] = self.codecs[j].decode(values[:, j])
             return out
-        return self.labels[pos]
+        # Indexing with the transposed positions builds the [K, N] array row by row; its
+        # transpose is the [N, K] result with contiguous columns (no copy per feed).
+        return self.labels[pos.T].T
 
 
 class InputSpec:
@@ -188,6 +212,11 @@ class InputSpec:
         cat_columns = [j for j, f in enumerate(self.features) if not f.is_numeric]
         self.matrix_categories = MatrixCategories(cat_columns, list(self.codecs.values()))
         self.numeric_columns = [(j, f) for j, f in enumerate(self.features) if f.is_numeric]
+        self.numeric_index = np.array([j for j, _ in self.numeric_columns], dtype=np.intp)
+        self.strict_index = np.array(
+            [k for k, (_, f) in enumerate(self.numeric_columns) if not f.nullable], dtype=np.intp
+        )
+        """Positions (within the numeric columns) of those that may not be NaN."""
         self.category_columns = [
             (k, f.name) for k, f in enumerate(self.features) if not f.is_numeric
         ]
@@ -277,20 +306,27 @@ class InputSpec:
         self._rows(t.name, rows)
         matrix = t.values.reshape(rows, width)
         feeds: Feeds = {}
-        for j, f in self.numeric_columns:
-            column = matrix[:, j]
-            if not f.nullable:
-                nans = np.isnan(column)
+        if self.numeric_index.size:
+            # Every numeric column in one block, built transposed ([K, N], one row per
+            # feature) so that its transpose has contiguous [N, 1] columns: the feeds are
+            # views, and forbidden NaNs are found in one pass (first feature, first row).
+            block = matrix.T[self.numeric_index].astype(np.float32, copy=False)
+            if self.strict_index.size:
+                nans = np.isnan(block[self.strict_index])
                 if nans.any():
+                    k, row = (int(i[0]) for i in np.nonzero(nans))
+                    name = self.numeric_columns[int(self.strict_index[k])][1].name
                     raise invalid(
-                        f"input {t.name!r}: column {f.name!r} row {int(np.argmax(nans))}: NaN, "
-                        f"but {f.name!r} is not nullable"
+                        f"input {t.name!r}: column {name!r} row {row}: NaN, but {name!r} is "
+                        "not nullable"
                     )
-            feeds[f.name] = column.astype(np.float32).reshape(rows, 1)
+            columns = block.T
+            for k, (_, f) in enumerate(self.numeric_columns):
+                feeds[f.name] = columns[:, k : k + 1]
         if self.codecs:
             categories = self.matrix_categories.decode(matrix)
             for k, (_, name) in enumerate(self.category_columns):
-                feeds[name] = np.ascontiguousarray(categories[:, k : k + 1])
+                feeds[name] = categories[:, k : k + 1]
         return feeds, rows
 
     def _columns(self, tensors: Sequence[Tensor]) -> tuple[Feeds, int]:

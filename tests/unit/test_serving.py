@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from services.serving.batching import AdaptiveBatcher
 from services.serving.errors import ServingError
 from services.serving.events import Answered, PredictionPublisher
-from services.serving.inputs import InputSpec
+from services.serving.inputs import SMALL_ROWS, InputSpec
 from services.serving.metrics import ServingMetrics
 from services.serving.model import LoadedModel
 from services.serving.repository import ModelRepository
@@ -92,6 +92,38 @@ def test_matrix_and_columnar_inputs_give_the_training_feeds(
         for name, want in expected.items():
             np.testing.assert_array_equal(feeds[name], want, err_msg=name)
             assert feeds[name].shape == (len(rows), 1)
+
+
+@pytest.mark.parametrize("n", [1, SMALL_ROWS, SMALL_ROWS + 1, 20])
+def test_the_matrix_gives_the_same_feeds_and_errors_at_every_batch_size(
+    contract: Contract, models: dict[str, Any], n: int
+) -> None:
+    # Small batches decode categories by dict lookups, larger ones vectorised: both
+    # must give the training feeds, and name the same bad value the same way.
+    rows = models["rows"][:n]
+    spec = InputSpec(contract, 64)
+    expected = onnx_feeds(
+        contract, to_frame(contract, {f: rows[f].to_numpy() for f in contract.feature_names})
+    )
+    feeds, got = spec.feeds([matrix_tensor(contract, rows)])
+    assert got == n
+    for name, want in expected.items():
+        np.testing.assert_array_equal(feeds[name], want, err_msg=name)
+        assert feeds[name].shape == (n, 1)
+        assert feeds[name].flags.c_contiguous  # an ONNX feed as it is
+    x = feature_matrix(contract, rows).astype(np.float32)
+    schl, agep = contract.feature_names.index("SCHL"), contract.feature_names.index("AGEP")
+    last = n - 1
+    for column, value, needle in [
+        (schl, 99.0, f"column 'SCHL' row {last}: 99.0 is not one of the category's values"),
+        (schl, np.nan, f"column 'SCHL' row {last}: NaN, but 'SCHL' is not nullable"),
+        (agep, np.nan, f"column 'AGEP' row {last}: NaN, but 'AGEP' is not nullable"),
+    ]:
+        bad = x.copy()
+        bad[last, column] = value
+        with pytest.raises(ServingError) as err:
+            spec.feeds([Tensor("input", "FP32", bad.shape, bad.ravel())])
+        assert needle in err.value.message
 
 
 def test_a_non_numeric_vocabulary_is_encoded_by_index() -> None:
