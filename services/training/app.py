@@ -39,6 +39,7 @@ def train_config(settings: TrainingSettings) -> TrainConfig:
         importance_repeats=settings.importance_repeats,
         min_group_rows=settings.min_group_rows,
         corrupt_label_share=settings.corrupt_label_share,
+        finish_ahead=settings.finish_ahead,
     )
 
 

@@ -438,17 +438,11 @@ class TrainingCore:
             first = None
             has_champion = self.registry.aliases(model)["champion"] is not None
             if fast_first.wanted(contract, has_champion=has_champion, last=last):
-                first = await self._train(contract, dataset_version, reason, attempt, "fast_first")
-                attempt.phase = "publish"
-                await self._publish(contract, first)
-            result = await self._train(
-                contract,
-                dataset_version,
-                reason,
-                attempt,
-                "search",
-                None if first is None else first.manifest.version,
-            )
+                first, result = await self._fast_then_searched(
+                    contract, dataset_version, reason, attempt
+                )
+            else:
+                result = await self._train(contract, dataset_version, reason, attempt, "search")
         finally:
             self.metrics.running.labels(model).set(0)
         # Recorded before publishing: a publish that fails is retried without training the
@@ -469,6 +463,29 @@ class TrainingCore:
         self.metrics.last_run.labels(model).set(time.time())
         return outcome
 
+    async def _fast_then_searched(
+        self, contract: Contract, dataset_version: str, reason: str, attempt: _Attempt
+    ) -> tuple[TrainResult, TrainResult]:
+        """The fast first candidate, registered and published, and the searched model,
+        whose search runs beside it from the start (see :class:`fast_first.Handoff`)."""
+        handoff = fast_first.Handoff()
+        searched = asyncio.create_task(
+            self._train(contract, dataset_version, reason, attempt, "search", handoff=handoff)
+        )
+        try:
+            first = await self._train(contract, dataset_version, reason, attempt, "fast_first")
+            attempt.phase = "publish"
+            await self._publish(contract, first)
+        except BaseException:
+            # The searched run's thread stops at its next step; its outcome is moot.
+            handoff.failed()
+            searched.cancel()
+            await asyncio.gather(searched, return_exceptions=True)
+            raise
+        handoff.registered(first.manifest.version)
+        attempt.phase = "train"
+        return first, await searched
+
     async def _train(
         self,
         contract: Contract,
@@ -476,7 +493,7 @@ class TrainingCore:
         reason: str,
         attempt: _Attempt,
         candidate: fast_first.Candidate,
-        fast_first_version: int | None = None,
+        handoff: fast_first.Handoff | None = None,
     ) -> TrainResult:
         """One registered version, trained in a worker thread; phases observed in the
         metrics (a fast candidate's as ``fast_first:<phase>``)."""
@@ -499,7 +516,7 @@ class TrainingCore:
             cancel=self._cancel,
             on_phase=observe,
             candidate=candidate,
-            fast_first_version=fast_first_version,
+            handoff=handoff,
         )
 
     def _waiting(self, model: str, last: ModelManifest | None) -> list[Reason]:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import get_scorer
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from shared.contract import Contract
+from shared.features import onnx_input_names
 
 from .export import in_contract_order
 from .scoring import (
     CV_SCORERS,
     classification_metrics,
-    cv_scoring,
+    improvement,
+    ovr_roc_auc,
     regression_metrics,
 )
 
@@ -196,85 +199,69 @@ def fairness_gap(groups: dict[str, Any]) -> float:
     return max((float(a["max_gap"]) for a in groups.values()), default=0.0)
 
 
-def _encoded_blocks(
-    pipeline: Pipeline, x: pd.DataFrame
-) -> tuple[Any, np.ndarray, list[np.ndarray]] | None:
-    """The model step, ``x`` encoded once, and each feature's block of encoded columns.
+Feeds = dict[str, np.ndarray]
+"""ONNX Runtime feeds of a frame (:func:`shared.features.onnx_feeds`)."""
 
-    Shuffling a feature's rows before a column-wise preprocessor is shuffling its encoded
-    columns after it, so the preprocessor need not run again for every shuffle. Each
-    feature's block is found by rolling that feature's rows by one: an encoded column
-    that changes belongs to it, and one that does not is constant, so no shuffle could
-    change it either. None when the pipeline has no such preprocessor (an ensemble of
-    whole pipelines) or one encoded column depends on two features.
-    """
-    if [name for name, _ in pipeline.steps] != ["prep", "model"]:
-        return None
-    prep, model = pipeline.steps[0][1], pipeline.steps[1][1]
-    encoded = np.asarray(prep.transform(x), dtype=np.float64)
-    owner = np.full(encoded.shape[1], -1)
-    blocks = []
-    for j, name in enumerate(x.columns):
-        rolled = x.copy()
-        rolled[name] = np.roll(x[name].to_numpy(), 1)
-        after = np.asarray(prep.transform(rolled), dtype=np.float64)
-        same = (after == encoded) | (np.isnan(after) & np.isnan(encoded))
-        changed = np.flatnonzero(~same.all(axis=0))
-        if (owner[changed] >= 0).any():
-            return None
-        owner[changed] = j
-        blocks.append(changed)
-    return model, encoded, blocks
+
+def importance_metric(contract: Contract) -> str:
+    """The metric permutation importance is measured in: the primary metric when it
+    scores single rows' predictions (every cross-validation metric does), else accuracy
+    (``calibration_error`` is a property of the whole set, not a per-prediction loss)."""
+    metric = contract.promotion.primary_metric
+    return metric if metric in CV_SCORERS else "accuracy"
+
+
+def metric_value(contract: Contract, metric: str, y: np.ndarray, pred: Predictions) -> float:
+    """One metric of ``pred`` against ``y``, computed alone when that is cheap."""
+    if contract.task == "classification" and metric in ("accuracy", "roc_auc"):
+        assert pred.proba is not None
+        classes = list(contract.label.classes or [])
+        if metric == "accuracy":
+            return float(np.mean(pred.labels == y))
+        if len(classes) == 2:
+            positive = y == classes[1]
+            if 0 < int(positive.sum()) < len(y):
+                return float(roc_auc_score(positive, pred.proba[:, 1]))
+            return float("nan")
+        value = ovr_roc_auc(y, pred.proba, classes)
+        return float("nan") if value is None else value
+    return float(metrics(contract, y, pred).get(metric, float("nan")))
 
 
 def importance(
     contract: Contract,
-    pipeline: Pipeline,
-    x: pd.DataFrame,
+    predict: Callable[[Feeds], Predictions],
+    feeds: Feeds,
     y: np.ndarray,
     *,
-    rows: int,
     repeats: int,
     seed: int,
+    check: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """Permutation importance of each contract feature on the (latest rows of the) holdout.
+    """Permutation importance of each contract feature, measured on the exported model.
 
-    A feature's importance is the primary metric lost when its values are shuffled
-    across rows, averaged over ``repeats`` seeded shuffles. The preprocessing runs once
-    and each shuffle moves the feature's encoded columns (see :func:`_encoded_blocks`);
-    an ensemble of whole pipelines gets its raw columns shuffled instead.
+    A feature's importance is the metric (:func:`importance_metric`) lost when its
+    values are shuffled across rows, averaged over ``repeats`` seeded shuffles. The
+    model is the ONNX graph serving runs (``predict``, on ``feeds`` of the latest
+    holdout rows): its inputs are one tensor per feature, so a shuffle permutes one
+    tensor and nothing is encoded again. ``check`` is called before each feature (it
+    raises to abandon the work).
     """
-    metric = contract.promotion.primary_metric
-    scorer = get_scorer(
-        cv_scoring(metric, contract.label.classes or []) if metric in CV_SCORERS else "accuracy"
-    )
-    x, y = x.iloc[-rows:], y[-rows:]
-    found = _encoded_blocks(pipeline, x)
-    estimator: Any = pipeline
-    data: Any = x
-    blocks = [np.array([j]) for j in range(x.shape[1])]
-    if found is not None:
-        estimator, data, blocks = found
-
-    def shuffled(cols: np.ndarray, order: np.ndarray) -> Any:
-        out = data.copy()
-        if isinstance(data, pd.DataFrame):
-            out.iloc[:, cols] = data.iloc[order, cols].to_numpy()
-        else:
-            out[:, cols] = data[np.ix_(order, cols)]
-        return out
-
-    # sklearn's neg_* scorers make higher better, so a drop is always a loss of the metric.
-    baseline = float(scorer(estimator, data, y))
+    metric = importance_metric(contract)
+    inputs = onnx_input_names(contract)
+    baseline = metric_value(contract, metric, y, predict(feeds))
     rng = np.random.default_rng(seed)
     ranked = []
-    for name, cols in zip(x.columns, blocks, strict=True):
+    for name in contract.feature_names:
+        check()
+        column = inputs[name]
         drops = []
         for _ in range(repeats):
             order = rng.permutation(len(y))
-            # A feature whose encoded columns are all constant cannot lose anything.
-            score = float(scorer(estimator, shuffled(cols, order), y)) if len(cols) else baseline
-            drops.append(baseline - score)
+            shuffled = {**feeds, column: feeds[column][order]}
+            score = metric_value(contract, metric, y, predict(shuffled))
+            # improvement(metric, a, b) is how much better a is than b, in either direction.
+            drops.append(improvement(metric, baseline, score))
         ranked.append({"feature": name, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
     return sorted(ranked, key=lambda r: r["mean"], reverse=True)
 

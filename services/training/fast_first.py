@@ -11,7 +11,8 @@ dataset version, as one run for the same triggers:
    baseline; no permutation importance or interpretable baseline). It is exported,
    parity-checked, gated and deployed exactly like any version: the gates guard what
    serves, so none is skipped;
-2. the searched model, registered as the next version and gated against the fast
+2. the searched model, its search started at the same time on the other thread (a
+   :class:`Handoff` between the two), registered as the next version and gated against the fast
    candidate once that is the champion (``beats_champion``, ``group_regression``), then
    deployed by the contract's strategy.
 
@@ -25,6 +26,7 @@ first model yet" for the retrain policy (:func:`is_fast_first`).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +34,7 @@ from shared.contract import Contract
 from shared.registry import ModelManifest
 
 from .estimators import BOOSTING, GRIDS
+from .search import RunCancelled, StopSignal, check_cancel
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -88,3 +91,51 @@ def why(budget_s: float, rows: int) -> str:
         f"runs (training.fast_first: the first boosting grid point, fit on the latest "
         f"{rows} training rows, not cross-validated)"
     )
+
+
+class Handoff:
+    """The fast candidate's outcome, handed to the searched run training beside it.
+
+    The searched run's search starts with the fast candidate; its champion comparison
+    and registration wait here until the fast candidate is registered and deployed (it
+    is then the champion to beat, and the version before). Its finishing ahead
+    (:mod:`.ahead`) waits too, so the fast candidate keeps its core.
+    """
+
+    WAIT_S = 0.1
+    """How often a wait looks at the service's stop signal."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._version: int | None = None
+        self.abandoned = threading.Event()
+        """Set when the fast candidate failed: the searched run's stop signal too."""
+
+    def registered(self, version: int) -> None:
+        """The fast candidate is registered (and deployed, if its gates passed)."""
+        self._version = version
+        self._done.set()
+
+    def failed(self) -> None:
+        """The fast candidate failed: the searched run stops (the run is retried)."""
+        self.abandoned.set()
+        self._done.set()
+
+    def wait_done(self, cancel: StopSignal | None = None) -> None:
+        """Block until the fast candidate's outcome is known, whatever it is (or the
+        service stops)."""
+        while not self._done.wait(self.WAIT_S):
+            if cancel is not None and cancel.is_set():
+                return
+
+    def wait(self, cancel: StopSignal | None) -> int:
+        """The fast candidate's version, once registered.
+
+        Raises:
+            RunCancelled: the service stops, or the fast candidate failed.
+        """
+        while not self._done.wait(self.WAIT_S):
+            check_cancel(cancel)
+        if self._version is None:
+            raise RunCancelled("the fast first candidate failed: the searched run stops")
+        return self._version

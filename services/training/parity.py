@@ -15,28 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from shared.contract import Contract
-from shared.features import as_served, onnx_feeds
+from shared.features import as_served
 from shared.registry import Parity
 
 from .evaluation import Predictions, sklearn_predictions
-
-
-def onnx_predictions(contract: Contract, onnx: bytes, x: pd.DataFrame) -> Predictions:
-    """Run an exported model with ONNX Runtime on a frame made by ``table_to_frame``.
-
-    A classifier's probabilities come out in the contract's class order (see
-    :mod:`.export`).
-    """
-    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, onnx_feeds(contract, x))
-    if contract.task == "regression":
-        return Predictions(np.asarray(outputs[0], dtype=np.float64).ravel(), None)
-    return Predictions(np.asarray(outputs[0]), np.asarray(outputs[1], dtype=np.float64))
+from .runtime import onnx_predictions
 
 
 def _py(value: Any) -> Any:

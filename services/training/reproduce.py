@@ -22,7 +22,8 @@ from shared.registry import Registry
 from shared.store import sha256_hex
 
 from .export import export
-from .parity import compare, onnx_predictions
+from .parity import compare
+from .runtime import onnx_predictions
 from .trainer import (
     TrainConfig,
     code_version,

@@ -16,11 +16,11 @@ same seed), so the scores are the same.
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,26 @@ class RunCancelled(Exception):
     """The service is stopping: the run was abandoned between two steps."""
 
 
-def check_cancel(cancel: threading.Event | None) -> None:
+class StopSignal(Protocol):
+    """What a run looks at between steps: a ``threading.Event`` or :class:`AnyOf`."""
+
+    def is_set(self) -> bool:
+        """True once the run should stop."""
+        ...
+
+
+class AnyOf:
+    """A stop signal set when any of its signals is."""
+
+    def __init__(self, *signals: StopSignal | None):
+        self.signals = [s for s in signals if s is not None]
+
+    def is_set(self) -> bool:
+        """True when one of the signals is set."""
+        return any(s.is_set() for s in self.signals)
+
+
+def check_cancel(cancel: StopSignal | None) -> None:
     """Raise :class:`RunCancelled` if ``cancel`` is set."""
     if cancel is not None and cancel.is_set():
         raise RunCancelled("training stopped: the service is shutting down")
@@ -312,8 +331,9 @@ def search(
     folds: int,
     seed: int,
     max_rows: int | None = None,
-    cancel: threading.Event | None = None,
+    cancel: StopSignal | None = None,
     times: np.ndarray | None = None,
+    on_leader: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> SearchResult:
     """Run the time-boxed search on the training rows.
 
@@ -329,6 +349,8 @@ def search(
         cancel: when set, :class:`RunCancelled` is raised before the next candidate.
         times: the training rows' event times (``Split.t_train``): the folds then
             train on the past and validate on the future (see :func:`cv_splits`).
+        on_leader: called with (family, params) each time a candidate takes the lead
+            (the trainer finishes the leader ahead of the search's end, :mod:`.ahead`).
     """
     metric = contract.promotion.primary_metric
     better = higher_is_better(metric)
@@ -353,6 +375,17 @@ def search(
     started = time.perf_counter()
     runs: list[Run] = []
     not_run: list[str] = []
+    leader: Run | None = None
+
+    def record(result: Run) -> None:
+        nonlocal leader
+        runs.append(result)
+        now = pick(runs)
+        if now is not None and now is not leader:
+            leader = now
+            if on_leader is not None:
+                on_leader(now.family, now.params)
+
     first_fits: dict[str, list[Pipeline]] = {}
     order = _ordered_candidates()
     for i, (family, params) in enumerate(order):
@@ -360,7 +393,7 @@ def search(
             not_run = [describe(f, p) for f, p in order[i:]]
             break
         result, fits = run(family, params)
-        runs.append(result)
+        record(result)
         if i < 2:
             first_fits[family] = fits
         if i == 1:
@@ -372,7 +405,7 @@ def search(
                 check_cancel(cancel)
                 members = [[LINEAR, linear.params], [BOOSTING, boosting.params]]
                 fitted = [first_fits[LINEAR], first_fits[BOOSTING]]
-                runs.append(
+                record(
                     evaluate_ensemble(
                         contract,
                         {"members": members},

@@ -37,6 +37,9 @@ class TrainingSettings(ServiceSettings):
     threads: int | None = Field(1, ge=1)
     """OpenMP/BLAS threads a run may use. 1 suits a machine shared with the other
     services (OpenMP threads spin-wait on busy cores); raise it on a dedicated host."""
+    finish_ahead: bool = True
+    """Finish the search's leader (refit, export, parity, evaluation) on a second thread
+    while the search goes on; off on a one-core host, where it would slow the search."""
     poll_timeout_ms: int = Field(500, ge=10)
     """How long one consumer poll waits for records."""
     topic_check_s: float = Field(30.0, gt=0)

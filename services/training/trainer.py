@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,10 +24,11 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
 from shared.events import utcnow
-from shared.features import build_pipeline, onnx_input_names
-from shared.registry import ModelManifest, Registry, TamperedArtifactError
+from shared.features import build_pipeline, onnx_feeds, onnx_input_names
+from shared.registry import ModelManifest, Parity, Registry, TamperedArtifactError
 
 from . import evaluation, fast_first
+from .ahead import Ahead, Superseded
 from .card import model_card
 from .data import Split, corrupt_labels, split
 from .deploy import planned_action
@@ -36,10 +36,14 @@ from .estimators import LINEAR, describe, make_estimator
 from .export import export
 from .fast_first import FAST_FIRST, SEARCH, Candidate
 from .gates import all_passed, evaluate_gates
-from .parity import check_parity, onnx_predictions
-from .search import Run, RunCancelled, SearchResult, check_cancel, search
+from .parity import check_parity
+from .runtime import onnx_predictions, predictor
+from .search import AnyOf, Run, RunCancelled, SearchResult, StopSignal, check_cancel, search
 
-PHASES = ("search", "fit", "evaluate", "export", "parity")
+PHASES = ("search", "finish_wait", "fit", "export", "parity", "evaluate")
+"""A run's timed phases. ``fit``, ``export``, ``parity`` and ``evaluate`` are the work
+of finishing the winner (on a second thread during the search when finishing ahead);
+``finish_wait`` is the wall time from the end of the search until it was finished."""
 
 
 class TrainingFailed(RuntimeError):
@@ -70,6 +74,8 @@ class TrainConfig:
     importance_repeats: int = 3
     min_group_rows: int = 50
     corrupt_label_share: float = 0.0
+    finish_ahead: bool = True
+    """Finish the search's leader on a second thread during the search (:mod:`.ahead`)."""
 
     def budget(self, contract: Contract) -> float:
         """The search budget: the contract's, capped by the service's."""
@@ -98,6 +104,20 @@ class Phases:
             yield
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class Finished:
+    """A candidate fitted on every training row, exported, parity-checked and evaluated
+    on the holdout: all of a run that does not depend on the champion."""
+
+    pipeline: Pipeline
+    onnx: bytes
+    parity: Parity
+    evaluated: dict[str, Any]
+    """Metrics, group metrics, trivial and interpretable baselines, importance."""
+    seconds: dict[str, float]
+    """Wall time of each step (fit, export, parity, evaluate)."""
 
 
 @dataclass
@@ -205,9 +225,10 @@ def train(
     config: TrainConfig,
     on_phase: Callable[[str, float], None] | None = None,
     threads: int | None = None,
-    cancel: threading.Event | None = None,
+    cancel: StopSignal | None = None,
     candidate: Candidate = SEARCH,
     fast_first_version: int | None = None,
+    handoff: fast_first.Handoff | None = None,
 ) -> TrainResult:
     """Train, evaluate, export and register one model version.
 
@@ -227,10 +248,15 @@ def train(
             the same holdout and gates).
         fast_first_version: the fast candidate registered before this searched model
             in the same run, if any (recorded in its run record and manifest).
+        handoff: the fast candidate training beside this searched run: the search
+            starts at once, and the champion comparison and registration wait for the
+            fast candidate's outcome (its version replaces ``fast_first_version``).
 
     Raises :class:`TrainingFailed` (naming the phase) when any step raises.
     """
     phases = Phases()
+    if handoff is not None:
+        cancel = AnyOf(cancel, handoff.abandoned)  # the fast candidate failed: stop too
     with cpu_threads(threads):
         try:
             return _train(
@@ -245,8 +271,10 @@ def train(
                 phases,
                 candidate,
                 fast_first_version,
+                threads,
+                handoff,
             )
-        except RunCancelled:
+        except (RunCancelled, TrainingFailed):
             raise
         except Exception as exc:
             raise TrainingFailed(phases.current, exc) from exc
@@ -260,10 +288,12 @@ def _train(
     reason: str,
     config: TrainConfig,
     on_phase: Callable[[str, float], None] | None,
-    cancel: threading.Event | None,
+    cancel: StopSignal | None,
     phases: Phases,
     candidate: Candidate,
     fast_first_version: int | None,
+    threads: int | None,
+    handoff: fast_first.Handoff | None,
 ) -> TrainResult:
     started = time.perf_counter()
     seed = contract.training.seed
@@ -277,50 +307,38 @@ def _train(
     def timed(phase: str) -> Any:
         return phases.time(phase)
 
-    baseline: Pipeline | None = None
     if fast:
-        with timed("fit"):
-            pipeline = fit(contract, fast_first.FAMILY, fast_first.params(), seed, prepared)
-        found = _unsearched(contract, phases.seconds["fit"], len(prepared.y_train))
-        best = found.best
-    else:
-        with timed("search"):
-            found = search(
-                contract,
-                data.x_train,
-                prepared.y_train,
-                budget_s=config.budget(contract),
-                folds=config.cv_folds,
-                seed=seed,
-                max_rows=contract.training.search_max_rows,
-                times=data.t_train,
-                cancel=cancel,
-            )
-        _report(on_phase, phases, "search", cancel)
-        best = found.best
-        with timed("fit"):
-            pipeline = fit(contract, best.family, best.params, seed, prepared)
-            same_as_baseline = best.family == LINEAR and best.params == BASELINE_PARAMS
-            baseline = (
-                pipeline
-                if same_as_baseline
-                else fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
-            )
-    _report(on_phase, phases, "fit", cancel)
-    with timed("evaluate"):
-        evaluated = _evaluate(contract, registry, config, prepared, pipeline, baseline)
-    _report(on_phase, phases, "evaluate", cancel)
-    with timed("export"):
-        onnx = export(pipeline, contract)
-        onnx_sha, onnx_uri = registry.put_onnx(model, onnx)
-    _report(on_phase, phases, "export", cancel)
-    with timed("parity"):
-        policy = contract.promotion
-        parity = check_parity(
-            contract, pipeline, onnx, data.x_holdout, policy.parity_atol, policy.parity_rtol
+        finished = finish(
+            contract,
+            config,
+            prepared,
+            fast_first.FAMILY,
+            fast_first.params(),
+            None,
+            lambda: check_cancel(cancel),
         )
-    _report(on_phase, phases, "parity")
+        found = _unsearched(contract, finished.seconds["fit"], len(prepared.y_train))
+    else:
+        found, finished = _search_and_finish(
+            contract, config, prepared, phases, threads, cancel, handoff
+        )
+    best = found.best
+    for name, seconds in finished.seconds.items():
+        phases.seconds[name] = phases.seconds.get(name, 0.0) + seconds
+    if handoff is not None:
+        # The fast candidate trained beside the search: it is the champion to beat (if it
+        # passed its gates) and the version before this one once it is registered.
+        fast_first_version = handoff.wait(cancel)
+    check_cancel(cancel)
+    onnx, parity = finished.onnx, finished.parity
+    with timed("evaluate"):
+        champion = _champion(contract, registry, config, prepared)
+    evaluated = {**finished.evaluated, "champion": champion}
+    if on_phase is not None:
+        for name, seconds in phases.seconds.items():
+            on_phase(name, seconds)
     phases.current = "register"
+    onnx_sha, onnx_uri = registry.put_onnx(model, onnx)
 
     gates = evaluate_gates(
         contract,
@@ -457,38 +475,153 @@ def _unsearched(contract: Contract, seconds: float, rows: int) -> SearchResult:
     return SearchResult([run], run, contract.promotion.primary_metric, 0.0, False)
 
 
-def _report(
-    on_phase: Callable[[str, float], None] | None,
+def finish(
+    contract: Contract,
+    config: TrainConfig,
+    prepared: Prepared,
+    family: str,
+    params: dict[str, Any],
+    baseline: Pipeline | None,
+    check: Callable[[], None],
+) -> Finished:
+    """Fit a candidate on every training row, export it, check parity and evaluate it on
+    the holdout: a run's work that does not depend on the champion.
+
+    Args:
+        baseline: the fitted interpretable baseline; None (the fast candidate) gives a
+            lean evaluation: no interpretable baseline and no permutation importance,
+            neither being a gate.
+        check: called between steps; raises to abandon the work (cancel, superseded).
+    """
+    phases = Phases()
+    try:
+        return _finish(contract, config, prepared, family, params, baseline, check, phases)
+    except (RunCancelled, Superseded):
+        raise
+    except Exception as exc:
+        raise TrainingFailed(phases.current, exc) from exc
+
+
+def _finish(
+    contract: Contract,
+    config: TrainConfig,
+    prepared: Prepared,
+    family: str,
+    params: dict[str, Any],
+    baseline: Pipeline | None,
+    check: Callable[[], None],
     phases: Phases,
-    name: str,
-    cancel: threading.Event | None = None,
-) -> None:
-    if on_phase is not None:
-        on_phase(name, phases.seconds[name])
-    check_cancel(cancel)
+) -> Finished:
+    seed = contract.training.seed
+    data = prepared.data
+    with phases.time("fit"):
+        same_as_baseline = family == LINEAR and params == BASELINE_PARAMS
+        if baseline is not None and same_as_baseline:
+            pipeline = baseline
+        else:
+            pipeline = fit(contract, family, params, seed, prepared)
+    check()
+    with phases.time("export"):
+        onnx = export(pipeline, contract)
+    check()
+    with phases.time("parity"):
+        policy = contract.promotion
+        parity = check_parity(
+            contract, pipeline, onnx, data.x_holdout, policy.parity_atol, policy.parity_rtol
+        )
+    check()
+    with phases.time("evaluate"):
+        evaluated = _evaluate(contract, config, prepared, pipeline, onnx, baseline, check)
+    return Finished(pipeline, onnx, parity, evaluated, dict(phases.seconds))
+
+
+def _search_and_finish(
+    contract: Contract,
+    config: TrainConfig,
+    prepared: Prepared,
+    phases: Phases,
+    threads: int | None,
+    cancel: StopSignal | None,
+    handoff: fast_first.Handoff | None,
+) -> tuple[SearchResult, Finished]:
+    """The time-boxed search and the finishing of its winner: on a second thread while
+    the search goes on (:mod:`.ahead`), or after it when ``config.finish_ahead`` is off."""
+    seed = contract.training.seed
+    data = prepared.data
+
+    fitting = Phases()  # the baseline's fit, counted in the run's "fit" phase
+
+    def fit_baseline() -> Pipeline:
+        with fitting.time("fit"):
+            return fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
+
+    def finish_one(
+        family: str, params: dict[str, Any], baseline: Pipeline, check: Callable[[], None]
+    ) -> Finished:
+        return finish(contract, config, prepared, family, params, baseline, check)
+
+    ahead: Ahead[Finished] | None = None
+    if config.finish_ahead:
+        ahead = Ahead(
+            finish_one,
+            fit_baseline,
+            start=None if handoff is None else lambda: handoff.wait_done(cancel),
+            in_threads=lambda job: _in_threads(threads, job),
+            cancel=cancel,
+        )
+    try:
+        with phases.time("search"):
+            found = search(
+                contract,
+                data.x_train,
+                prepared.y_train,
+                budget_s=config.budget(contract),
+                folds=config.cv_folds,
+                seed=seed,
+                max_rows=contract.training.search_max_rows,
+                times=data.t_train,
+                cancel=cancel,
+                on_leader=None if ahead is None else ahead.lead,
+            )
+        best = found.best
+        if ahead is not None:
+            with phases.time("finish_wait"):
+                finished = ahead.result(best.family, best.params)
+        else:
+            finished = finish_one(
+                best.family, best.params, fit_baseline(), lambda: check_cancel(cancel)
+            )
+        finished.seconds["fit"] += fitting.seconds["fit"]
+    finally:
+        if ahead is not None:
+            ahead.close()
+    return found, finished
+
+
+def _in_threads(threads: int | None, job: Callable[[], Any]) -> Any:
+    with cpu_threads(threads):
+        return job()
 
 
 def _evaluate(
     contract: Contract,
-    registry: Registry,
     config: TrainConfig,
     prepared: Prepared,
     pipeline: Pipeline,
+    onnx: bytes,
     baseline: Pipeline | None,
+    check: Callable[[], None],
 ) -> dict[str, Any]:
-    """The holdout evaluation; without ``baseline`` (the fast candidate) a lean one:
-    no interpretable baseline and no permutation importance, neither being a gate."""
+    """The holdout evaluation that does not depend on the champion; without ``baseline``
+    (the fast candidate) a lean one: no interpretable baseline and no permutation
+    importance, neither being a gate."""
     data = prepared.data
     x, y = data.x_holdout, data.y_holdout
     ours = evaluation.sklearn_predictions(contract, pipeline, x)
     trivial = evaluation.trivial_predictions(contract, prepared.y_train, len(y))
-
-    def groups(pred: evaluation.Predictions) -> dict[str, Any]:
-        return evaluation.group_metrics(contract, x, y, pred, min_rows=config.min_group_rows)
-
     out: dict[str, Any] = {
         "metrics": evaluation.metrics(contract, y, ours),
-        "group_metrics": groups(ours),
+        "group_metrics": _groups(contract, config, prepared, ours),
         "trivial_baseline": {
             "description": "the training prior for every row"
             if contract.task == "classification"
@@ -497,7 +630,6 @@ def _evaluate(
         },
         "interpretable_baseline": None,
         "feature_importance": [],
-        "champion": None,
     }
     if baseline is not None:
         interpretable = evaluation.sklearn_predictions(contract, baseline, x)
@@ -507,34 +639,52 @@ def _evaluate(
             "metrics": evaluation.metrics(contract, y, interpretable),
             **evaluation.coefficients(baseline),
         }
+        check()
+        rows = config.importance_rows
         out["feature_importance"] = evaluation.importance(
             contract,
-            pipeline,
-            x,
-            y,
-            rows=config.importance_rows,
+            predictor(contract, onnx),
+            onnx_feeds(contract, x.iloc[-rows:]),
+            y[-rows:],
             repeats=config.importance_repeats,
             seed=contract.training.seed,
+            check=check,
         )
-    champion = registry.champion(contract.name)
-    if champion is not None:
-        try:
-            theirs = evaluation.labels_like(
-                contract, y, onnx_predictions(contract, registry.onnx_bytes(champion), x)
-            )
-        except TamperedArtifactError as err:
-            # A champion that cannot be verified cannot be compared against: refuse the
-            # comparison loudly rather than promote blindly over it.
-            out["champion"] = {
-                "version": champion.version,
-                "metrics": {},
-                "group_metrics": {},
-                "error": str(err),
-            }
-        else:
-            out["champion"] = {
-                "version": champion.version,
-                "metrics": evaluation.metrics(contract, y, theirs),
-                "group_metrics": groups(theirs),
-            }
     return out
+
+
+def _groups(
+    contract: Contract, config: TrainConfig, prepared: Prepared, pred: evaluation.Predictions
+) -> dict[str, Any]:
+    data = prepared.data
+    return evaluation.group_metrics(
+        contract, data.x_holdout, data.y_holdout, pred, min_rows=config.min_group_rows
+    )
+
+
+def _champion(
+    contract: Contract, registry: Registry, config: TrainConfig, prepared: Prepared
+) -> dict[str, Any] | None:
+    """The champion's holdout metrics (None without a champion)."""
+    champion = registry.champion(contract.name)
+    if champion is None:
+        return None
+    x, y = prepared.data.x_holdout, prepared.data.y_holdout
+    try:
+        theirs = evaluation.labels_like(
+            contract, y, onnx_predictions(contract, registry.onnx_bytes(champion), x)
+        )
+    except TamperedArtifactError as err:
+        # A champion that cannot be verified cannot be compared against: refuse the
+        # comparison loudly rather than promote blindly over it.
+        return {
+            "version": champion.version,
+            "metrics": {},
+            "group_metrics": {},
+            "error": str(err),
+        }
+    return {
+        "version": champion.version,
+        "metrics": evaluation.metrics(contract, y, theirs),
+        "group_metrics": _groups(contract, config, prepared, theirs),
+    }

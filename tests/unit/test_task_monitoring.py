@@ -17,7 +17,7 @@ from services.monitoring.metrics import MonitoringMetrics
 from services.monitoring.predlog import PredictionLog
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
 from services.monitoring.window_drift import PredictionHistogram, prediction_value
-from services.training.parity import onnx_predictions
+from services.training.runtime import onnx_predictions
 from services.training.trainer import train
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog

@@ -7,14 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from sklearn.model_selection import cross_validate
-from sklearn.pipeline import Pipeline
 
 from services.training.data import split
 from services.training.estimators import BOOSTING, GRIDS, LINEAR, VOTING, make_estimator
-from services.training.evaluation import importance
+from services.training.evaluation import (
+    importance,
+    importance_metric,
+    metric_value,
+    sklearn_predictions,
+)
 from services.training.reproduce import reproduce
+from services.training.runtime import predictor
+from services.training.scoring import improvement
 from services.training.search import (
     _cross_validate,
     _folds,
@@ -25,7 +32,7 @@ from services.training.search import (
 from services.training.trainer import TrainConfig, train
 from shared.contract import ContractError
 from shared.datasets import DatasetCatalog
-from shared.features import UNKNOWN_CODE, build_pipeline, onnx_feeds, to_onnx
+from shared.features import UNKNOWN_CODE, as_served, build_pipeline, onnx_feeds, to_onnx
 from shared.registry import Registry
 from shared.store import ArtifactStore
 from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
@@ -118,19 +125,42 @@ def test_trees_see_ordinal_codes_and_export_with_parity_even_for_unknown_values(
         assert np.abs(proba - pipeline.predict_proba(x)).max() < 1e-5
 
 
-def test_importance_on_encoded_columns_equals_shuffling_the_raw_features() -> None:
+def test_importance_on_the_exported_model_equals_shuffling_the_raw_features() -> None:
     contract, data = toy_split()
     pipeline = build_pipeline(
         contract, make_estimator(contract.task, LINEAR, GRIDS[LINEAR][0], 1)
     ).fit(data.x_train, data.y_train)
-    x, y = data.x_holdout.copy(), data.y_holdout
-    x["g"] = "u"  # a constant feature: no encoded column of its own changes when shuffled
-    fast = importance(contract, pipeline, x, y, rows=300, repeats=2, seed=3)
-    # Wrapped, the pipeline has no "prep" step: every shuffle runs the preprocessing.
-    raw = importance(contract, Pipeline([("all", pipeline)]), x, y, rows=300, repeats=2, seed=3)
-    assert fast == raw
-    assert fast[0]["feature"] in {"x", "c", "k"}
-    assert {"feature": "g", "mean": 0.0, "std": 0.0} in fast
+    x, y = data.x_holdout.iloc[-300:].copy(), data.y_holdout[-300:]
+    x["g"] = "u"  # a constant feature: shuffling it cannot change a prediction
+    onnx = to_onnx(pipeline, contract)
+    found = importance(
+        contract, predictor(contract, onnx), onnx_feeds(contract, x), y, repeats=2, seed=3
+    )
+    # The same shuffles of the raw columns, scored through scikit-learn on the values
+    # the graph receives.
+    metric = importance_metric(contract)
+    served = as_served(contract, x)
+
+    def score(frame: pd.DataFrame) -> float:
+        return metric_value(contract, metric, y, sklearn_predictions(contract, pipeline, frame))
+
+    rng = np.random.default_rng(3)
+    base = score(served)
+    expected = {}
+    for name in contract.feature_names:
+        drops = []
+        for _ in range(2):
+            shuffled = served.copy()
+            shuffled[name] = served[name].to_numpy()[rng.permutation(len(y))]
+            drops.append(improvement(metric, base, score(shuffled)))
+        expected[name] = float(np.mean(drops))
+    assert {r["feature"]: pytest.approx(expected[r["feature"]], abs=1e-6) for r in found} == (
+        expected
+    )
+    assert [r["mean"] for r in found] == sorted((r["mean"] for r in found), reverse=True)
+    assert found[0]["feature"] in {"x", "c", "k"}
+    assert found[0]["mean"] > 0.01
+    assert {"feature": "g", "mean": 0.0, "std": 0.0} in found
 
 
 def test_the_winner_is_refit_on_every_training_row(tmp_path: Path) -> None:
