@@ -164,7 +164,7 @@ class DataPlane:
             results = await served.batcher.predict(feeds, rows)
         else:
             results = model.predict(feeds)
-            self.metrics.batch_size.labels(model.name).observe(rows)
+            self.metrics.batched(model.name, rows)
         elapsed = time.perf_counter() - start
         predicted = start + elapsed
         # Waits only when the event buffer is full (Kafka behind), for a bounded time.

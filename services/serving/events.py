@@ -62,7 +62,10 @@ def _column(model: LoadedModel, name: str, values: np.ndarray) -> np.ndarray | l
     if name in model.spec.numeric:
         # orjson writes a numeric array straight from its buffer, NaN (missing) as null.
         return np.ascontiguousarray(values[:, 0])
-    return [None if v == MISSING_CATEGORY else v for v in values[:, 0].tolist()]
+    column: list[Any] = values[:, 0].tolist()
+    if MISSING_CATEGORY in column:  # one C-level scan; nulls are rare
+        return [None if v == MISSING_CATEGORY else v for v in column]
+    return column
 
 
 def _array(values: np.ndarray) -> np.ndarray | list[Any]:

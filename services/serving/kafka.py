@@ -24,6 +24,7 @@ from shared.events import Deployment
 from shared.kafka import consumer_kwargs, ensure_topics, headers, producer_kwargs
 from shared.kafka_protocol import fetch_partitions
 from shared.settings import KafkaSettings
+from shared.topics import HEADER_TRACE_ID
 
 from .events import Message
 
@@ -41,6 +42,10 @@ class PredictionSink:
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None
         self.partitioner = DefaultPartitioner()
+        # The standard headers but the trace id are the same on every record: encoded once.
+        self._fixed_headers = [
+            (k, v.encode()) for k, v in headers("").items() if k != HEADER_TRACE_ID
+        ]
 
     async def start(self) -> None:
         """Connect: ``acks=all`` (the audit trail: an event counts once replicated),
@@ -83,13 +88,10 @@ class PredictionSink:
             partition = self.partitioner(message[0], partitions, partitions)
             grouped.setdefault(partition, []).append(message)
         futures = []
-        cached: tuple[str, list[tuple[str, bytes]]] = ("", [])
         for partition, items in grouped.items():
             batch = self.producer.create_batch()
             for key, value, trace in items:
-                if cached[0] != trace:  # rows of one request share their trace id
-                    cached = (trace, [(k, v.encode()) for k, v in headers(trace).items()])
-                record_headers = cached[1]
+                record_headers = [(HEADER_TRACE_ID, trace.encode()), *self._fixed_headers]
                 if (
                     batch.append(key=key, value=value, timestamp=None, headers=record_headers)
                     is None

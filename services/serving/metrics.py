@@ -129,6 +129,7 @@ class ServingMetrics:
             registry=registry,
         )
         self._ok: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._batch: dict[str, Histogram] = {}
 
     def served(self, model: str, version: str, seconds: float) -> None:
         """Count one successful request and its duration."""
@@ -141,6 +142,13 @@ class ServingMetrics:
             self._ok[(model, version)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def batched(self, model: str, rows: int) -> None:
+        """Observe one ONNX Runtime call of ``rows`` rows made without the batcher."""
+        child = self._batch.get(model)
+        if child is None:
+            child = self._batch[model] = self.batch_size.labels(model)
+        child.observe(rows)
 
     def failed(self, model: str, version: str, code: str) -> None:
         """Count one failed request."""

@@ -23,12 +23,15 @@ from prometheus_client import CollectorRegistry
 
 from services.serving.dataplane import DataPlane
 from services.serving.events import PredictionPublisher
+from services.serving.grpc.codec import ResponseEncoder
 from services.serving.grpc.server import GrpcServer
 from services.serving.metrics import ServingMetrics
 from services.serving.repository import ModelRepository
 from services.serving.rest.server import RestServer
 from services.serving.settings import ServingSettings
+from services.serving.tensors import decode_bytes
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
+from services.serving.types import InferResponse, OutputTensor
 from shared.contract import Contract, load_contract
 from shared.protogen import inference_pb2 as pb
 from shared.protogen import inference_pb2_grpc as pb_grpc
@@ -168,6 +171,55 @@ _tensor = st.fixed_dictionaries(
         "int64": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5),
     }
 )
+
+
+def _response(request_id: str, rows: int, raw: bool, label: int) -> InferResponse:
+    ids = [f"k{label}-{i}".encode() for i in range(rows)]
+    probabilities = np.full((rows, 2), 0.25 * label, dtype=np.float32)
+    return InferResponse(
+        MODEL,
+        "1",
+        request_id,
+        {"model_version": "1", "data_version": "d1", "role": "champion"},
+        [
+            OutputTensor("label", "INT64", (rows,), np.full(rows, label, dtype=np.int64)),
+            OutputTensor("probabilities", "FP32", (rows, 2), probabilities),
+            OutputTensor("prediction_id", "BYTES", (rows,), ids),
+        ],
+        raw,
+    )
+
+
+def test_the_response_encoder_reuses_templates_without_carrying_anything_over() -> None:
+    # The same model, role and batch size share one template: a response must still hold
+    # only its own id and values, raw or typed, whatever was encoded before it.
+    encoder = ResponseEncoder(cache_size=2)
+    for request_id, rows, raw, label in [
+        ("a", 1, True, 1),
+        ("", 1, True, 0),
+        ("c", 3, True, 1),
+        ("d", 3, False, 0),
+        ("", 3, False, 1),
+        ("f", 1, True, 0),  # past the cache size: the cache starts again
+    ]:
+        out = encoder.encode(_response(request_id, rows, raw, label))
+        assert out.id == request_id
+        assert out.model_name == MODEL
+        assert out.parameters["role"].string_param == "champion"
+        assert [list(t.shape) for t in out.outputs] == [[rows], [rows, 2], [rows]]
+        ids = [f"k{label}-{i}".encode() for i in range(rows)]
+        if raw:
+            assert len(out.raw_output_contents) == 3
+            assert np.frombuffer(out.raw_output_contents[0], np.int64).tolist() == [label] * rows
+            probabilities = np.frombuffer(out.raw_output_contents[1], np.float32)
+            assert probabilities.tolist() == [0.25 * label] * (2 * rows)
+            assert decode_bytes("ids", out.raw_output_contents[2], rows).tolist() == ids
+            assert not out.outputs[0].HasField("contents")
+        else:
+            assert not out.raw_output_contents
+            assert list(out.outputs[0].contents.int64_contents) == [label] * rows
+            assert list(out.outputs[1].contents.fp32_contents) == [0.25 * label] * (2 * rows)
+            assert list(out.outputs[2].contents.bytes_contents) == ids
 
 
 @settings(

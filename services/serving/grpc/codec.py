@@ -16,7 +16,7 @@ from shared.protogen import inference_pb2 as pb
 from ..errors import invalid
 from ..inputs import TensorSpec
 from ..tensors import Tensor, decode_raw, element_count, encode_bytes, numpy_dtype
-from ..types import InferRequest, InferResponse
+from ..types import InferRequest, InferResponse, OutputTensor
 
 # datatype -> (InferTensorContents field, numpy dtype of that field)
 _CONTENTS: dict[str, tuple[str, Any]] = {
@@ -89,33 +89,70 @@ def _param(value: str | bool | int | float) -> pb.InferParameter:
     return pb.InferParameter(string_param=value)
 
 
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
-    """The ``ModelInferResponse`` of a data-plane response."""
+class ResponseEncoder:
+    """Builds ``ModelInferResponse`` messages, reusing what repeats between requests.
+
+    Everything but the id and the tensor contents (names, version, parameters, output
+    datatypes and shapes) is the same for every request a model version answers in one
+    role at one batch size: that part is built once, serialised, and each response starts
+    as a parse of it (a few microseconds instead of a dozen field assignments).
+
+    Args:
+        cache_size: the most distinct templates kept (the cache is emptied when full, so
+            clients sending ever-new batch sizes cannot grow it without bound).
+    """
+
+    def __init__(self, cache_size: int = 256):
+        self.cache_size = cache_size
+        self._templates: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, response: InferResponse) -> pb.ModelInferResponse:
+        """The ``ModelInferResponse`` of a data-plane response."""
+        key = (
+            response.model_name,
+            response.model_version,
+            tuple(response.parameters.items()),
+            tuple((t.name, t.datatype, t.shape) for t in response.outputs),
+            response.raw,
+        )
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= self.cache_size:
+                self._templates.clear()
+            template = self._templates[key] = _skeleton(response).SerializeToString()
+        out = pb.ModelInferResponse.FromString(template)
+        if response.id:
+            out.id = response.id
+        if response.raw:
+            out.raw_output_contents.extend([_raw(t) for t in response.outputs])
+            return out
+        for tensor, t in zip(out.outputs, response.outputs, strict=True):
+            if t.datatype == "BYTES":
+                tensor.contents.bytes_contents.extend(list(t.values))
+            else:
+                field = getattr(tensor.contents, _CONTENTS[t.datatype][0])
+                field.extend(np.asarray(t.values).ravel().tolist())
+        return out
+
+
+def _skeleton(response: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(
-        model_name=response.model_name,
-        model_version=response.model_version,
-        id=response.id,
+        model_name=response.model_name, model_version=response.model_version
     )
     for key, value in response.parameters.items():
         out.parameters[key].string_param = value
-    raw: list[bytes] = []
     for t in response.outputs:
-        tensor = out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-        if t.datatype == "BYTES":
-            values = list(t.values)
-            if response.raw:
-                raw.append(encode_bytes(values))
-            else:
-                tensor.contents.bytes_contents.extend(values)
-        else:
-            array = np.asarray(t.values)
-            if response.raw:
-                raw.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-            else:
-                getattr(tensor.contents, _CONTENTS[t.datatype][0]).extend(array.ravel().tolist())
-    if raw:
-        out.raw_output_contents.extend(raw)
+        out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
     return out
+
+
+def _raw(t: OutputTensor) -> bytes:
+    if t.datatype == "BYTES":
+        return encode_bytes(list(t.values))
+    array = np.asarray(t.values)
+    if array.dtype.byteorder == ">":  # raw contents are little-endian
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()
 
 
 def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

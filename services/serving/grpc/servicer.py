@@ -20,7 +20,7 @@ from shared.protogen import inference_pb2_grpc as pb_grpc
 from ..dataplane import PLATFORM, DataPlane
 from ..errors import ServingError
 from ..extensions import REPOSITORY_CHANGES, model_config, model_statistics, repository_index
-from .codec import decode_request, encode_response, tensor_metadata
+from .codec import ResponseEncoder, decode_request, tensor_metadata
 
 STATUS = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -42,6 +42,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.dataplane = dataplane
         self.metrics = dataplane.metrics
         self.log = log
+        self.encoder = ResponseEncoder()
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -80,7 +81,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | ServingError:
         start = time.perf_counter()
         try:
-            return encode_response(await self.dataplane.infer(decode_request(request)))
+            return self.encoder.encode(await self.dataplane.infer(decode_request(request)))
         except ServingError as exc:
             error = exc
         except Exception as exc:  # never crash the server on a request
