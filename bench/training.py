@@ -33,7 +33,8 @@ RESULTS = ROOT / "bench" / "results" / "training.json"
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Train once on the census reference and time each phase and a bare fit."""
-    from services.training.trainer import TrainConfig, cpu_threads, fit, prepare, train
+    from services.training.cpu import cpu_threads
+    from services.training.trainer import TrainConfig, fit, prepare, train
     from shared.contract import load_contract
     from shared.datasets import BatchRef, DatasetCatalog, DatasetVersion
     from shared.registry import Registry

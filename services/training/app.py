@@ -91,6 +91,7 @@ async def build(settings: TrainingSettings, runtime: Runtime) -> list[Component]
         settings.threads,
         runtime.spawn,
         RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.retry_attempts),
+        search_process=settings.search_process,
     )
     consumer = TrainingConsumer(
         settings.kafka,

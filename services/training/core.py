@@ -24,6 +24,8 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +45,7 @@ from shared.events import (
 from shared.registry import ModelManifest, Registry
 
 from . import fast_first
+from .cpu import search_process
 from .deploy import DeploymentRefused, new_model_request, record_decision
 from .metrics import TrainingMetrics
 from .policy import Reason, decide, reasons, trigger_key
@@ -123,6 +126,8 @@ class TrainingCore:
             worker stops the service instead of dying unnoticed).
         retry: the back-off of failed runs.
         clock: the time source (tests pass their own).
+        search_process: cross-validate the search's candidates in a worker process
+            (:mod:`.cpu`), started with the service; off: in the run's thread.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class TrainingCore:
         spawn: Spawn | None = None,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        search_process: bool = False,
     ):
         self.contracts = contracts
         self.registry = registry
@@ -160,13 +166,33 @@ class TrainingCore:
         self._alias_lock = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
         self._cancel = threading.Event()
+        self._search_process = search_process
+        self._pool: asyncio.Future[Executor] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Resume the back-off of runs that failed before a restart; start the worker."""
         self.restore()
+        if self._search_process:
+            self._start_pool()
         self._worker = self._spawn(self._work(), "training-worker")
+
+    def _start_pool(self) -> None:
+        # Started beside the service's other work: a run that needs it before it is up
+        # waits for it (about 2 s), nothing else does.
+        self._pool = asyncio.ensure_future(asyncio.to_thread(search_process))
+
+    async def _executor(self) -> Executor | None:
+        """The search's worker process (None when off, or when it could not start)."""
+        if self._pool is None:
+            return None
+        try:
+            return await asyncio.shield(self._pool)
+        except Exception as exc:
+            self.log.error("training.search_process_failed", error=repr(exc))
+            self._pool = None
+            return None
 
     def restore(self) -> None:
         """Queue the retry of each model whose last run failed with a retry left."""
@@ -199,6 +225,10 @@ class TrainingCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                (await pool).shutdown(wait=False, cancel_futures=True)
 
     # --- triggers ----------------------------------------------------------------------
 
@@ -504,8 +534,36 @@ class TrainingCore:
         def observe(phase: str, seconds: float) -> None:
             self.metrics.phase_seconds.labels(model, prefix + phase).observe(seconds)
 
-        return await asyncio.to_thread(
-            train,
+        executor = await self._executor() if candidate == fast_first.SEARCH else None
+        try:
+            return await asyncio.to_thread(
+                self._train_in_thread,
+                contract,
+                dataset_version,
+                reason,
+                candidate,
+                handoff,
+                executor,
+                observe,
+            )
+        except TrainingFailed as failed:
+            if isinstance(failed.error, BrokenProcessPool):
+                # The worker process died (killed, out of memory): a new one for the retry.
+                self.log.error("training.search_process_lost", error=repr(failed.error))
+                self._start_pool()
+            raise
+
+    def _train_in_thread(
+        self,
+        contract: Contract,
+        dataset_version: str,
+        reason: str,
+        candidate: fast_first.Candidate,
+        handoff: fast_first.Handoff | None,
+        executor: Executor | None,
+        observe: Callable[[str, float], None],
+    ) -> TrainResult:
+        return train(
             contract,
             self.registry,
             self.catalog,
@@ -517,6 +575,7 @@ class TrainingCore:
             on_phase=observe,
             candidate=candidate,
             handoff=handoff,
+            executor=executor,
         )
 
     def _waiting(self, model: str, last: ModelManifest | None) -> list[Reason]:

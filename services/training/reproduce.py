@@ -21,6 +21,7 @@ from shared.datasets import DatasetCatalog
 from shared.registry import Registry
 from shared.store import sha256_hex
 
+from .cpu import cpu_threads
 from .export import export
 from .parity import compare
 from .runtime import onnx_predictions
@@ -28,7 +29,6 @@ from .trainer import (
     TrainConfig,
     code_version,
     contract_snapshot,
-    cpu_threads,
     fit,
     library_versions,
     prepare,

@@ -40,6 +40,10 @@ class TrainingSettings(ServiceSettings):
     finish_ahead: bool = True
     """Finish the search's leader (refit, export, parity, evaluation) on a second thread
     while the search goes on; off on a one-core host, where it would slow the search."""
+    search_process: bool = True
+    """Cross-validate the search's candidates in a worker process (started with the
+    service), so the search does not share the GIL with the fast first candidate and the
+    finishing of its leader."""
     poll_timeout_ms: int = Field(500, ge=10)
     """How long one consumer poll waits for records."""
     topic_check_s: float = Field(30.0, gt=0)

@@ -12,14 +12,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from sklearn.pipeline import Pipeline
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from shared.contract import Contract
 from shared.datasets import DatasetCatalog
@@ -30,6 +30,7 @@ from shared.registry import ModelManifest, Parity, Registry, TamperedArtifactErr
 from . import evaluation, fast_first
 from .ahead import Ahead, Superseded
 from .card import model_card
+from .cpu import cpu_threads
 from .data import Split, corrupt_labels, split
 from .deploy import planned_action
 from .estimators import LINEAR, describe, make_estimator
@@ -204,17 +205,6 @@ class TrainResult:
     passed: bool
 
 
-def cpu_threads(threads: int | None) -> AbstractContextManager[Any]:
-    """Limit OpenMP/BLAS threads of the calling thread (None: the libraries' default).
-
-    Measured on 2 shared cores: HistGradientBoosting's OpenMP threads spin-wait when
-    other processes hold the cores, and a census run took 29 s instead of 8 s.
-    """
-    if threads is None:
-        return nullcontext()
-    return cast(AbstractContextManager[Any], threadpool_limits(limits=threads))
-
-
 def train(
     contract: Contract,
     registry: Registry,
@@ -229,6 +219,7 @@ def train(
     candidate: Candidate = SEARCH,
     fast_first_version: int | None = None,
     handoff: fast_first.Handoff | None = None,
+    executor: Executor | None = None,
 ) -> TrainResult:
     """Train, evaluate, export and register one model version.
 
@@ -251,6 +242,8 @@ def train(
         handoff: the fast candidate training beside this searched run: the search
             starts at once, and the champion comparison and registration wait for the
             fast candidate's outcome (its version replaces ``fast_first_version``).
+        executor: where the search cross-validates its candidates (the service's search
+            process, :func:`.cpu.search_process`); None: in this thread.
 
     Raises :class:`TrainingFailed` (naming the phase) when any step raises.
     """
@@ -273,6 +266,7 @@ def train(
                 fast_first_version,
                 threads,
                 handoff,
+                executor,
             )
         except (RunCancelled, TrainingFailed):
             raise
@@ -294,6 +288,7 @@ def _train(
     fast_first_version: int | None,
     threads: int | None,
     handoff: fast_first.Handoff | None,
+    executor: Executor | None,
 ) -> TrainResult:
     started = time.perf_counter()
     seed = contract.training.seed
@@ -320,7 +315,7 @@ def _train(
         found = _unsearched(contract, finished.seconds["fit"], len(prepared.y_train))
     else:
         found, finished = _search_and_finish(
-            contract, config, prepared, phases, threads, cancel, handoff
+            contract, config, prepared, phases, threads, cancel, handoff, executor
         )
     best = found.best
     for name, seconds in finished.seconds.items():
@@ -543,6 +538,7 @@ def _search_and_finish(
     threads: int | None,
     cancel: StopSignal | None,
     handoff: fast_first.Handoff | None,
+    executor: Executor | None,
 ) -> tuple[SearchResult, Finished]:
     """The time-boxed search and the finishing of its winner: on a second thread while
     the search goes on (:mod:`.ahead`), or after it when ``config.finish_ahead`` is off."""
@@ -582,6 +578,8 @@ def _search_and_finish(
                 times=data.t_train,
                 cancel=cancel,
                 on_leader=None if ahead is None else ahead.lead,
+                executor=executor,
+                threads=threads,
             )
         best = found.best
         if ahead is not None:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from services.serving.inputs import InputSpec
 from services.serving.tensors import Tensor
+from services.training.cpu import cpu_threads
 from services.training.estimators import BOOSTING, GRIDS, LINEAR, make_estimator
-from services.training.trainer import cpu_threads
 from services.validation.rules import evaluate
 from shared.contract import parse_contract
 from shared.features import MISSING_CATEGORY, build_pipeline, onnx_feeds, table_to_frame, to_onnx

@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from services.ingestion.core import Ingestor
 from services.ingestion.metrics import IngestionMetrics
+from services.training.cpu import cpu_threads
 from services.training.data import split
 from services.training.folds import time_folds
 from services.training.search import cv_splits, search
-from services.training.trainer import TrainConfig, cpu_threads, train
+from services.training.trainer import TrainConfig, train
 from shared.datasets import DatasetCatalog
 from shared.registry import Registry
 from shared.store import ArtifactStore

@@ -4,6 +4,7 @@ the tree encoding, and the refit of the winner on every training row."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import cross_validate
 
+from services.training.cpu import search_process
 from services.training.data import split
-from services.training.estimators import BOOSTING, GRIDS, LINEAR, VOTING, make_estimator
+from services.training.estimators import BOOSTING, GRIDS, LINEAR, VOTING, describe, make_estimator
 from services.training.evaluation import (
     importance,
     importance_metric,
@@ -23,9 +25,11 @@ from services.training.reproduce import reproduce
 from services.training.runtime import predictor
 from services.training.scoring import improvement
 from services.training.search import (
+    Run,
     _cross_validate,
     _folds,
     evaluate_ensemble,
+    expected_seconds,
     search,
     search_rows,
 )
@@ -198,3 +202,41 @@ def test_the_row_cap_is_validated() -> None:
     assert toy_contract(training={"search_max_rows": None}).training.search_max_rows is None
     with pytest.raises(ContractError, match="search_max_rows"):
         toy_contract(training={"search_max_rows": 10})
+
+
+def test_the_search_in_its_worker_process_scores_as_in_the_calling_thread() -> None:
+    contract, data = toy_split()
+    args = (contract, data.x_train, data.y_train)
+    kwargs: dict[str, Any] = {"budget_s": 60, "folds": 2, "seed": 42, "max_rows": 400}
+    here = search(*args, **kwargs)
+    pool = search_process()
+    try:
+        leaders: list[str] = []
+        there = search(
+            *args,
+            **kwargs,
+            executor=pool,
+            threads=1,
+            on_leader=lambda family, params: leaders.append(describe(family, params)),
+        )
+    finally:
+        pool.shutdown()
+    assert [(r.as_record()["name"], r.cv_scores) for r in there.runs] == [
+        (r.as_record()["name"], r.cv_scores) for r in here.runs
+    ]
+    assert there.best.as_record()["name"] == here.best.as_record()["name"] == leaders[-1]
+    assert len(set(leaders)) == len(leaders)  # each lead announced once
+
+
+def test_a_candidate_expected_to_end_past_the_budget_is_not_launched() -> None:
+    small = {"learning_rate": 0.1, "max_leaf_nodes": 16, "max_iter": 100}
+    big = {"learning_rate": 0.1, "max_leaf_nodes": 64, "max_iter": 200}
+    runs = [
+        Run(LINEAR, {"C": 1.0}, [0.8], 0.8, 0.0, 1.0),
+        Run(BOOSTING, small, [0.9], 0.9, 0.0, 2.0),
+        Run(BOOSTING, big, [], float("nan"), float("nan"), 9.0, status="failed"),
+    ]
+    # Twice the trees and twice the square root of the leaves: four times the last fit.
+    assert expected_seconds(BOOSTING, big, runs) == pytest.approx(8.0)
+    assert expected_seconds(LINEAR, {"C": 10.0}, runs) == pytest.approx(1.0)
+    assert expected_seconds(VOTING, {"members": []}, runs) == 0.0
