@@ -38,6 +38,10 @@ Message = tuple[bytes, bytes, str]
 """(key, value, trace id) of one Kafka record."""
 Send = Callable[[list[Message]], Awaitable[None]]
 """Publishes records and returns once Kafka acknowledged them (raises if it did not)."""
+YIELD_S = 0.00025
+"""Longest stretch of event encoding before the publisher lets waiting responses out.
+Yielding after every request instead cost a loop round each (about as much as encoding
+a batch-1 event), for responses that wait a quarter of a millisecond at most."""
 
 
 @dataclass(slots=True)
@@ -247,7 +251,11 @@ class PredictionPublisher:
     async def _publish(self, batch: list[Answered]) -> None:
         messages: list[Message] = []
         sent: list[Answered] = []
+        yielded = time.perf_counter()
         for item in batch:
+            if time.perf_counter() - yielded >= YIELD_S:
+                await asyncio.sleep(0)  # let responses in between two requests' encodings
+                yielded = time.perf_counter()
             try:
                 value = to_event(item)
             except Exception as exc:  # a shadow model failing must not stop the publisher
@@ -258,7 +266,6 @@ class PredictionPublisher:
                 continue
             messages.append((item.key.encode(), value, item.request_id))
             sent.append(item)
-            await asyncio.sleep(0)  # let responses in between two requests' encodings
         if not messages:
             return
         delay = self.retry_s

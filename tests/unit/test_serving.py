@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from services.serving.batching import AdaptiveBatcher
 from services.serving.errors import ServingError
-from services.serving.events import Answered, PredictionPublisher
+from services.serving.events import YIELD_S, Answered, PredictionPublisher, to_event
 from services.serving.inputs import SMALL_ROWS, InputSpec
 from services.serving.metrics import ServingMetrics
 from services.serving.model import LoadedModel
@@ -505,3 +506,48 @@ async def test_events_wait_for_room_and_drop_only_past_the_bound(
     assert rows[0].shadow["outputs"]["label"] in (0, 1)
     assert set(rows[0].inputs) == set(contract.feature_names)
     assert rows[1].outputs["label"] == outputs["label"].tolist()[1]
+
+
+async def test_a_long_publishing_round_still_lets_responses_out(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    # Encoding is on the event loop: the publisher yields at least every YIELD_S, so a
+    # response never waits for a whole round of (here slow, shadowed) encodings.
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    spec = InputSpec(contract, 64)
+    model = LoadedModel(manifest, models["onnx1"], spec, 1)
+    feeds, n = spec.feeds([matrix_tensor(contract, models["rows"][:4])])
+    outputs = model.predict(feeds)
+    sent: list[tuple[bytes, bytes, str]] = []
+
+    async def send(messages: list[tuple[bytes, bytes, str]]) -> None:
+        sent.extend(messages)
+
+    publisher = PredictionPublisher(
+        send,
+        buffer_rows=1000,
+        batch_rows=1000,
+        dropped=lambda m, n: None,
+        published=lambda m, n: None,
+        log=LOG,
+    )
+    for i in range(40):  # the shadow model runs in each encoding: each takes a while
+        answered = Answered(model, "champion", f"r{i}", f"k{i}", feeds, outputs, n, model, 1.0, 0.0)
+        await publisher.submit(answered)
+    ran_while_encoding: list[int] = []
+
+    async def response() -> None:
+        while len(sent) < 40:
+            ran_while_encoding.append(len(sent))
+            await asyncio.sleep(0)
+
+    await publisher.start()
+    await asyncio.gather(response(), publisher.stop())
+    assert len(sent) == 40
+    started = time.perf_counter()
+    for _ in range(5):
+        to_event(Answered(model, "champion", "x", "kx", feeds, outputs, n, model, 1.0, 0.0))
+    per_event = (time.perf_counter() - started) / 5
+    # The round took 40 encodings; the other task got in about every YIELD_S of them.
+    assert len(ran_while_encoding) >= min(40, int(40 * per_event / YIELD_S)) // 2
+    assert len(ran_while_encoding) > 1
