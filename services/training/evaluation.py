@@ -237,6 +237,7 @@ def importance(
     repeats: int,
     seed: int,
     check: Callable[[], None] = lambda: None,
+    features: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Permutation importance of each contract feature, measured on the exported model.
 
@@ -244,26 +245,35 @@ def importance(
     values are shuffled across rows, averaged over ``repeats`` seeded shuffles. The
     model is the ONNX graph serving runs (``predict``, on ``feeds`` of the latest
     holdout rows): its inputs are one tensor per feature, so a shuffle permutes one
-    tensor and nothing is encoded again. ``check`` is called before each feature (it
-    raises to abandon the work).
+    tensor and nothing is encoded again. Each feature's shuffles are seeded by
+    ``(seed, its position in the contract)``, so ``features`` (a subset, default all)
+    can be ranked in separate processes and merged with :func:`ranked`. ``check`` is
+    called before each feature (it raises to abandon the work).
     """
     metric = importance_metric(contract)
     inputs = onnx_input_names(contract)
     baseline = metric_value(contract, metric, y, predict(feeds))
-    rng = np.random.default_rng(seed)
-    ranked = []
-    for name in contract.feature_names:
+    wanted = set(contract.feature_names if features is None else features)
+    out = []
+    for position, name in enumerate(contract.feature_names):
+        if name not in wanted:
+            continue
         check()
         column = inputs[name]
+        rng = np.random.default_rng([seed, position])
         drops = []
         for _ in range(repeats):
-            order = rng.permutation(len(y))
-            shuffled = {**feeds, column: feeds[column][order]}
+            shuffled = {**feeds, column: feeds[column][rng.permutation(len(y))]}
             score = metric_value(contract, metric, y, predict(shuffled))
             # improvement(metric, a, b) is how much better a is than b, in either direction.
             drops.append(improvement(metric, baseline, score))
-        ranked.append({"feature": name, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
-    return sorted(ranked, key=lambda r: r["mean"], reverse=True)
+        out.append({"feature": name, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
+    return ranked(out)
+
+
+def ranked(importances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Feature importances, the largest loss first."""
+    return sorted(importances, key=lambda r: r["mean"], reverse=True)
 
 
 def coefficients(pipeline: Pipeline) -> dict[str, Any]:

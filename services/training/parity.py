@@ -98,13 +98,18 @@ def check_parity(
     x: pd.DataFrame,
     atol: float,
     rtol: float = 0.0,
-) -> Parity:
+) -> tuple[Parity, Predictions]:
     """Run the fitted pipeline and its ONNX export on ``x`` and compare them, both on the
-    float32 feature values the export receives (:func:`shared.features.as_served`)."""
-    return compare(
+    float32 feature values the export receives (:func:`shared.features.as_served`).
+
+    Returns the parity and the export's predictions (what serving will answer, which
+    the holdout evaluation then scores)."""
+    served = onnx_predictions(contract, onnx, x)
+    parity = compare(
         contract,
         sklearn_predictions(contract, pipeline, as_served(contract, x)),
-        onnx_predictions(contract, onnx, x),
+        served,
         atol,
         rtol,
     )
+    return parity, served

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -478,6 +479,7 @@ def finish(
     params: dict[str, Any],
     baseline: Pipeline | None,
     check: Callable[[], None],
+    spare: Callable[[], Executor | None] = lambda: None,
 ) -> Finished:
     """Fit a candidate on every training row, export it, check parity and evaluate it on
     the holdout: a run's work that does not depend on the champion.
@@ -487,10 +489,13 @@ def finish(
             lean evaluation: no interpretable baseline and no permutation importance,
             neither being a gate.
         check: called between steps; raises to abandon the work (cancel, superseded).
+        spare: an idle worker process, if there is one when the evaluation starts (the
+            search's, once the search is over): the permutation importance runs there
+            while this thread does the rest of the evaluation.
     """
     phases = Phases()
     try:
-        return _finish(contract, config, prepared, family, params, baseline, check, phases)
+        return _finish(contract, config, prepared, family, params, baseline, check, spare, phases)
     except (RunCancelled, Superseded):
         raise
     except Exception as exc:
@@ -505,6 +510,7 @@ def _finish(
     params: dict[str, Any],
     baseline: Pipeline | None,
     check: Callable[[], None],
+    spare: Callable[[], Executor | None],
     phases: Phases,
 ) -> Finished:
     seed = contract.training.seed
@@ -521,12 +527,12 @@ def _finish(
     check()
     with phases.time("parity"):
         policy = contract.promotion
-        parity = check_parity(
+        parity, served = check_parity(
             contract, pipeline, onnx, data.x_holdout, policy.parity_atol, policy.parity_rtol
         )
     check()
     with phases.time("evaluate"):
-        evaluated = _evaluate(contract, config, prepared, pipeline, onnx, baseline, check)
+        evaluated = _evaluate(contract, config, prepared, served, onnx, baseline, check, spare())
     return Finished(pipeline, onnx, parity, evaluated, dict(phases.seconds))
 
 
@@ -551,10 +557,15 @@ def _search_and_finish(
         with fitting.time("fit"):
             return fit(contract, LINEAR, BASELINE_PARAMS, seed, prepared)
 
+    searched = threading.Event()  # the search is over: its worker process is idle
+
     def finish_one(
         family: str, params: dict[str, Any], baseline: Pipeline, check: Callable[[], None]
     ) -> Finished:
-        return finish(contract, config, prepared, family, params, baseline, check)
+        def spare() -> Executor | None:
+            return executor if searched.is_set() else None
+
+        return finish(contract, config, prepared, family, params, baseline, check, spare)
 
     ahead: Ahead[Finished] | None = None
     if config.finish_ahead:
@@ -581,6 +592,7 @@ def _search_and_finish(
                 executor=executor,
                 threads=threads,
             )
+        searched.set()
         best = found.best
         if ahead is not None:
             with phases.time("finish_wait"):
@@ -605,17 +617,38 @@ def _evaluate(
     contract: Contract,
     config: TrainConfig,
     prepared: Prepared,
-    pipeline: Pipeline,
+    served: evaluation.Predictions,
     onnx: bytes,
     baseline: Pipeline | None,
     check: Callable[[], None],
+    spare: Executor | None = None,
 ) -> dict[str, Any]:
     """The holdout evaluation that does not depend on the champion; without ``baseline``
     (the fast candidate) a lean one: no interpretable baseline and no permutation
-    importance, neither being a gate."""
+    importance, neither being a gate.
+
+    The metrics are those of the export's predictions (``served``, from the parity
+    gate): what serving will answer, scored as the champion's are."""
     data = prepared.data
     x, y = data.x_holdout, data.y_holdout
-    ours = evaluation.sklearn_predictions(contract, pipeline, x)
+    rows = config.importance_rows
+    feeds = onnx_feeds(contract, x.iloc[-rows:])
+    names = contract.feature_names
+    local = names
+    ranking: Future[list[dict[str, Any]]] | None = None
+    if baseline is not None and spare is not None:
+        # Half the features ranked in the idle process, half here after the rest.
+        local, remote = names[len(names) // 2 :], names[: len(names) // 2]
+        ranking = spare.submit(
+            _importance_in_worker,
+            contract,
+            onnx,
+            feeds,
+            y[-rows:],
+            config.importance_repeats,
+            remote,
+        )
+    ours = evaluation.labels_like(contract, y, served)
     trivial = evaluation.trivial_predictions(contract, prepared.y_train, len(y))
     out: dict[str, Any] = {
         "metrics": evaluation.metrics(contract, y, ours),
@@ -638,17 +671,41 @@ def _evaluate(
             **evaluation.coefficients(baseline),
         }
         check()
-        rows = config.importance_rows
-        out["feature_importance"] = evaluation.importance(
+        found = evaluation.importance(
             contract,
             predictor(contract, onnx),
-            onnx_feeds(contract, x.iloc[-rows:]),
+            feeds,
             y[-rows:],
             repeats=config.importance_repeats,
             seed=contract.training.seed,
             check=check,
+            features=local,
         )
+        if ranking is not None:
+            found += ranking.result()
+        out["feature_importance"] = evaluation.ranked(found)
     return out
+
+
+def _importance_in_worker(
+    contract: Contract,
+    onnx: bytes,
+    feeds: evaluation.Feeds,
+    y: np.ndarray,
+    repeats: int,
+    features: list[str],
+) -> list[dict[str, Any]]:
+    """:func:`evaluation.importance` of some features of an exported model, in a worker
+    process."""
+    return evaluation.importance(
+        contract,
+        predictor(contract, onnx),
+        feeds,
+        y,
+        repeats=repeats,
+        seed=contract.training.seed,
+        features=features,
+    )
 
 
 def _groups(

@@ -33,7 +33,7 @@ from services.training.search import (
     search,
     search_rows,
 )
-from services.training.trainer import TrainConfig, train
+from services.training.trainer import BASELINE_PARAMS, TrainConfig, finish, fit, prepare, train
 from shared.contract import ContractError
 from shared.datasets import DatasetCatalog
 from shared.features import UNKNOWN_CODE, as_served, build_pipeline, onnx_feeds, to_onnx
@@ -148,10 +148,10 @@ def test_importance_on_the_exported_model_equals_shuffling_the_raw_features() ->
     def score(frame: pd.DataFrame) -> float:
         return metric_value(contract, metric, y, sklearn_predictions(contract, pipeline, frame))
 
-    rng = np.random.default_rng(3)
     base = score(served)
     expected = {}
-    for name in contract.feature_names:
+    for position, name in enumerate(contract.feature_names):
+        rng = np.random.default_rng([3, position])
         drops = []
         for _ in range(2):
             shuffled = served.copy()
@@ -240,3 +240,32 @@ def test_a_candidate_expected_to_end_past_the_budget_is_not_launched() -> None:
     assert expected_seconds(BOOSTING, big, runs) == pytest.approx(8.0)
     assert expected_seconds(LINEAR, {"C": 10.0}, runs) == pytest.approx(1.0)
     assert expected_seconds(VOTING, {"members": []}, runs) == 0.0
+
+
+def test_the_importance_in_the_idle_search_process_equals_the_one_computed_here(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    contract = toy_contract()
+    version = add_dataset(store, "toy", [toy_table(2000)])
+    config = TrainConfig(importance_rows=300, importance_repeats=2)
+    prepared = prepare(contract, DatasetCatalog(store), version.id, config)
+    baseline = fit(contract, LINEAR, BASELINE_PARAMS, 0, prepared)
+    pool = search_process()
+    try:
+        spared = finish(
+            contract,
+            config,
+            prepared,
+            BOOSTING,
+            GRIDS[BOOSTING][0],
+            baseline,
+            lambda: None,
+            lambda: pool,
+        )
+    finally:
+        pool.shutdown()
+    here = finish(contract, config, prepared, BOOSTING, GRIDS[BOOSTING][0], baseline, lambda: None)
+    assert spared.evaluated["feature_importance"] == here.evaluated["feature_importance"]
+    assert len(here.evaluated["feature_importance"]) == len(contract.feature_names)
+    assert spared.onnx == here.onnx
