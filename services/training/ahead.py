@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
+from .cpu import lower_priority
 from .estimators import describe
 from .search import StopSignal, check_cancel
 
@@ -52,6 +53,7 @@ class Ahead(Generic[T]):
         in_threads: wraps each job (the run's OpenMP/BLAS thread limit, which is per
             thread).
         cancel: the service's stop signal.
+        nice: how much lower the worker thread's CPU priority is (:mod:`.cpu`).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Ahead(Generic[T]):
         start: Callable[[], None] | None = None,
         in_threads: Callable[[Callable[[], Any]], Any] = lambda job: job(),
         cancel: StopSignal | None = None,
+        nice: int = 0,
     ):
         self._finish = finish
         self._in_threads = in_threads
@@ -70,6 +73,7 @@ class Ahead(Generic[T]):
         self._lock = threading.Lock()
         self._leader: str | None = None
         self._jobs: dict[str, Future[T]] = {}
+        self._pool.submit(lower_priority, nice)
         if start is not None:
             self._pool.submit(start)
         self._baseline: Future[Any] = self._pool.submit(in_threads, fit_baseline)

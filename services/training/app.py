@@ -40,6 +40,7 @@ def train_config(settings: TrainingSettings) -> TrainConfig:
         min_group_rows=settings.min_group_rows,
         corrupt_label_share=settings.corrupt_label_share,
         finish_ahead=settings.finish_ahead,
+        background_nice=settings.background_nice,
     )
 
 

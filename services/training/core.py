@@ -181,7 +181,9 @@ class TrainingCore:
     def _start_pool(self) -> None:
         # Started beside the service's other work: a run that needs it before it is up
         # waits for it (about 2 s), nothing else does.
-        self._pool = asyncio.ensure_future(asyncio.to_thread(search_process))
+        self._pool = asyncio.ensure_future(
+            asyncio.to_thread(search_process, self.config.background_nice)
+        )
 
     async def _executor(self) -> Executor | None:
         """The search's worker process (None when off, or when it could not start)."""

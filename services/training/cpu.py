@@ -13,6 +13,9 @@ its own, and the training process's threads keep its cores for the rest.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, cast
@@ -31,14 +34,35 @@ def cpu_threads(threads: int | None) -> AbstractContextManager[Any]:
     return cast(AbstractContextManager[Any], threadpool_limits(limits=threads))
 
 
-def search_process() -> Executor:
-    """A started, warm one-process pool for the search's cross-validation.
+BACKGROUND_NICE = 10
+"""How much lower the priority of the search's worker process and of the thread finishing
+its leader is: they yield the CPU to serving and to the fast first candidate, and use
+it fully when nothing else wants it."""
+
+
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux nice values are per
+    thread; elsewhere this lowers the process's)."""
+    if nice <= 0:
+        return
+    who = threading.get_native_id() if sys.platform == "linux" else 0
+    os.setpriority(os.PRIO_PROCESS, who, min(19, os.getpriority(os.PRIO_PROCESS, who) + nice))
+
+
+def search_process(nice: int = BACKGROUND_NICE) -> Executor:
+    """A started, warm one-process pool for the search's cross-validation, its priority
+    lowered by ``nice``.
 
     Blocks while the process starts and imports scikit-learn (about 2 s): call it off
     the event loop. ``spawn``, not ``fork``: the service process runs threads (the
     event loop's, Kafka's) that a forked child would inherit mid-lock.
     """
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=lower_priority,
+        initargs=(nice,),
+    )
     pool.submit(_warm).result()
     return pool
 

@@ -40,6 +40,10 @@ class TrainingSettings(ServiceSettings):
     finish_ahead: bool = True
     """Finish the search's leader (refit, export, parity, evaluation) on a second thread
     while the search goes on; off on a one-core host, where it would slow the search."""
+    background_nice: int = Field(10, ge=0, le=19)
+    """How much lower the CPU priority of the search's worker process and of the thread
+    finishing its leader is: background work that yields to serving and to the fast first
+    candidate (0: the service's own priority)."""
     search_process: bool = True
     """Cross-validate the search's candidates in a worker process (started with the
     service), so the search does not share the GIL with the fast first candidate and the

@@ -31,7 +31,7 @@ from shared.registry import ModelManifest, Parity, Registry, TamperedArtifactErr
 from . import evaluation, fast_first
 from .ahead import Ahead, Superseded
 from .card import model_card
-from .cpu import cpu_threads
+from .cpu import BACKGROUND_NICE, cpu_threads
 from .data import Split, corrupt_labels, split
 from .deploy import planned_action
 from .estimators import LINEAR, describe, make_estimator
@@ -78,6 +78,8 @@ class TrainConfig:
     corrupt_label_share: float = 0.0
     finish_ahead: bool = True
     """Finish the search's leader on a second thread during the search (:mod:`.ahead`)."""
+    background_nice: int = BACKGROUND_NICE
+    """How much lower that thread's CPU priority is (:data:`.cpu.BACKGROUND_NICE`)."""
 
     def budget(self, contract: Contract) -> float:
         """The search budget: the contract's, capped by the service's."""
@@ -575,6 +577,7 @@ def _search_and_finish(
             start=None if handoff is None else lambda: handoff.wait_done(cancel),
             in_threads=lambda job: _in_threads(threads, job),
             cancel=cancel,
+            nice=config.background_nice,
         )
     try:
         with phases.time("search"):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any
 
 import pytest
 
 from services.training.ahead import Ahead, Superseded
+from services.training.cpu import search_process
 from services.training.estimators import describe
 from services.training.fast_first import Handoff
 from services.training.search import AnyOf, RunCancelled
@@ -116,3 +119,28 @@ def test_a_failed_fast_candidate_stops_the_searched_run() -> None:
     service.set()
     with pytest.raises(RunCancelled):
         Handoff().wait(service)
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_background_work_runs_at_a_lower_priority() -> None:
+    here = _niceness()
+    seen: list[int] = []
+
+    def finish(family: str, params: dict[str, Any], baseline: str, check: Any) -> str:
+        seen.append(_niceness())
+        return "done"
+
+    ahead: Ahead[str] = Ahead(finish, lambda: "baseline", nice=5)
+    assert ahead.result("linear", {"C": 1.0}) == "done"
+    ahead.close()
+    assert seen == [min(19, here + 5)]
+    assert _niceness() == here  # the calling thread keeps its priority
+    pool = search_process(nice=7)
+    try:
+        assert pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result() == min(19, here + 7)
+    finally:
+        pool.shutdown()
