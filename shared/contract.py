@@ -104,7 +104,8 @@ class TrainingPolicy(_Strict):
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     """Latest share of event time kept out for the honest holdout."""
     search_time_budget_s: float = Field(60.0, gt=0)
-    """Time box of the hyperparameter search."""
+    """Time box of the hyperparameter search: no candidate starts after it, nor one
+    expected (from its family's last run) to end past it."""
     search_max_rows: int | None = Field(10_000, ge=100)
     """Cross-validate the search's candidates on at most this many training rows (a
     seeded, label-stratified sample); the chosen candidate is then refit on every

@@ -61,8 +61,8 @@ def model_card(contract: Contract, m: ModelManifest) -> list[str]:
             f"{r['feature']} {r['mean']:.4f}" for r in extra["feature_importance"][:5]
         )
         lines.append(
-            f"Most important features (permutation on the holdout, {metric} lost when "
-            f"shuffled): {importance}."
+            f"Most important features (permutation on the holdout, "
+            f"{evaluation.importance_metric(contract)} lost when shuffled): {importance}."
         )
     lines += _groups(contract, m)
     failed = [f"{name} ({g.detail})" for name, g in m.gates.items() if not g.passed]
