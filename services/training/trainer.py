@@ -110,6 +110,18 @@ class Phases:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
 
+@contextmanager
+def _named_failures(phases: Phases) -> Iterator[None]:
+    """Raise any error of the ``with`` body as :class:`TrainingFailed` naming the phase
+    that was going (a cancel, a superseded job or a named failure pass as they are)."""
+    try:
+        yield
+    except (RunCancelled, Superseded, TrainingFailed):
+        raise
+    except Exception as exc:
+        raise TrainingFailed(phases.current, exc) from exc
+
+
 @dataclass
 class Finished:
     """A candidate fitted on every training row, exported, parity-checked and evaluated
@@ -253,28 +265,23 @@ def train(
     phases = Phases()
     if handoff is not None:
         cancel = AnyOf(cancel, handoff.abandoned)  # the fast candidate failed: stop too
-    with cpu_threads(threads):
-        try:
-            return _train(
-                contract,
-                registry,
-                catalog,
-                dataset_version,
-                reason,
-                config,
-                on_phase,
-                cancel,
-                phases,
-                candidate,
-                fast_first_version,
-                threads,
-                handoff,
-                executor,
-            )
-        except (RunCancelled, TrainingFailed):
-            raise
-        except Exception as exc:
-            raise TrainingFailed(phases.current, exc) from exc
+    with cpu_threads(threads), _named_failures(phases):
+        return _train(
+            contract,
+            registry,
+            catalog,
+            dataset_version,
+            reason,
+            config,
+            on_phase,
+            cancel,
+            phases,
+            candidate,
+            fast_first_version,
+            threads,
+            handoff,
+            executor,
+        )
 
 
 def _train(
@@ -496,12 +503,8 @@ def finish(
             while this thread does the rest of the evaluation.
     """
     phases = Phases()
-    try:
+    with _named_failures(phases):
         return _finish(contract, config, prepared, family, params, baseline, check, spare, phases)
-    except (RunCancelled, Superseded):
-        raise
-    except Exception as exc:
-        raise TrainingFailed(phases.current, exc) from exc
 
 
 def _finish(
