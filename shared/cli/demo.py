@@ -424,13 +424,34 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
                 f"v{v} trained ({m.reason}); {m.metrics.get('roc_auc', float('nan')):.4f} roc_auc; "
                 f"gates failed: {failed or 'none'}"
             )
-    manifest = ctx.registry.get(contract.name, version)
-    failed = [g for g, r in manifest.gates.items() if not r.passed]
-    report.car_challenger = version
-    if failed:
-        report.car_outcome = "registered, not deployed: " + ", ".join(failed)
-        console.print(report.car_outcome)
-        return
+    # A later dataset version of the drifted period can train a newer canary before this
+    # one is decided: the demo then follows the newer one (with its own canary traffic).
+    while True:
+        manifest = ctx.registry.get(contract.name, version)
+        failed = [g for g, r in manifest.gates.items() if not r.passed]
+        report.car_challenger = version
+        if failed:
+            report.car_outcome = "registered, not deployed: " + ", ".join(failed)
+            console.print(report.car_outcome)
+            return
+        outcome = _canary(ctx, report, contract, second, version)
+        if not outcome.startswith("replaced by v"):
+            break
+        newer = int(outcome.removeprefix("replaced by v"))
+        newest = ctx.registry.get(contract.name, newer)
+        report.car_retrain_reasons.append(newest.reason)
+        console.print(f"v{version} was replaced as the canary by v{newer} ({newest.reason})")
+        version = newer
+    report.car_outcome = outcome
+    last = ctx.registry.history(contract.name)[-1]
+    console.print(f"v{version} {report.car_outcome} by {last.actor}: {last.reason}")
+
+
+def _canary(
+    ctx: _Ctx, report: DemoReport, contract: Contract, traffic: pa.Table, version: int
+) -> str:
+    """Wait for ``version``'s deployment, send it labelled traffic when it is a canary, and
+    wait for its outcome: ``promoted``, ``rolled back`` or ``replaced by v<N>``."""
     # The manifest is written before the aliases move: wait for the deployment itself.
     aliases = _wait(
         ctx,
@@ -445,20 +466,21 @@ def _step_car_loan(ctx: _Ctx, report: DemoReport) -> None:
         console.print(f"v{version} is the canary beside champion v{aliases['champion']}")
         # Labelled traffic for the canary: monitoring compares it with the champion.
         report.feedback += _publish_feedback(
-            ctx, _serve(ctx, report, contract, second, "canary traffic")
+            ctx, _serve(ctx, report, contract, traffic, "canary traffic")
         )
 
     def decided() -> str:
         now = ctx.registry.aliases(contract.name)
         if now["champion"] == version:
             return "promoted"
+        if now["challenger"] is not None and now["challenger"] > version:
+            return f"replaced by v{now['challenger']}"
         if now["challenger"] is None and now["champion"] != version:
             return "rolled back"
         return ""
 
-    report.car_outcome = _wait(ctx, "the canary's promotion or rollback", decided)
-    last = ctx.registry.history(contract.name)[-1]
-    console.print(f"v{version} {report.car_outcome} by {last.actor}: {last.reason}")
+    outcome: str = _wait(ctx, "the canary's promotion or rollback", decided)
+    return outcome
 
 
 def run_demo(
