@@ -539,14 +539,19 @@ class TrainingCore:
         executor = await self._executor() if candidate == fast_first.SEARCH else None
         try:
             return await asyncio.to_thread(
-                self._train_in_thread,
+                train,
                 contract,
-                dataset_version,
-                reason,
-                candidate,
-                handoff,
-                executor,
-                observe,
+                self.registry,
+                self.catalog,
+                dataset_version=dataset_version,
+                reason=reason,
+                config=self.config,
+                threads=self.threads,
+                cancel=self._cancel,
+                on_phase=observe,
+                candidate=candidate,
+                handoff=handoff,
+                executor=executor,
             )
         except TrainingFailed as failed:
             if isinstance(failed.error, BrokenProcessPool):
@@ -554,31 +559,6 @@ class TrainingCore:
                 self.log.error("training.search_process_lost", error=repr(failed.error))
                 self._start_pool()
             raise
-
-    def _train_in_thread(
-        self,
-        contract: Contract,
-        dataset_version: str,
-        reason: str,
-        candidate: fast_first.Candidate,
-        handoff: fast_first.Handoff | None,
-        executor: Executor | None,
-        observe: Callable[[str, float], None],
-    ) -> TrainResult:
-        return train(
-            contract,
-            self.registry,
-            self.catalog,
-            dataset_version=dataset_version,
-            reason=reason,
-            config=self.config,
-            threads=self.threads,
-            cancel=self._cancel,
-            on_phase=observe,
-            candidate=candidate,
-            handoff=handoff,
-            executor=executor,
-        )
 
     def _waiting(self, model: str, last: ModelManifest | None) -> list[Reason]:
         """Drift/quality reasons deferred on the newest model's data: still waiting."""

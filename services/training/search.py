@@ -252,24 +252,13 @@ def _cross_validate(
 
 
 def _cross_validate_in_worker(
-    threads: int | None,
-    keep: bool,
-    contract: Contract,
-    family: str,
-    params: dict[str, Any],
-    x: pd.DataFrame,
-    y: np.ndarray,
-    metric: str,
-    folds: int,
-    seed: int,
-    times: np.ndarray | None,
+    threads: int | None, keep: bool, *args: Any, **kwargs: Any
 ) -> tuple[Run, list[Pipeline]]:
-    """:func:`_cross_validate` in the search's worker process; the fold fits are sent
-    back only when ``keep`` (the ensemble reuses the first two candidates')."""
+    """:func:`_cross_validate` (same arguments) in the search's worker process; the fold
+    fits are sent back only when ``keep`` (the ensemble reuses the first two
+    candidates')."""
     with cpu_threads(threads):
-        run, fits = _cross_validate(
-            contract, family, params, x, y, metric=metric, folds=folds, seed=seed, times=times
-        )
+        run, fits = _cross_validate(*args, **kwargs)
     return run, fits if keep else []
 
 
@@ -417,25 +406,11 @@ def search(
 
     def run(family: str, params: dict[str, Any], keep: bool) -> tuple[Run, list[Pipeline]]:
         check_cancel(cancel)
+        args = (contract, family, params, x, y)
+        kwargs: dict[str, Any] = {"metric": metric, "folds": folds, "seed": seed, "times": times}
         if executor is None:
-            return _cross_validate(
-                contract, family, params, x, y, metric=metric, folds=folds, seed=seed, times=times
-            )
-        job = executor.submit(
-            _cross_validate_in_worker,
-            threads,
-            keep,
-            contract,
-            family,
-            params,
-            x,
-            y,
-            metric,
-            folds,
-            seed,
-            times,
-        )
-        return job.result()
+            return _cross_validate(*args, **kwargs)
+        return executor.submit(_cross_validate_in_worker, threads, keep, *args, **kwargs).result()
 
     def pick(pool: list[Run]) -> Run | None:
         pool = [r for r in pool if r.status == "ok"]

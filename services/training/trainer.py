@@ -107,7 +107,12 @@ class Phases:
         try:
             yield
         finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+            self.add({phase: time.perf_counter() - started})
+
+    def add(self, seconds: dict[str, float]) -> None:
+        """Add wall times measured elsewhere (another thread's phases) to these."""
+        for phase, spent in seconds.items():
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + spent
 
 
 @contextmanager
@@ -127,7 +132,6 @@ class Finished:
     """A candidate fitted on every training row, exported, parity-checked and evaluated
     on the holdout: all of a run that does not depend on the champion."""
 
-    pipeline: Pipeline
     onnx: bytes
     parity: Parity
     evaluated: dict[str, Any]
@@ -328,8 +332,7 @@ def _train(
             contract, config, prepared, phases, threads, cancel, handoff, executor
         )
     best = found.best
-    for name, seconds in finished.seconds.items():
-        phases.seconds[name] = phases.seconds.get(name, 0.0) + seconds
+    phases.add(finished.seconds)
     if handoff is not None:
         # The fast candidate trained beside the search: it is the champion to beat (if it
         # passed its gates) and the version before this one once it is registered.
@@ -538,7 +541,7 @@ def _finish(
     check()
     with phases.time("evaluate"):
         evaluated = _evaluate(contract, config, prepared, served, onnx, baseline, check, spare())
-    return Finished(pipeline, onnx, parity, evaluated, dict(phases.seconds))
+    return Finished(onnx, parity, evaluated, dict(phases.seconds))
 
 
 def _search_and_finish(
@@ -607,7 +610,7 @@ def _search_and_finish(
             finished = finish_one(
                 best.family, best.params, fit_baseline(), lambda: check_cancel(cancel)
             )
-        finished.seconds["fit"] += fitting.seconds["fit"]
+        phases.add(fitting.seconds)
     finally:
         if ahead is not None:
             ahead.close()
@@ -638,22 +641,22 @@ def _evaluate(
     data = prepared.data
     x, y = data.x_holdout, data.y_holdout
     rows = config.importance_rows
-    feeds = onnx_feeds(contract, x.iloc[-rows:])
-    names = contract.feature_names
-    local = names
     ranking: Future[list[dict[str, Any]]] | None = None
-    if baseline is not None and spare is not None:
-        # Half the features ranked in the idle process, half here after the rest.
-        local, remote = names[len(names) // 2 :], names[: len(names) // 2]
-        ranking = spare.submit(
-            _importance_in_worker,
-            contract,
-            onnx,
-            feeds,
-            y[-rows:],
-            config.importance_repeats,
-            remote,
-        )
+    if baseline is not None:
+        feeds, latest = onnx_feeds(contract, x.iloc[-rows:]), y[-rows:]
+        names = local = contract.feature_names
+        if spare is not None:
+            # Half the features ranked in the idle process, half here after the rest.
+            local = names[len(names) // 2 :]
+            ranking = spare.submit(
+                _rank,
+                contract,
+                onnx,
+                feeds,
+                latest,
+                config.importance_repeats,
+                names[: len(names) // 2],
+            )
     ours = evaluation.labels_like(contract, y, served)
     trivial = evaluation.trivial_predictions(contract, prepared.y_train, len(y))
     out: dict[str, Any] = {
@@ -677,32 +680,24 @@ def _evaluate(
             **evaluation.coefficients(baseline),
         }
         check()
-        found = evaluation.importance(
-            contract,
-            predictor(contract, onnx),
-            feeds,
-            y[-rows:],
-            repeats=config.importance_repeats,
-            seed=contract.training.seed,
-            check=check,
-            features=local,
-        )
+        found = _rank(contract, onnx, feeds, latest, config.importance_repeats, local, check)
         if ranking is not None:
             found += ranking.result()
         out["feature_importance"] = evaluation.ranked(found)
     return out
 
 
-def _importance_in_worker(
+def _rank(
     contract: Contract,
     onnx: bytes,
     feeds: evaluation.Feeds,
     y: np.ndarray,
     repeats: int,
     features: list[str],
+    check: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """:func:`evaluation.importance` of some features of an exported model, in a worker
-    process."""
+    """:func:`evaluation.importance` of some features of an exported model (here, or in
+    a worker process)."""
     return evaluation.importance(
         contract,
         predictor(contract, onnx),
@@ -710,6 +705,7 @@ def _importance_in_worker(
         y,
         repeats=repeats,
         seed=contract.training.seed,
+        check=check,
         features=features,
     )
 
