@@ -38,3 +38,9 @@ class Trigger:
         self.last_fired = now
         self.streak = 0
         return True
+
+    def reset(self, cooldown: bool) -> None:
+        """Start over: no streak, and with ``cooldown`` no quiet time either."""
+        self.streak = 0
+        if cooldown:
+            self.last_fired = None

@@ -700,6 +700,7 @@ class MonitoringCore:
                     error=str(err),
                 )
                 return
+        before = (state.champion, state.challenger)
         if d.action == "promote":
             if d.version != state.champion:
                 old = state.versions.get(state.champion) if state.champion is not None else None
@@ -718,8 +719,13 @@ class MonitoringCore:
             state.previous_champion, state.baseline = None, None
         elif d.action == "retire" and state.challenger == d.version:
             state.challenger, state.challenger_mode = None, None
-        state.rollback_trigger.streak = 0
-        state.promote_trigger.streak = 0
+        # A new champion or challenger is a new question: the cool-down kept monitoring
+        # from repeating a request about the old arrangement, and must not hold back the
+        # first decision about this one (its labels may all arrive within the cool-down,
+        # and decisions are made only as labels arrive).
+        changed = (state.champion, state.challenger) != before
+        state.rollback_trigger.reset(cooldown=changed)
+        state.promote_trigger.reset(cooldown=changed)
         self.logger.info(
             "deployment.seen",
             model=d.model,

@@ -346,6 +346,41 @@ def test_canary_is_rolled_back_when_worse_and_promoted_when_not(
     assert core.models["car_loan"].champion == version
 
 
+def test_a_canary_that_replaced_another_is_decided_within_the_cooldown(
+    tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    # v2's promotion was requested, then v3 replaced v2 as the canary before training
+    # acted (it refuses a promote for a version that is no longer the challenger): v3's
+    # labels, all arriving within the contract's cool-down, still decide v3.
+    reference, analysis = car_loan
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    v1 = seed_version(store, contract, reference.iloc[:5000], 1)
+    v2 = seed_version(store, contract, reference.iloc[5000:10_000], 2, champion=False)
+    v3 = seed_version(store, contract, reference.iloc[10_000:15_000], 3, champion=False)
+    clock = Clock()
+    core, reg = _core(store, contract, clock)
+    assert contract.monitoring.cooldown_s > 10
+    decisions = []
+    for canary, rows in ((v2, analysis.iloc[:4000]), (v3, analysis.iloc[4000:8000])):
+        core.on_deployment(
+            Deployment(
+                model="car_loan",
+                action="canary",
+                version=canary.version,
+                champion_version=1,
+                canary_percent=25,
+                reason="t",
+            )
+        )
+        out = _serve(core, contract, rows, v1, canary, canary_invert=False)
+        decisions += [
+            (o.event.action, o.event.version) for o in out if isinstance(o.event, DeploymentRequest)
+        ]
+        clock.now += 1
+    assert decisions == [("promote", 2), ("promote", 3)]
+    assert _value(reg, "flywheel_monitoring_actions_total", model="car_loan", action="promote") == 2
+
+
 def test_monitoring_follows_only_deployments_the_registry_recorded(
     tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:
