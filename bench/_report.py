@@ -317,8 +317,9 @@ def _serving(entry: dict[str, Any], made: set[str]) -> list[str]:
     events = r.get("flywheel_events")
     if events:
         out += [
-            "Prediction rows published and dropped during the Flywheel runs (one event per "
-            "request carries its rows): " + ", ".join(f"{k} {_fmt(v)}" for k, v in events.items()),
+            "Prediction rows published and dropped during the Flywheel runs (one message per "
+            "partition per publishing round carries its requests' rows): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in events.items()),
             "",
         ]
     return out

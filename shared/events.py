@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -264,8 +264,8 @@ class DeploymentRequest(Event):
 class Prediction(Event):
     """One served row, as monitoring handles it (``id`` is the prediction id).
 
-    On the wire a request's rows travel together as one :class:`PredictionBatch`;
-    :meth:`PredictionBatch.predictions` unpacks them into these."""
+    On the wire requests' rows travel together, column by column, in a
+    :class:`PredictionGroup`; :func:`decode_predictions` unpacks them into these."""
 
     model: str
     model_version: int
@@ -280,9 +280,11 @@ class Prediction(Event):
     latency_ms: float
 
 
-PREDICTIONS_SCHEMA_VERSION = 2
-"""Wire version of ``predictions``: 1 was one message per row (:class:`Prediction`), 2 is
-one message per answered request (:class:`PredictionBatch`)."""
+PREDICTIONS_SCHEMA_VERSION = 3
+"""Wire version of ``predictions``: 1 was one message per row (:class:`Prediction`), 2 one
+message per answered request (:class:`PredictionBatch`), 3 is one message per group of
+requests a publishing round answered alike, on one partition (:class:`PredictionGroup`).
+Monitoring reads all three."""
 
 
 def prediction_id(key: str, row: int) -> str:
@@ -308,14 +310,15 @@ class ShadowRows(BaseModel):
 
 
 class PredictionBatch(Event):
-    """One answered request on ``predictions`` (schema version 2): its rows column by column.
+    """One answered request on ``predictions`` (schema version 2, superseded by
+    :class:`PredictionGroup` and still read): its rows column by column.
 
     ``id`` is the request key, also the message key; row ``i`` has the prediction id
     ``<id>-<i>`` (:func:`prediction_id`), the id serving returned for that row, and the
     routing key of a prediction id (:func:`routing_key`) gives back ``id``.
     """
 
-    schema_version: Literal[2] = PREDICTIONS_SCHEMA_VERSION  # type: ignore[assignment]
+    schema_version: Literal[2] = 2
     model: str
     model_version: int
     data_version: str
@@ -397,3 +400,134 @@ class RetrainRequest(Event):
     keys the retrain by (model, dataset version, trigger): on a dataset version a model was
     already trained on it waits for new data. Without it the request is keyed by its
     ``reason``, so a replay trains once."""
+
+
+class GroupedRequests(BaseModel):
+    """The requests of a :class:`PredictionGroup`, one value per request, in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    id: list[str] = Field(min_length=1)
+    """Request keys: request ``j``'s row ``i`` has the prediction id ``<id[j]>-<i>``."""
+    request_id: list[str]
+    """The clients' request ids (or the request key when the client sent none)."""
+    created: list[float]
+    """Unix time each request was answered."""
+    latency_ms: list[float]
+    rows: list[int]
+    """Rows of each request; request ``j``'s rows follow request ``j - 1``'s in every
+    column."""
+
+    @model_validator(mode="after")
+    def _one_value_per_request(self) -> GroupedRequests:
+        n = len(self.id)
+        if any(len(c) != n for c in (self.request_id, self.created, self.latency_ms, self.rows)):
+            raise ValueError(f"every request column must hold {n} values")
+        if min(self.rows) < 1:
+            raise ValueError("every request has at least one row")
+        return self
+
+
+class PredictionGroup(Event):
+    """One ``predictions`` message (schema version 3): requests one serving replica
+    answered in one publishing round with the same model version, role and shadow, whose
+    keys fall on the message's partition; all their rows column by column.
+
+    One message per group rather than per request: encoding the round's rows in one go
+    and one Kafka record per group cost a fraction of a record per small request. ``id``
+    is the first request's key and the message key; every request key in the group maps
+    to the same partition under Kafka's default partitioner, so feedback re-keyed by a
+    prediction id's routing key (:func:`routing_key`) meets its prediction.
+    """
+
+    schema_version: Literal[3] = PREDICTIONS_SCHEMA_VERSION  # type: ignore[assignment]
+    model: str
+    model_version: int
+    data_version: str
+    role: Literal["champion", "canary", "shadow", "pinned"] = "champion"
+    requests: GroupedRequests
+    inputs: dict[str, list[Scalar]]
+    """Feature -> one value per row of every request (null: missing)."""
+    outputs: dict[str, list[Any]]
+    """``label`` and ``probabilities`` (classifiers) or ``prediction`` (regressors) -> one
+    value per row."""
+    shadow: ShadowRows | None = None
+    """The shadow model's answers to the same rows, if one ran."""
+
+    @model_validator(mode="after")
+    def _columns_have_every_row(self) -> PredictionGroup:
+        rows = sum(self.requests.rows)
+        columns = [*self.inputs.values(), *self.outputs.values()]
+        if self.shadow is not None:
+            columns += self.shadow.outputs.values()
+        if any(len(c) != rows for c in columns):
+            raise ValueError(f"every input and output column must hold {rows} values")
+        return self
+
+    def prediction_ids(self) -> list[str]:
+        """The prediction id of every row, in order."""
+        r = self.requests
+        return [
+            prediction_id(key, i) for key, n in zip(r.id, r.rows, strict=True) for i in range(n)
+        ]
+
+    def predictions(self) -> list[Prediction]:
+        """Every row as a :class:`Prediction` (already validated)."""
+        r = self.requests
+        rows = sum(r.rows)
+        names = list(self.inputs)
+        inputs = [
+            dict(zip(names, values, strict=True))
+            for values in zip(*self.inputs.values(), strict=True)
+        ]
+        outputs = _rows(self.outputs, rows)
+        shadows: list[dict[str, Any] | None] = [None] * rows
+        if self.shadow is not None:
+            s = self.shadow
+            shadows = [
+                {"model_version": s.model_version, "data_version": s.data_version, "outputs": o}
+                for o in _rows(s.outputs, rows)
+            ]
+        out: list[Prediction] = []
+        row = 0
+        for j, key in enumerate(r.id):
+            created = datetime.fromtimestamp(r.created[j], UTC)
+            for i in range(r.rows[j]):
+                out.append(
+                    Prediction.model_construct(
+                        schema_version=self.schema_version,
+                        id=prediction_id(key, i),
+                        created=created,
+                        model=self.model,
+                        model_version=self.model_version,
+                        data_version=self.data_version,
+                        request_id=r.request_id[j],
+                        role=self.role,
+                        inputs=inputs[row] if inputs else {},
+                        outputs=outputs[row],
+                        shadow=shadows[row],
+                        latency_ms=r.latency_ms[j],
+                    )
+                )
+                row += 1
+        return out
+
+
+def decode_predictions(value: bytes) -> list[Prediction]:
+    """The rows of one ``predictions`` message, whichever schema version wrote it: 3 (a
+    group of requests), 2 (one request) or 1 (one row), so a rolling upgrade loses none.
+
+    Raises:
+        ValidationError: none of the versions (the error against the current one).
+    """
+    try:
+        return PredictionGroup.model_validate_json(value).predictions()
+    except ValidationError as err:
+        try:
+            return PredictionBatch.model_validate_json(value).predictions()
+        except ValidationError:
+            pass
+        try:
+            return [Prediction.model_validate_json(value)]
+        except ValidationError:
+            raise err from None

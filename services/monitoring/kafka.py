@@ -36,7 +36,7 @@ from shared.events import (
     Feedback,
     ModelRegistered,
     Prediction,
-    PredictionBatch,
+    decode_predictions,
 )
 from shared.kafka import EventPublisher, TopicWatch, client_kwargs, consumer_kwargs, ensure_topics
 from shared.kafka_protocol import fetch_partitions
@@ -58,21 +58,6 @@ CONTROL: dict[str, type[BaseModel]] = {
 }
 REPLAYED = (topics.MODELS_DEPLOYMENTS,)
 """Control topics read from the beginning (state); the others from their end (counts)."""
-
-
-def decode_predictions(value: bytes) -> list[Prediction]:
-    """The rows of one ``predictions`` record: schema version 2 (one request) or 1 (one row).
-
-    Raises:
-        ValidationError: neither version (the version-2 error is raised).
-    """
-    try:
-        return PredictionBatch.model_validate_json(value).predictions()
-    except ValidationError as err:
-        try:
-            return [Prediction.model_validate_json(value)]
-        except ValidationError:
-            raise err from None
 
 
 async def _partitions(settings: KafkaSettings, names: Iterable[str]) -> dict[str, list[int]]:

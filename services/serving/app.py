@@ -108,6 +108,7 @@ async def build(settings: ServingSettings, runtime: Runtime) -> list[Component]:
 
     publisher = PredictionPublisher(
         sink.send,
+        partitions=sink.partitions,
         buffer_rows=settings.event_buffer_rows,
         batch_rows=settings.event_batch_rows,
         block_s=settings.event_block_ms / 1000.0,

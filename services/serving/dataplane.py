@@ -15,8 +15,9 @@ import numpy as np
 
 from shared.events import prediction_id
 
+from .encoding import Answered
 from .errors import invalid, not_found
-from .events import Answered, PredictionPublisher
+from .events import PredictionPublisher
 from .inputs import TensorSpec
 from .metrics import ServingMetrics
 from .model import PREDICTION_ID, output_specs

@@ -2,9 +2,10 @@
 
 The data plane hands each answered request to :meth:`PredictionPublisher.submit`, which
 appends it to a bounded in-memory buffer (no I/O, no serialisation). A background task
-drains the buffer: it runs the shadow model (if any) on the same rows, turns each
-request into one ``predictions`` event (the JSON of :class:`shared.events.PredictionBatch`,
-rows column by column, keyed by the request key) and sends them in batches, waiting for
+drains the buffer a round at a time: it groups the round's requests by partition and
+model (:mod:`.encoding`), runs the shadow model (if any) on each group's rows, encodes
+each group as one ``predictions`` message (a :class:`shared.events.PredictionGroup`,
+rows column by column, keyed by its first request's key) and sends them, waiting for
 ``acks=all``.
 
 Nothing is dropped while Kafka is reachable: a failed send is retried with back-off
@@ -21,21 +22,24 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-import orjson
+from .encoding import MAX_MESSAGE_BYTES, Answered, encode, group
 
-from shared.events import PREDICTIONS_SCHEMA_VERSION
-from shared.features import MISSING_CATEGORY
 
-from .inputs import Feeds
-from .model import LoadedModel
+class Message(NamedTuple):
+    """One ``predictions`` record."""
 
-Message = tuple[bytes, bytes, str]
-"""(key, value, trace id) of one Kafka record."""
+    partition: int
+    key: bytes
+    value: bytes
+    traces: tuple[str, ...]
+    """The trace id of each request in the message, in order."""
+
+
+PartitionOf = Callable[[], Awaitable[Callable[[bytes], int]]]
+"""Returns the current key -> partition map of ``predictions`` (Kafka's default
+partitioner over the topic's partitions)."""
 Send = Callable[[list[Message]], Awaitable[None]]
 """Publishes records and returns once Kafka acknowledged them (raises if it did not)."""
 YIELD_S = 0.00025
@@ -44,86 +48,13 @@ Yielding after every request instead cost a loop round each (about as much as en
 a batch-1 event), for responses that wait a quarter of a millisecond at most."""
 
 
-@dataclass(slots=True)
-class Answered:
-    """One answered request, as the data plane hands it over."""
-
-    model: LoadedModel
-    role: str
-    request_id: str
-    key: str
-    """The request key: the event's id and Kafka key, the prefix of its prediction ids."""
-    feeds: Feeds
-    outputs: dict[str, np.ndarray]
-    rows: int
-    shadow: LoadedModel | None
-    latency_ms: float
-    created: float
-    """Unix time the request was answered."""
-
-
-def _column(model: LoadedModel, name: str, values: np.ndarray) -> np.ndarray | list[Any]:
-    if name in model.spec.numeric:
-        # orjson writes a numeric array straight from its buffer, NaN (missing) as null.
-        return np.ascontiguousarray(values[:, 0])
-    column: list[Any] = values[:, 0].tolist()
-    if MISSING_CATEGORY in column:  # one C-level scan; nulls are rare
-        return [None if v == MISSING_CATEGORY else v for v in column]
-    return column
-
-
-def _array(values: np.ndarray) -> np.ndarray | list[Any]:
-    """An output as orjson writes it: numeric arrays as they are, strings as a list."""
-    return values.tolist() if values.dtype.kind in "OUS" else np.ascontiguousarray(values)
-
-
-def _output_columns(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    if "prediction" in outputs:
-        return {"prediction": _array(outputs["prediction"])}
-    return {"label": _array(outputs["label"]), "probabilities": _array(outputs["probabilities"])}
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    # orjson with numpy arrays is ~10x faster than json over tolist() (a sixth of the
-    # serving process's time at 16 clients x 64 rows went to the json module).
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def to_event(item: Answered) -> bytes:
-    """The ``predictions`` event (JSON of :class:`shared.events.PredictionBatch`) of one
-    answered request: every row's inputs and outputs as columns, encoded in one go."""
-    model = item.model
-    shadow = None
-    if item.shadow is not None:
-        shadow = {
-            "model_version": item.shadow.version,
-            "data_version": item.shadow.data_version,
-            "outputs": _output_columns(item.shadow.predict(item.feeds)),
-        }
-    return _dumps(
-        {
-            "schema_version": PREDICTIONS_SCHEMA_VERSION,
-            "id": item.key,
-            "created": datetime.fromtimestamp(item.created, UTC).isoformat(),
-            "model": model.name,
-            "model_version": model.version,
-            "data_version": model.data_version,
-            "request_id": item.request_id,
-            "role": item.role,
-            "latency_ms": item.latency_ms,
-            "rows": item.rows,
-            "inputs": {name: _column(model, name, item.feeds[name]) for name in model.spec.names},
-            "outputs": _output_columns(item.outputs),
-            "shadow": shadow,
-        }
-    )
-
-
 class PredictionPublisher:
     """The bounded buffer and the task that empties it.
 
     Args:
         send: publishes a list of records (the Kafka producer adapter).
+        partitions: the key -> partition map of ``predictions`` (the adapter's); None:
+            one partition (tests).
         buffer_rows: the most rows held (buffered or in flight).
         batch_rows: the most rows serialised and sent per round.
         block_s: the longest a request waits for room in a full buffer; after it its
@@ -141,6 +72,7 @@ class PredictionPublisher:
         self,
         send: Send,
         *,
+        partitions: PartitionOf | None = None,
         buffer_rows: int,
         batch_rows: int,
         block_s: float = 5.0,
@@ -152,6 +84,7 @@ class PredictionPublisher:
         retry_s: float = 0.05,
     ):
         self.send = send
+        self.partitions = partitions
         self.buffer_rows = buffer_rows
         self.batch_rows = batch_rows
         self.block_s = block_s
@@ -251,21 +184,24 @@ class PredictionPublisher:
     async def _publish(self, batch: list[Answered]) -> None:
         messages: list[Message] = []
         sent: list[Answered] = []
+        partition_of = await self.partitions() if self.partitions is not None else _single
+        now = time.time()
         yielded = time.perf_counter()
-        for item in batch:
+        for partition, items in group(batch, partition_of):
             if time.perf_counter() - yielded >= YIELD_S:
-                await asyncio.sleep(0)  # let responses in between two requests' encodings
+                await asyncio.sleep(0)  # let responses in between two groups' encodings
                 yielded = time.perf_counter()
             try:
-                value = to_event(item)
+                encoded = _encoded(items, now)
             except Exception as exc:  # a shadow model failing must not stop the publisher
-                self.log.error(
-                    "predictions.serialise_failed", model=item.model.name, error=repr(exc)
-                )
-                self.dropped(item.model.name, item.rows)
+                for model, rows in _count(items).items():
+                    self.log.error("predictions.serialise_failed", model=model, error=repr(exc))
+                    self.dropped(model, rows)
                 continue
-            messages.append((item.key.encode(), value, item.request_id))
-            sent.append(item)
+            for part, value in encoded:
+                key = part[0].key.encode()
+                messages.append(Message(partition, key, value, tuple(i.request_id for i in part)))
+            sent.extend(items)
         if not messages:
             return
         delay = self.retry_s
@@ -292,6 +228,19 @@ class PredictionPublisher:
                 delay = min(2.0, delay * 2)
         for model, rows in _count(sent).items():
             self.published(model, rows)
+
+
+def _single(key: bytes) -> int:
+    return 0
+
+
+def _encoded(items: list[Answered], created: float) -> list[tuple[list[Answered], bytes]]:
+    """A group's message, or its halves' when it encodes larger than Kafka takes."""
+    value = encode(items, created)
+    if len(value) <= MAX_MESSAGE_BYTES or len(items) == 1:
+        return [(items, value)]
+    half = len(items) // 2
+    return _encoded(items[:half], created) + _encoded(items[half:], created)
 
 
 def _count(items: Any) -> dict[str, int]:

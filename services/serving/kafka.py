@@ -61,13 +61,25 @@ class PredictionSink:
         if self.producer is not None:
             await self.producer.stop()
 
+    async def partitions(self) -> Callable[[bytes], int]:
+        """The key -> partition map of ``predictions`` now: Kafka's default (murmur2)
+        partitioner over the topic's partitions, as ``send`` would choose (and as
+        monitoring's router re-keys feedback)."""
+        if self.producer is None:
+            raise RuntimeError("PredictionSink.partitions before start")
+        partitions = sorted(await self.producer.partitions_for(topics.PREDICTIONS))
+
+        def partition_of(key: bytes) -> int:
+            return int(self.partitioner(key, partitions, partitions))
+
+        return partition_of
+
     async def send(self, messages: list[Message]) -> None:
-        """Send every record, then wait for all acknowledgements.
+        """Send every record to its partition, then wait for all acknowledgements.
 
         Records are appended to per-partition batches (``create_batch``/``send_batch``)
-        rather than sent one by one: one future per batch instead of one per row keeps
-        the publishing cost small next to the requests it describes. Partitions are
-        chosen by key with Kafka's default (murmur2) partitioner, as ``send`` would.
+        rather than sent one by one: one future per batch instead of one per record.
+        Each record carries one trace-id header per request it holds, in order.
         """
         try:
             await self._send(messages)
@@ -82,25 +94,29 @@ class PredictionSink:
         if self.producer is None:
             raise RuntimeError("PredictionSink.send before start")
         topic = topics.PREDICTIONS
-        partitions = sorted(await self.producer.partitions_for(topic))
         grouped: dict[int, list[Message]] = {}
         for message in messages:
-            partition = self.partitioner(message[0], partitions, partitions)
-            grouped.setdefault(partition, []).append(message)
+            grouped.setdefault(message.partition, []).append(message)
         futures = []
         for partition, items in grouped.items():
             batch = self.producer.create_batch()
-            for key, value, trace in items:
-                record_headers = [(HEADER_TRACE_ID, trace.encode()), *self._fixed_headers]
-                if (
-                    batch.append(key=key, value=value, timestamp=None, headers=record_headers)
-                    is None
-                ):
+            for message in items:
+                record_headers = [
+                    *((HEADER_TRACE_ID, trace.encode()) for trace in message.traces),
+                    *self._fixed_headers,
+                ]
+                record = {
+                    "key": message.key,
+                    "value": message.value,
+                    "timestamp": None,
+                    "headers": record_headers,
+                }
+                if batch.append(**record) is None:
                     futures.append(
                         await self.producer.send_batch(batch, topic, partition=partition)
                     )
                     batch = self.producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None, headers=record_headers)
+                    batch.append(**record)
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 

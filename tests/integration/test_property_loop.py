@@ -62,7 +62,7 @@ from services.validation.metrics import ValidationMetrics
 from shared import topics
 from shared.contract import Contract, load_contract
 from shared.datasets import DatasetCatalog
-from shared.events import DatasetValidated, Deployment, Event, Feedback, PredictionBatch
+from shared.events import DatasetValidated, Deployment, Event, Feedback, PredictionGroup
 from shared.features import to_frame
 from shared.registry import ModelManifest, Registry
 from shared.store import ArtifactStore
@@ -467,15 +467,15 @@ class Serving:
         self.repository = ModelRepository(
             {contract.name: contract}, Registry(store), metrics, LOG, max_batch_size=1024
         )
-        self.events: list[PredictionBatch] = []
+        self.events: list[PredictionGroup] = []
         self.rows = 0
         self.arrived = threading.Condition()
 
         async def send(messages: list[Any]) -> None:
-            batches = [PredictionBatch.model_validate_json(m[1]) for m in messages]
+            groups = [PredictionGroup.model_validate_json(m.value) for m in messages]
             with self.arrived:
-                self.events += batches
-                self.rows += sum(b.rows for b in batches)
+                self.events += groups
+                self.rows += sum(sum(g.requests.rows) for g in groups)
                 self.arrived.notify_all()
 
         self.publisher = PredictionPublisher(
@@ -493,7 +493,7 @@ class Serving:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
-    def wait_rows(self, rows: int, timeout: float = 30) -> list[PredictionBatch]:
+    def wait_rows(self, rows: int, timeout: float = 30) -> list[PredictionGroup]:
         """Every prediction event, once ``rows`` rows were published."""
         with self.arrived:
             assert self.arrived.wait_for(lambda: self.rows >= rows, timeout), self.rows

@@ -21,12 +21,13 @@ import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from tritonclient.utils import InferenceServerException
 
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared import topics
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, Prediction, PredictionBatch
+from shared.events import Deployment, Prediction, decode_predictions, routing_key
 from shared.features import to_frame
 from shared.kafka import client_kwargs, consumer_kwargs
 from shared.kafka_protocol import fetch_partitions
@@ -84,20 +85,27 @@ async def read_predictions(
     settings: KafkaSettings, count: int, wait_s: float = 30
 ) -> list[dict[str, Any]]:
     """The first ``count`` served rows on ``predictions`` (every partition, from the start),
-    each request's event unpacked into its rows (``Prediction`` JSON)."""
+    each message unpacked into its rows (``Prediction`` JSON)."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(settings, "test-predictions", None))
     await consumer.start()
     try:
         # an explicit metadata request: the consumer's own metadata has no topic yet on Kafka
         parts = (await fetch_partitions(settings, [topics.PREDICTIONS], wait_s))[topics.PREDICTIONS]
         consumer.assign([TopicPartition(topics.PREDICTIONS, p) for p in parts])
+        parts = sorted(parts)
+        partitioner = DefaultPartitioner()
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + wait_s
         while len(out) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 for r in records:
-                    rows = PredictionBatch.model_validate_json(r.value).predictions()
+                    rows = decode_predictions(r.value)
+                    # Every row's routing key (what feedback is re-keyed by) maps to the
+                    # partition its message is on: labels meet their predictions.
+                    assert {
+                        partitioner(routing_key(p.id).encode(), parts, parts) for p in rows
+                    } == {r.partition}
                     out.extend(p.model_dump(mode="json") for p in rows)
         return out
     finally:

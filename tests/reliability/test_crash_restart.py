@@ -24,7 +24,7 @@ from shared import topics
 from shared.cli.data import publish_events
 from shared.contract import load_contract
 from shared.datasets import DatasetCatalog
-from shared.events import PredictionBatch
+from shared.events import PredictionGroup
 from shared.kafka import client_kwargs
 from shared.registry import Registry
 from shared.settings import KafkaSettings
@@ -130,7 +130,7 @@ async def test_serving_sigkill_under_load_errors_only_while_down(
     assert len(served) == len(set(served))  # prediction ids are unique across processes
     wait_for(lambda: metric(restarted, "flywheel_serving_requests_total") >= 300, 30, "metrics")
     events = json_records(await read_topic(kafka_settings, topics.PREDICTIONS))
-    logged = [pid for e in events for pid in PredictionBatch.model_validate(e).prediction_ids()]
+    logged = [pid for e in events for pid in PredictionGroup.model_validate(e).prediction_ids()]
     counts: dict[str, int] = {}
     for pid in logged:
         counts[pid] = counts.get(pid, 0) + 1

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from services.monitoring.actions import Trigger
 from services.monitoring.core import Limits, MonitoringCore
 from services.monitoring.join import EarlyLabel, LabelJoin, Pending
-from services.monitoring.kafka import decode_predictions
 from services.monitoring.metrics import MonitoringMetrics
 from services.monitoring.predlog import PredictionLog, read_log
 from services.monitoring.quality import Labelled, QualityWindow, largest_gaps
@@ -36,7 +35,9 @@ from shared.events import (
     Feedback,
     Prediction,
     PredictionBatch,
+    PredictionGroup,
     RetrainRequest,
+    decode_predictions,
     routing_key,
 )
 from shared.features import to_frame
@@ -549,6 +550,37 @@ def test_a_request_is_one_event_whose_rows_keep_their_prediction_ids() -> None:
         PredictionBatch.model_validate_json(
             batch.model_dump_json().replace('"rows":3', '"rows":4').encode()
         )
+
+
+def test_a_group_of_requests_is_one_event_whose_rows_keep_their_prediction_ids() -> None:
+    a, b = _batch("k1", 2), _batch("k2", 3)
+    group = PredictionGroup(
+        id="k1",
+        model="m",
+        model_version=1,
+        data_version="d1",
+        requests={
+            "id": ["k1", "k2"],
+            "request_id": ["r-k1", "r-k2"],
+            "created": [1e9, 1e9 + 1],
+            "latency_ms": [1.0, 2.0],
+            "rows": [2, 3],
+        },
+        inputs={f: a.inputs[f] + b.inputs[f] for f in a.inputs},
+        outputs={k: a.outputs[k] + b.outputs[k] for k in a.outputs},
+    )
+    rows = decode_predictions(group.model_dump_json().encode())
+    assert [r.id for r in rows] == ["k1-0", "k1-1", "k2-0", "k2-1", "k2-2"]
+    assert [routing_key(r.id) for r in rows] == ["k1"] * 2 + ["k2"] * 3
+    assert [r.request_id for r in rows] == ["r-k1"] * 2 + ["r-k2"] * 3
+    assert rows[2].latency_ms == 2.0
+    assert rows[2].created.timestamp() == 1e9 + 1
+    assert [r.inputs for r in rows[1:3]] == [{"x": 1.0, "c": None}, {"x": 0.0, "c": "a"}]
+    assert group.prediction_ids() == [r.id for r in rows]
+    with pytest.raises(ValidationError, match="every input and output column"):
+        decode_predictions(group.model_dump_json().replace('"rows":[2,3]', '"rows":[2,4]').encode())
+    with pytest.raises(ValidationError, match="every request column"):
+        decode_predictions(group.model_dump_json().replace('"rows":[2,3]', '"rows":[5]').encode())
 
 
 def test_join_snapshots_restore_one_partition_with_its_offsets(

@@ -14,9 +14,11 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
+from services.serving import encoding, events
 from services.serving.batching import AdaptiveBatcher
+from services.serving.encoding import Answered, encode, group
 from services.serving.errors import ServingError
-from services.serving.events import YIELD_S, Answered, PredictionPublisher, to_event
+from services.serving.events import YIELD_S, Message, PredictionPublisher
 from services.serving.inputs import SMALL_ROWS, InputSpec
 from services.serving.metrics import ServingMetrics
 from services.serving.model import LoadedModel
@@ -25,7 +27,7 @@ from services.serving.routing import in_canary
 from services.serving.tensors import Tensor, decode_raw, encode_bytes
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, PredictionBatch
+from shared.events import Deployment, PredictionGroup, decode_predictions, routing_key
 from shared.features import onnx_feeds, to_frame
 from shared.registry import Gate, Registry
 from shared.signing import sign
@@ -449,12 +451,12 @@ async def test_events_wait_for_room_and_drop_only_past_the_bound(
     model = LoadedModel(manifest, models["onnx1"], spec, 1)
     shadow = LoadedModel(manifest, models["onnx2"], spec, 1)
     gate = asyncio.Event()
-    sent: list[tuple[bytes, bytes, str]] = []
+    sent: list[Message] = []
     dropped: dict[str, int] = {}
     waits: list[float] = []
     failures = [1]
 
-    async def send(messages: list[tuple[bytes, bytes, str]]) -> None:
+    async def send(messages: list[Message]) -> None:
         await gate.wait()  # Kafka "down" until the gate opens
         if failures[0]:
             failures[0] -= 1
@@ -494,18 +496,120 @@ async def test_events_wait_for_room_and_drop_only_past_the_bound(
     await publisher.stop()
     assert dropped == {MODEL: 4}
     assert len(waits) == 2
-    events = [PredictionBatch.model_validate_json(m[1]) for m in sent]
-    assert [e.request_id for e in events] == ["a", "b", "d"]
-    assert [m[0] for m in sent] == [b"ka", b"kb", b"kd"]  # keyed by the request key
+    events = [PredictionGroup.model_validate_json(m.value) for m in sent]
+    assert [r for e in events for r in e.requests.request_id] == ["a", "b", "d"]
+    # Keyed by the first request's key; a and b answered alike went out as one message.
+    assert [m.key for m in sent] == [b"ka", b"kd"]
+    assert [m.traces for m in sent] == [("a", "b"), ("d",)]
     first = events[0]
-    assert (first.schema_version, first.rows, first.id) == (2, n, "ka")
+    assert (first.schema_version, first.requests.rows, first.id) == (3, [n, n], "ka")
     assert (first.model_version, first.data_version, first.role) == (1, "d1", "champion")
     rows = first.predictions()
-    assert [r.id for r in rows] == [f"ka-{i}" for i in range(n)]
+    assert [r.id for r in rows] == [f"ka-{i}" for i in range(n)] + [f"kb-{i}" for i in range(n)]
     assert rows[0].shadow is not None
     assert rows[0].shadow["outputs"]["label"] in (0, 1)
     assert set(rows[0].inputs) == set(contract.feature_names)
     assert rows[1].outputs["label"] == outputs["label"].tolist()[1]
+    assert rows[n + 1].outputs["label"] == outputs["label"].tolist()[1]
+
+
+def test_a_round_is_one_message_per_partition_and_model_and_every_row_decodes(
+    contract: Contract, models: dict[str, Any], registry: Registry, monkeypatch: Any
+) -> None:
+    v1 = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    v2 = register_model(registry, contract, models["onnx2"], dataset_version="d2")
+    spec = InputSpec(contract, 64)
+    champion, canary = (
+        LoadedModel(v1, models["onnx1"], spec, 1),
+        LoadedModel(v2, models["onnx2"], spec, 1),
+    )
+    rows = models["rows"]
+    items = []
+    for i in range(80):
+        n = 1 + i % 5
+        model, role = (canary, "canary") if i % 4 == 3 else (champion, "champion")
+        feeds, n = spec.feeds([matrix_tensor(contract, rows[i % 15 : i % 15 + n])])
+        items.append(
+            Answered(
+                model, role, f"r{i}", f"k{i}", feeds, model.predict(feeds), n, None, 1.0, 1e9 + i
+            )
+        )
+
+    def partition_of(key: bytes) -> int:
+        return int(key[1:]) % 3
+
+    groups = group(items, partition_of)
+    # Nothing lost or repeated; a request's group shares its partition, model and role;
+    # within a group the answering order is kept; no group is over the caps.
+    assert sorted(i.key for _, g in groups for i in g) == sorted(i.key for i in items)
+    for partition, members in groups:
+        assert {partition_of(i.key.encode()) for i in members} == {partition}
+        assert len({(id(i.model), i.role) for i in members}) == 1
+        assert [items.index(i) for i in members] == sorted(items.index(i) for i in members)
+        assert len(members) <= encoding.GROUP_REQUESTS
+        assert sum(i.rows for i in members) <= encoding.GROUP_ROWS
+    assert len(groups) == 6  # 3 partitions x 2 models, each under the caps
+    monkeypatch.setattr(encoding, "GROUP_REQUESTS", 4)
+    assert max(len(g) for _, g in group(items, partition_of)) == 4
+
+    # Every row decodes as the request it came from, under its own prediction id.
+    decoded = {p.id: p for _, members in groups for p in decode_predictions(encode(members, 2e9))}
+    assert len(decoded) == sum(i.rows for i in items)
+    for item in items:
+        for r in range(item.rows):
+            got = decoded[f"{item.key}-{r}"]
+            assert routing_key(got.id) == item.key
+            assert (got.model_version, got.role, got.request_id) == (
+                item.model.version,
+                item.role,
+                item.request_id,
+            )
+            assert got.created.timestamp() == item.created
+            assert got.outputs["label"] == item.outputs["label"][r].item()
+            assert got.inputs["AGEP"] == pytest.approx(float(item.feeds["AGEP"][r, 0]))
+
+
+async def test_a_group_larger_than_kafka_takes_is_split(
+    contract: Contract, models: dict[str, Any], registry: Registry, monkeypatch: Any
+) -> None:
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    model = LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+    feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:8])])
+    one = len(
+        encode(
+            [
+                Answered(
+                    model, "champion", "r", "k0", feeds, model.predict(feeds), n, None, 1.0, 0.0
+                )
+            ],
+            0.0,
+        )
+    )
+    monkeypatch.setattr(events, "MAX_MESSAGE_BYTES", 3 * one)
+    sent: list[Message] = []
+
+    async def send(messages: list[Message]) -> None:
+        sent.extend(messages)
+
+    publisher = PredictionPublisher(
+        send,
+        buffer_rows=1000,
+        batch_rows=1000,
+        dropped=lambda m, n: None,
+        published=lambda m, n: None,
+        log=LOG,
+    )
+    for i in range(10):
+        answered = Answered(
+            model, "champion", f"r{i}", f"k{i}", feeds, model.predict(feeds), n, None, 1.0, 0.0
+        )
+        await publisher.submit(answered)
+    await publisher.start()
+    await publisher.stop()
+    assert all(len(m.value) <= 3 * one for m in sent)
+    assert len(sent) >= 4
+    ids = [p.id for m in sent for p in decode_predictions(m.value)]
+    assert ids == [f"k{i}-{r}" for i in range(10) for r in range(n)]
 
 
 async def test_a_long_publishing_round_still_lets_responses_out(
@@ -518,13 +622,17 @@ async def test_a_long_publishing_round_still_lets_responses_out(
     model = LoadedModel(manifest, models["onnx1"], spec, 1)
     feeds, n = spec.feeds([matrix_tensor(contract, models["rows"][:4])])
     outputs = model.predict(feeds)
-    sent: list[tuple[bytes, bytes, str]] = []
+    sent: list[Message] = []
 
-    async def send(messages: list[tuple[bytes, bytes, str]]) -> None:
+    async def send(messages: list[Message]) -> None:
         sent.extend(messages)
+
+    async def partitions() -> Any:
+        return lambda key: int(key[1:])  # every request on a partition of its own
 
     publisher = PredictionPublisher(
         send,
+        partitions=partitions,
         buffer_rows=1000,
         batch_rows=1000,
         dropped=lambda m, n: None,
@@ -546,7 +654,7 @@ async def test_a_long_publishing_round_still_lets_responses_out(
     assert len(sent) == 40
     started = time.perf_counter()
     for _ in range(5):
-        to_event(Answered(model, "champion", "x", "kx", feeds, outputs, n, model, 1.0, 0.0))
+        encode([Answered(model, "champion", "x", "kx", feeds, outputs, n, model, 1.0, 0.0)], 0.0)
     per_event = (time.perf_counter() - started) / 5
     # The round took 40 encodings; the other task got in about every YIELD_S of them.
     assert len(ran_while_encoding) >= min(40, int(40 * per_event / YIELD_S)) // 2
