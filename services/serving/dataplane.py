@@ -13,8 +13,6 @@ import time
 
 import numpy as np
 
-from shared.events import prediction_id
-
 from .encoding import Answered
 from .errors import invalid, not_found
 from .events import PredictionPublisher
@@ -23,6 +21,7 @@ from .metrics import ServingMetrics
 from .model import PREDICTION_ID, output_specs
 from .repository import ModelRepository
 from .statistics import Statistics
+from .tensors import PredictionIds
 from .types import InferRequest, InferResponse, OutputTensor
 
 SERVER_VERSION = "0.1.0"
@@ -189,8 +188,7 @@ class DataPlane:
         for name in wanted:
             spec = available[name]
             if name == PREDICTION_ID:
-                ids = [prediction_id(prefix, i).encode() for i in range(rows)]
-                outputs.append(OutputTensor(name, "BYTES", (rows,), ids))
+                outputs.append(OutputTensor(name, "BYTES", (rows,), PredictionIds(prefix, rows)))
                 continue
             values = results[name]
             if spec.datatype == "BYTES":

@@ -7,10 +7,15 @@ array (``object`` dtype of ``bytes`` for BYTES). The gRPC codec builds them from
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+
+from shared.events import prediction_id
 
 from .errors import invalid
 
@@ -101,6 +106,66 @@ def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     return out
 
 
-def encode_bytes(values: list[bytes]) -> bytes:
-    """OIP raw BYTES layout of ``values``."""
+def encode_bytes(values: Sequence[bytes] | np.ndarray) -> bytes:
+    """OIP raw BYTES layout of ``values`` (``bytes`` objects)."""
+    if isinstance(values, PredictionIds):
+        return values.raw()
     return b"".join(_LEN.pack(len(v)) + v for v in values)
+
+
+class PredictionIds(Sequence[bytes]):
+    """The prediction ids of a request's rows, ``<key>-<i>``, made only when read.
+
+    A response's ids are read once, by one encoder: the raw OIP BYTES layout
+    (:meth:`raw`) is one ``bytes.join`` of the key into a template cached per key length
+    and row count, instead of a bytes object, a length prefix and a join per row.
+
+    Args:
+        key: the request key.
+        rows: the request's row count.
+    """
+
+    __slots__ = ("key", "rows")
+
+    def __init__(self, key: str, rows: int):
+        self.key = key
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.rows))]
+        if not -self.rows <= index < self.rows:
+            raise IndexError(index)
+        return prediction_id(self.key, index % self.rows).encode()
+
+    def __iter__(self) -> Iterator[bytes]:
+        key = self.key
+        return (prediction_id(key, i).encode() for i in range(self.rows))
+
+    def raw(self) -> bytes:
+        """The OIP raw BYTES layout of every id."""
+        key = self.key.encode()
+        return key.join(_id_template(len(key), self.rows))
+
+
+@functools.lru_cache(maxsize=256)
+def _id_template(key_bytes: int, rows: int) -> list[bytes]:
+    # shared.events.prediction_id's "<key>-<i>" (a test holds the two together): element
+    # i is LEN(key + b"-i") + key + b"-i", so the pieces between the keys are
+    # [LEN_0] + [b"-i" + LEN_(i+1)] ... + [b"-(n-1)"], the same for every key that long.
+    suffixes = [f"-{i}".encode() for i in range(rows)]
+    lengths = [_LEN.pack(key_bytes + len(s)) for s in suffixes]
+    return [
+        lengths[0],
+        *(s + n for s, n in zip(suffixes[:-1], lengths[1:], strict=True)),
+        suffixes[-1],
+    ]

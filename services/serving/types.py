@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ class OutputTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    values: np.ndarray | list[bytes]
+    values: np.ndarray | Sequence[bytes]
 
 
 @dataclass(slots=True)

@@ -24,10 +24,16 @@ from services.serving.metrics import ServingMetrics
 from services.serving.model import LoadedModel
 from services.serving.repository import ModelRepository
 from services.serving.routing import in_canary
-from services.serving.tensors import Tensor, decode_raw, encode_bytes
+from services.serving.tensors import PredictionIds, Tensor, decode_raw, encode_bytes
 from services.serving.testing import census_rows, feature_matrix, fit_model, register_model
 from shared.contract import Contract, load_contract
-from shared.events import Deployment, PredictionGroup, decode_predictions, routing_key
+from shared.events import (
+    Deployment,
+    PredictionGroup,
+    decode_predictions,
+    prediction_id,
+    routing_key,
+)
 from shared.features import onnx_feeds, to_frame
 from shared.registry import Gate, Registry
 from shared.signing import sign
@@ -208,6 +214,20 @@ def test_bad_columnar_inputs_are_rejected_naming_the_tensor(
         spec.feeds(_bad(contract, models["rows"][:3], case))
     assert err.value.code == "INVALID_ARGUMENT"
     assert needle in err.value.message
+
+
+@pytest.mark.parametrize("rows", [1, 2, 10, 11, 101, 4096])
+def test_prediction_ids_are_the_prediction_ids_in_every_encoding(rows: int) -> None:
+    key = uuid.uuid4().hex[:16]
+    ids = PredictionIds(key, rows)
+    want = [prediction_id(key, i).encode() for i in range(rows)]
+    assert list(ids) == want
+    assert (len(ids), ids[0], ids[-1], ids[1:3]) == (rows, want[0], want[-1], want[1:3])
+    # The templated raw layout is the per-element one, and decodes back to the ids.
+    assert encode_bytes(ids) == encode_bytes(want)
+    assert decode_raw("ids", "BYTES", (rows,), encode_bytes(ids)).tolist() == want
+    with pytest.raises(IndexError):
+        ids[rows]
 
 
 def test_raw_contents_are_checked_against_the_shape() -> None:

@@ -148,7 +148,7 @@ def _skeleton(response: InferResponse) -> pb.ModelInferResponse:
 
 def _raw(t: OutputTensor) -> bytes:
     if t.datatype == "BYTES":
-        return encode_bytes(list(t.values))
+        return encode_bytes(t.values)
     array = np.asarray(t.values)
     if array.dtype.byteorder == ">":  # raw contents are little-endian
         array = array.astype(array.dtype.newbyteorder("<"))

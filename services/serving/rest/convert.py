@@ -201,7 +201,7 @@ def encode_response(response: InferResponse, plan: OutputPlan) -> tuple[bytes, i
         out: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
         if plan.is_binary(t.name):
             if t.datatype == "BYTES":
-                data = encode_bytes(list(t.values))
+                data = encode_bytes(t.values)
             else:
                 array = np.asarray(t.values)
                 data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
