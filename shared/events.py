@@ -337,11 +337,7 @@ class PredictionBatch(Event):
 
     @model_validator(mode="after")
     def _columns_have_every_row(self) -> PredictionBatch:
-        columns = [*self.inputs.values(), *self.outputs.values()]
-        if self.shadow is not None:
-            columns += self.shadow.outputs.values()
-        if any(len(c) != self.rows for c in columns):
-            raise ValueError(f"every input and output column must hold {self.rows} values")
+        _check_columns(self.inputs, self.outputs, self.shadow, self.rows)
         return self
 
     def prediction_ids(self) -> list[str]:
@@ -350,36 +346,9 @@ class PredictionBatch(Event):
 
     def predictions(self) -> list[Prediction]:
         """The request's rows as :class:`Prediction` objects (already validated)."""
-        names = list(self.inputs)
-        inputs = [
-            dict(zip(names, values, strict=True))
-            for values in zip(*self.inputs.values(), strict=True)
-        ]
-        outputs = _rows(self.outputs, self.rows)
-        shadows: list[dict[str, Any] | None] = [None] * self.rows
-        if self.shadow is not None:
-            s = self.shadow
-            shadows = [
-                {"model_version": s.model_version, "data_version": s.data_version, "outputs": o}
-                for o in _rows(s.outputs, self.rows)
-            ]
-        return [
-            Prediction.model_construct(
-                schema_version=self.schema_version,
-                id=pid,
-                created=self.created,
-                model=self.model,
-                model_version=self.model_version,
-                data_version=self.data_version,
-                request_id=self.request_id,
-                role=self.role,
-                inputs=inputs[i] if inputs else {},
-                outputs=outputs[i],
-                shadow=shadows[i],
-                latency_ms=self.latency_ms,
-            )
-            for i, pid in enumerate(self.prediction_ids())
-        ]
+        return _predictions(
+            self, [(self.id, self.request_id, self.created, self.latency_ms, self.rows)]
+        )
 
 
 def _rows(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any]]:
@@ -456,61 +425,75 @@ class PredictionGroup(Event):
 
     @model_validator(mode="after")
     def _columns_have_every_row(self) -> PredictionGroup:
-        rows = sum(self.requests.rows)
-        columns = [*self.inputs.values(), *self.outputs.values()]
-        if self.shadow is not None:
-            columns += self.shadow.outputs.values()
-        if any(len(c) != rows for c in columns):
-            raise ValueError(f"every input and output column must hold {rows} values")
+        _check_columns(self.inputs, self.outputs, self.shadow, sum(self.requests.rows))
         return self
 
     def prediction_ids(self) -> list[str]:
         """The prediction id of every row, in order."""
-        r = self.requests
-        return [
-            prediction_id(key, i) for key, n in zip(r.id, r.rows, strict=True) for i in range(n)
-        ]
+        pairs = zip(self.requests.id, self.requests.rows, strict=True)
+        return [prediction_id(key, i) for key, n in pairs for i in range(n)]
 
     def predictions(self) -> list[Prediction]:
-        """Every row as a :class:`Prediction` (already validated)."""
+        """Every request's rows as :class:`Prediction` objects (already validated)."""
         r = self.requests
-        rows = sum(r.rows)
-        names = list(self.inputs)
-        inputs = [
-            dict(zip(names, values, strict=True))
-            for values in zip(*self.inputs.values(), strict=True)
+        created = [datetime.fromtimestamp(c, UTC) for c in r.created]
+        return _predictions(
+            self, list(zip(r.id, r.request_id, created, r.latency_ms, r.rows, strict=True))
+        )
+
+
+def _check_columns(
+    inputs: dict[str, list[Any]],
+    outputs: dict[str, list[Any]],
+    shadow: ShadowRows | None,
+    rows: int,
+) -> None:
+    columns = [*inputs.values(), *outputs.values()]
+    if shadow is not None:
+        columns += shadow.outputs.values()
+    if any(len(c) != rows for c in columns):
+        raise ValueError(f"every input and output column must hold {rows} values")
+
+
+def _predictions(
+    event: PredictionBatch | PredictionGroup,
+    requests: list[tuple[str, str, datetime, float, int]],
+) -> list[Prediction]:
+    """The rows of ``event``'s columns as :class:`Prediction` objects; ``requests`` are
+    (key, request id, answered, latency, rows) of the requests the rows belong to, in
+    order."""
+    rows = sum(r[4] for r in requests)
+    inputs = _rows(event.inputs, rows)
+    outputs = _rows(event.outputs, rows)
+    shadows: list[dict[str, Any] | None] = [None] * rows
+    if event.shadow is not None:
+        s = event.shadow
+        shadows = [
+            {"model_version": s.model_version, "data_version": s.data_version, "outputs": o}
+            for o in _rows(s.outputs, rows)
         ]
-        outputs = _rows(self.outputs, rows)
-        shadows: list[dict[str, Any] | None] = [None] * rows
-        if self.shadow is not None:
-            s = self.shadow
-            shadows = [
-                {"model_version": s.model_version, "data_version": s.data_version, "outputs": o}
-                for o in _rows(s.outputs, rows)
-            ]
-        out: list[Prediction] = []
-        row = 0
-        for j, key in enumerate(r.id):
-            created = datetime.fromtimestamp(r.created[j], UTC)
-            for i in range(r.rows[j]):
-                out.append(
-                    Prediction.model_construct(
-                        schema_version=self.schema_version,
-                        id=prediction_id(key, i),
-                        created=created,
-                        model=self.model,
-                        model_version=self.model_version,
-                        data_version=self.data_version,
-                        request_id=r.request_id[j],
-                        role=self.role,
-                        inputs=inputs[row] if inputs else {},
-                        outputs=outputs[row],
-                        shadow=shadows[row],
-                        latency_ms=r.latency_ms[j],
-                    )
+    out: list[Prediction] = []
+    row = 0
+    for key, request_id, created, latency_ms, n in requests:
+        for i in range(n):
+            out.append(
+                Prediction.model_construct(
+                    schema_version=event.schema_version,
+                    id=prediction_id(key, i),
+                    created=created,
+                    model=event.model,
+                    model_version=event.model_version,
+                    data_version=event.data_version,
+                    request_id=request_id,
+                    role=event.role,
+                    inputs=inputs[row],
+                    outputs=outputs[row],
+                    shadow=shadows[row],
+                    latency_ms=latency_ms,
                 )
-                row += 1
-        return out
+            )
+            row += 1
+    return out
 
 
 def decode_predictions(value: bytes) -> list[Prediction]:
