@@ -110,6 +110,19 @@ def _champion(registry: Registry, name: str, deadline: float) -> int:
     )
 
 
+def _answering(
+    address: str, contract: Contract, rows: pd.DataFrame, version: int, deadline: float
+) -> None:
+    """Wait until serving answers ``contract``'s model with ``version``."""
+    answering = ""
+    while time.monotonic() < deadline:
+        answering = _infer(address, contract, rows)[2]
+        if answering == str(version):
+            return
+        time.sleep(0.2)  # the deployment event is on its way to serving: poll with a deadline
+    raise AssertionError(f"serving answers {contract.name} with v{answering}, not v{version}")
+
+
 def _split(
     contract: Contract, table: pd.DataFrame, manifest: ModelManifest
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -254,6 +267,8 @@ def test_iris_and_diabetes_are_served_as_well_as_plain_histgradientboosting(
         rows = pd.concat([held, analysis], ignore_index=True)
         truth = rows[c.label.name].tolist()
 
+        # The registry moves the alias before serving applies the deployment event.
+        _answering(address, c, rows.iloc[:1], version, deadline)
         served, ids, answering = _infer(address, c, rows)
         assert answering == str(version)
         ours, plain = _served_score(c, served, truth), _plain_score(c, train, rows)
