@@ -309,7 +309,37 @@ class ShadowRows(BaseModel):
     """Same layout as :attr:`PredictionBatch.outputs`."""
 
 
-class PredictionBatch(Event):
+class _AnsweredRows(Event):
+    """What a ``predictions`` message of schema version 2 or 3 holds besides its
+    requests: the answering model and all the rows, column by column."""
+
+    model: str
+    model_version: int
+    data_version: str
+    role: Literal["champion", "canary", "shadow", "pinned"] = "champion"
+    inputs: dict[str, list[Scalar]]
+    """Feature -> one value per row (null: missing)."""
+    outputs: dict[str, list[Any]]
+    """``label`` and ``probabilities`` (classifiers) or ``prediction`` (regressors) -> one
+    value per row."""
+    shadow: ShadowRows | None = None
+    """The shadow model's answers to the same rows, if one ran."""
+
+    def _row_count(self) -> int:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _columns_have_every_row(self) -> _AnsweredRows:
+        rows = self._row_count()
+        columns = [*self.inputs.values(), *self.outputs.values()]
+        if self.shadow is not None:
+            columns += self.shadow.outputs.values()
+        if any(len(c) != rows for c in columns):
+            raise ValueError(f"every input and output column must hold {rows} values")
+        return self
+
+
+class PredictionBatch(_AnsweredRows):
     """One answered request on ``predictions`` (schema version 2, superseded by
     :class:`PredictionGroup` and still read): its rows column by column.
 
@@ -319,26 +349,13 @@ class PredictionBatch(Event):
     """
 
     schema_version: Literal[2] = 2
-    model: str
-    model_version: int
-    data_version: str
     request_id: str
     """The client's request id (or the request key when the client sent none)."""
-    role: Literal["champion", "canary", "shadow", "pinned"] = "champion"
     latency_ms: float
     rows: int = Field(ge=1)
-    inputs: dict[str, list[Scalar]]
-    """Feature -> one value per row (null: missing)."""
-    outputs: dict[str, list[Any]]
-    """``label`` and ``probabilities`` (classifiers) or ``prediction`` (regressors) -> one
-    value per row."""
-    shadow: ShadowRows | None = None
-    """The shadow model's answers to the same rows, if one ran."""
 
-    @model_validator(mode="after")
-    def _columns_have_every_row(self) -> PredictionBatch:
-        _check_columns(self.inputs, self.outputs, self.shadow, self.rows)
-        return self
+    def _row_count(self) -> int:
+        return self.rows
 
     def prediction_ids(self) -> list[str]:
         """The prediction id of every row, in order."""
@@ -397,7 +414,7 @@ class GroupedRequests(BaseModel):
         return self
 
 
-class PredictionGroup(Event):
+class PredictionGroup(_AnsweredRows):
     """One ``predictions`` message (schema version 3): requests one serving replica
     answered in one publishing round with the same model version, role and shadow, whose
     keys fall on the message's partition; all their rows column by column.
@@ -410,23 +427,10 @@ class PredictionGroup(Event):
     """
 
     schema_version: Literal[3] = PREDICTIONS_SCHEMA_VERSION  # type: ignore[assignment]
-    model: str
-    model_version: int
-    data_version: str
-    role: Literal["champion", "canary", "shadow", "pinned"] = "champion"
     requests: GroupedRequests
-    inputs: dict[str, list[Scalar]]
-    """Feature -> one value per row of every request (null: missing)."""
-    outputs: dict[str, list[Any]]
-    """``label`` and ``probabilities`` (classifiers) or ``prediction`` (regressors) -> one
-    value per row."""
-    shadow: ShadowRows | None = None
-    """The shadow model's answers to the same rows, if one ran."""
 
-    @model_validator(mode="after")
-    def _columns_have_every_row(self) -> PredictionGroup:
-        _check_columns(self.inputs, self.outputs, self.shadow, sum(self.requests.rows))
-        return self
+    def _row_count(self) -> int:
+        return sum(self.requests.rows)
 
     def prediction_ids(self) -> list[str]:
         """The prediction id of every row, in order."""
@@ -442,21 +446,8 @@ class PredictionGroup(Event):
         )
 
 
-def _check_columns(
-    inputs: dict[str, list[Any]],
-    outputs: dict[str, list[Any]],
-    shadow: ShadowRows | None,
-    rows: int,
-) -> None:
-    columns = [*inputs.values(), *outputs.values()]
-    if shadow is not None:
-        columns += shadow.outputs.values()
-    if any(len(c) != rows for c in columns):
-        raise ValueError(f"every input and output column must hold {rows} values")
-
-
 def _predictions(
-    event: PredictionBatch | PredictionGroup,
+    event: _AnsweredRows,
     requests: list[tuple[str, str, datetime, float, int]],
 ) -> list[Prediction]:
     """The rows of ``event``'s columns as :class:`Prediction` objects; ``requests`` are
