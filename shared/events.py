@@ -364,7 +364,7 @@ class PredictionBatch(_AnsweredRows):
     def predictions(self) -> list[Prediction]:
         """The request's rows as :class:`Prediction` objects (already validated)."""
         return _predictions(
-            self, [(self.id, self.request_id, self.created, self.latency_ms, self.rows)]
+            self, [(self.id, self.request_id, self.created, self.latency_ms, 0, self.rows)]
         )
 
 
@@ -403,15 +403,29 @@ class GroupedRequests(BaseModel):
     rows: list[int]
     """Rows of each request; request ``j``'s rows follow request ``j - 1``'s in every
     column."""
+    first_row: list[int] | None = None
+    """Index in its request of each request's first row here: set only when a request too
+    large for one record travels in parts (each part a request of its own message, its
+    row ``i`` the prediction id ``<id[j]>-<first_row[j] + i>``); absent, every request
+    starts at row 0."""
 
     @model_validator(mode="after")
     def _one_value_per_request(self) -> GroupedRequests:
         n = len(self.id)
-        if any(len(c) != n for c in (self.request_id, self.created, self.latency_ms, self.rows)):
+        columns: list[list[Any]] = [self.request_id, self.created, self.latency_ms, self.rows]
+        if self.first_row is not None:
+            columns.append(self.first_row)
+        if any(len(c) != n for c in columns):
             raise ValueError(f"every request column must hold {n} values")
         if min(self.rows) < 1:
             raise ValueError("every request has at least one row")
+        if self.first_row is not None and min(self.first_row) < 0:
+            raise ValueError("a request's first row is at index 0 or later")
         return self
+
+    def starts(self) -> list[int]:
+        """Each request's first row index (0 unless it travels in parts)."""
+        return self.first_row if self.first_row is not None else [0] * len(self.id)
 
 
 class PredictionGroup(_AnsweredRows):
@@ -434,26 +448,28 @@ class PredictionGroup(_AnsweredRows):
 
     def prediction_ids(self) -> list[str]:
         """The prediction id of every row, in order."""
-        pairs = zip(self.requests.id, self.requests.rows, strict=True)
-        return [prediction_id(key, i) for key, n in pairs for i in range(n)]
+        r = self.requests
+        pairs = zip(r.id, r.starts(), r.rows, strict=True)
+        return [prediction_id(key, i) for key, start, n in pairs for i in range(start, start + n)]
 
     def predictions(self) -> list[Prediction]:
         """Every request's rows as :class:`Prediction` objects (already validated)."""
         r = self.requests
         created = [datetime.fromtimestamp(c, UTC) for c in r.created]
         return _predictions(
-            self, list(zip(r.id, r.request_id, created, r.latency_ms, r.rows, strict=True))
+            self,
+            list(zip(r.id, r.request_id, created, r.latency_ms, r.starts(), r.rows, strict=True)),
         )
 
 
 def _predictions(
     event: _AnsweredRows,
-    requests: list[tuple[str, str, datetime, float, int]],
+    requests: list[tuple[str, str, datetime, float, int, int]],
 ) -> list[Prediction]:
     """The rows of ``event``'s columns as :class:`Prediction` objects; ``requests`` are
-    (key, request id, answered, latency, rows) of the requests the rows belong to, in
-    order."""
-    rows = sum(r[4] for r in requests)
+    (key, request id, answered, latency, first row, rows) of the requests the rows belong
+    to, in order."""
+    rows = sum(r[5] for r in requests)
     inputs = _rows(event.inputs, rows)
     outputs = _rows(event.outputs, rows)
     shadows: list[dict[str, Any] | None] = [None] * rows
@@ -465,8 +481,8 @@ def _predictions(
         ]
     out: list[Prediction] = []
     row = 0
-    for key, request_id, created, latency_ms, n in requests:
-        for i in range(n):
+    for key, request_id, created, latency_ms, start, n in requests:
+        for i in range(start, start + n):
             out.append(
                 Prediction.model_construct(
                     schema_version=event.schema_version,

@@ -112,7 +112,8 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "monitoring",
         "answered requests (schema version 3): a publishing round's requests on one "
         "partition with the same model version, role and shadow, rows column by column; "
-        "request `j`'s row `i` has the prediction id `<requests.id[j]>-<i>`",
+        "request `j`'s row `i` has the prediction id `<requests.id[j]>-<first_row[j] + i>` "
+        "(`first_row` only on the parts of a request too large for one record)",
         7 * DAY_MS,
     ),
     TopicSpec(
@@ -162,7 +163,11 @@ and row counts as columns, and all their rows column by column (`inputs` feature
 values, `outputs` output -> values, the shadow's outputs likewise), request after
 request. Request `j`'s row `i` has the prediction id `<requests.id[j]>-<i>`, the one
 serving returned, so every row stays joinable and citable on its own (`flywheel lineage
-<prediction id>`). One message per group instead of one per request
+<prediction id>`). A request whose rows encode over a record's limit travels in parts,
+each a request of its own message under the same key, with `requests.first_row` giving
+each part's first row index (its rows' ids are `<requests.id[j]>-<first_row[j] + i>`); a
+single row over the limit is dropped, counted and logged (no record could carry it).
+One message per group instead of one per request
 cuts a one-row request's encoding from about 20 to 6 microseconds on the 2-core
 benchmark machine (one encoder call and one Kafka record for the group). Versions 2
 (one `PredictionBatch` per request) and 1 (one `Prediction` per row, keyed by model

@@ -42,6 +42,26 @@ class Answered:
     latency_ms: float
     created: float
     """Unix time the request was answered."""
+    first_row: int = 0
+    """Index of ``feeds``' first row in the request: above 0 for the later parts of a
+    request too large for one message (:meth:`rows_slice`)."""
+
+    def rows_slice(self, start: int, stop: int) -> Answered:
+        """Rows ``start:stop`` of this request, as a part that travels in its own message
+        (same key, so the same partition; its prediction ids continue the request's)."""
+        return Answered(
+            self.model,
+            self.role,
+            self.request_id,
+            self.key,
+            {name: values[start:stop] for name, values in self.feeds.items()},
+            {name: values[start:stop] for name, values in self.outputs.items()},
+            stop - start,
+            self.shadow,
+            self.latency_ms,
+            self.created,
+            self.first_row + start,
+        )
 
 
 GROUP_REQUESTS = 32
@@ -88,6 +108,15 @@ def encode(items: list[Answered], created: float) -> bytes:
             "outputs": _output_columns(first.shadow.predict(feeds)),
         }
     outputs = {name: _joined([i.outputs[name] for i in items]) for name in first.outputs}
+    requests: dict[str, list[Any]] = {
+        "id": [i.key for i in items],
+        "request_id": [i.request_id for i in items],
+        "created": [i.created for i in items],
+        "latency_ms": [i.latency_ms for i in items],
+        "rows": [i.rows for i in items],
+    }
+    if any(i.first_row for i in items):  # only a split request's parts need the column
+        requests["first_row"] = [i.first_row for i in items]
     return orjson.dumps(
         {
             "schema_version": PREDICTIONS_SCHEMA_VERSION,
@@ -97,13 +126,7 @@ def encode(items: list[Answered], created: float) -> bytes:
             "model_version": model.version,
             "data_version": model.data_version,
             "role": first.role,
-            "requests": {
-                "id": [i.key for i in items],
-                "request_id": [i.request_id for i in items],
-                "created": [i.created for i in items],
-                "latency_ms": [i.latency_ms for i in items],
-                "rows": [i.rows for i in items],
-            },
+            "requests": requests,
             "inputs": {name: _column(model, name, feeds[name]) for name in model.spec.names},
             "outputs": _output_columns(outputs),
             "shadow": shadow,

@@ -12,7 +12,9 @@ Nothing is dropped while Kafka is reachable: a failed send is retried with back-
 (the request's rows stay in the buffer), and when the buffer is full a request waits
 for room - for at most ``block_s`` - before its response is returned. Only a request
 that still finds no room after that bound (Kafka unreachable for longer than the
-buffer lasts) has its events dropped, counted and logged.
+buffer lasts) has its events dropped, counted and logged. A request whose event is
+larger than a Kafka record may be travels in parts (:func:`_encoded`); only a single row
+that alone is larger (no record could carry it) is dropped, counted and logged.
 """
 
 from __future__ import annotations
@@ -199,9 +201,13 @@ class PredictionPublisher:
                     self.dropped(model, rows)
                 continue
             for part, value in encoded:
+                if value is None:
+                    [row] = part
+                    self._refuse(row)
+                    continue
                 key = part[0].key.encode()
                 messages.append(Message(partition, key, value, tuple(i.request_id for i in part)))
-            sent.extend(items)
+                sent.extend(part)
         if not messages:
             return
         delay = self.retry_s
@@ -229,18 +235,40 @@ class PredictionPublisher:
         for model, rows in _count(sent).items():
             self.published(model, rows)
 
+    def _refuse(self, row: Answered) -> None:
+        # Kafka refuses a record over its size limit whatever the retries: drop, count, log.
+        self.dropped(row.model.name, 1)
+        self.log.error(
+            "predictions.dropped",
+            model=row.model.name,
+            rows=1,
+            request_id=row.request_id,
+            row=row.first_row,
+            reason=f"its event encodes over the {MAX_MESSAGE_BYTES} bytes a record may take",
+        )
+
 
 def _single(key: bytes) -> int:
     return 0
 
 
-def _encoded(items: list[Answered], created: float) -> list[tuple[list[Answered], bytes]]:
-    """A group's message, or its halves' when it encodes larger than Kafka takes."""
+def _encoded(items: list[Answered], created: float) -> list[tuple[list[Answered], bytes | None]]:
+    """A group's message, or, when it encodes larger than Kafka takes, its halves': two
+    groups, or a lone request's rows in two parts (their prediction ids continue). A row
+    that alone encodes larger comes back with None: no record can carry it."""
     value = encode(items, created)
-    if len(value) <= MAX_MESSAGE_BYTES or len(items) == 1:
+    if len(value) <= MAX_MESSAGE_BYTES:
         return [(items, value)]
-    half = len(items) // 2
-    return _encoded(items[:half], created) + _encoded(items[half:], created)
+    if len(items) > 1:
+        half = len(items) // 2
+        return _encoded(items[:half], created) + _encoded(items[half:], created)
+    [item] = items
+    if item.rows == 1:
+        return [(items, None)]
+    half = item.rows // 2
+    return _encoded([item.rows_slice(0, half)], created) + _encoded(
+        [item.rows_slice(half, item.rows)], created
+    )
 
 
 def _count(items: Any) -> dict[str, int]:

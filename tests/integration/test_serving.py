@@ -190,6 +190,45 @@ def test_infer_matches_the_registered_model_and_publishes_events(
     assert sum(e["request_id"] == "columnar-1" for e in events) == len(rows)
 
 
+def test_a_request_over_a_records_limit_is_published_in_parts(
+    start_service: Any, store_uri: str, kafka_settings: KafkaSettings, census: Census
+) -> None:
+    # 12,000 rows encode to about 1.1 MB of prediction event, over the 1 MiB a Kafka record
+    # may take: serving sends it in parts under the request key, each under the limit,
+    # and every row comes back from the broker under the id serving returned.
+    register(store_uri, census, 1)
+    proc = start_service("serving", FLYWHEEL_SERVING_MAX_BATCH_SIZE="12000")
+    client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
+    rows = pd.concat([census.holdout] * (12_000 // len(census.holdout)), ignore_index=True)
+    result = client.infer(MODEL, matrix_input(census, rows))
+    ids = [i.decode() for i in result.as_numpy("prediction_id")]
+    labels = result.as_numpy("label").tolist()
+    events = asyncio.run(read_predictions(kafka_settings, len(rows)))
+    assert [e["id"] for e in events if e["id"] in set(ids)] == ids
+    assert [e["outputs"]["label"] for e in events] == labels
+    sizes = asyncio.run(record_sizes(kafka_settings))
+    assert sum(sizes) > 1024 * 1024
+    assert len(sizes) >= 2
+    assert max(sizes) <= 1024 * 1024
+
+
+async def record_sizes(settings: KafkaSettings) -> list[int]:
+    """Sizes of every ``predictions`` record value."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(settings, "test-predictions", None))
+    await consumer.start()
+    try:
+        parts = (await fetch_partitions(settings, [topics.PREDICTIONS], 10))[topics.PREDICTIONS]
+        consumer.assign([TopicPartition(topics.PREDICTIONS, p) for p in parts])
+        ends = await consumer.end_offsets([TopicPartition(topics.PREDICTIONS, p) for p in parts])
+        sizes: list[int] = []
+        while sum(ends.values()) > sum([await consumer.position(tp) for tp in ends], 0):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                sizes.extend(len(r.value) for r in records)
+        return sizes
+    finally:
+        await consumer.stop()
+
+
 BAD_CASES = [
     ("unknown model", "nope", lambda c: matrix_input(c, c.holdout[:2]), "NOT_FOUND", "'nope'"),
     (

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from services.serving import encoding, events
 from services.serving.batching import AdaptiveBatcher
@@ -630,6 +631,102 @@ async def test_a_group_larger_than_kafka_takes_is_split(
     assert len(sent) >= 4
     ids = [p.id for m in sent for p in decode_predictions(m.value)]
     assert ids == [f"k{i}-{r}" for i in range(10) for r in range(n)]
+
+
+async def test_a_request_larger_than_kafka_takes_travels_in_parts(
+    contract: Contract, models: dict[str, Any], registry: Registry, monkeypatch: Any
+) -> None:
+    # One request whose event is over a record's limit goes out as row parts, each under
+    # it, on the request key's partition; the ids continue across parts and decode to the
+    # request's rows. A row alone over the limit is dropped and counted, never retried.
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    model = LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+    feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:15])])
+    outputs = model.predict(feeds)
+    big = Answered(model, "champion", "r", "kbig", feeds, outputs, n, model, 1.0, 0.0)
+    one_row = len(encode([big.rows_slice(0, 1)], 0.0))
+    limit = len(encode([big], 0.0)) // 3
+    assert limit > one_row
+    monkeypatch.setattr(events, "MAX_MESSAGE_BYTES", limit)
+    sent: list[Message] = []
+    dropped: dict[str, int] = {}
+    published: dict[str, int] = {}
+
+    async def send(messages: list[Message]) -> None:
+        sent.extend(messages)
+
+    async def partitions() -> Any:
+        return lambda key: len(key) % 3
+
+    publisher = PredictionPublisher(
+        send,
+        partitions=partitions,
+        buffer_rows=1000,
+        batch_rows=1000,
+        dropped=lambda m, k: dropped.__setitem__(m, dropped.get(m, 0) + k),
+        published=lambda m, k: published.__setitem__(m, published.get(m, 0) + k),
+        log=LOG,
+    )
+    await publisher.submit(big)
+    await publisher.start()
+    await publisher.stop()
+    assert len(sent) >= 3
+    assert all(len(m.value) <= limit for m in sent)
+    assert {(m.key, m.partition, m.traces) for m in sent} == {(b"kbig", 1, ("r",))}
+    decoded = [p for m in sent for p in decode_predictions(m.value)]
+    assert [p.id for p in decoded] == [f"kbig-{i}" for i in range(n)]
+    assert [p.outputs["label"] for p in decoded] == outputs["label"].tolist()
+    assert [p.shadow["outputs"]["label"] for p in decoded if p.shadow] == outputs["label"].tolist()
+    assert published == {MODEL: n}
+    assert dropped == {}
+
+    # Under a limit no single row fits: every row dropped and counted, nothing sent.
+    monkeypatch.setattr(events, "MAX_MESSAGE_BYTES", one_row // 2)
+    sent.clear()
+    publisher = PredictionPublisher(
+        send,
+        buffer_rows=1000,
+        batch_rows=1000,
+        dropped=lambda m, k: dropped.__setitem__(m, dropped.get(m, 0) + k),
+        published=lambda m, k: published.__setitem__(m, published.get(m, 0) + k),
+        log=LOG,
+    )
+    await publisher.submit(big)
+    await publisher.start()
+    await publisher.stop()
+    assert (sent, dropped, publisher.pending_rows) == ([], {MODEL: n}, 0)
+
+
+def test_a_split_requests_rows_keep_their_ids_in_the_schema() -> None:
+    group = {
+        "schema_version": 3,
+        "id": "k",
+        "model": "m",
+        "model_version": 1,
+        "data_version": "d",
+        "role": "champion",
+        "requests": {
+            "id": ["k", "j"],
+            "request_id": ["r", "s"],
+            "created": [0.0, 0.0],
+            "latency_ms": [1.0, 1.0],
+            "rows": [2, 1],
+            "first_row": [5, 0],
+        },
+        "inputs": {"x": [1.0, 2.0, 3.0]},
+        "outputs": {"prediction": [1.0, 2.0, 3.0]},
+    }
+    event = PredictionGroup.model_validate(group)
+    assert event.prediction_ids() == ["k-5", "k-6", "j-0"]
+    assert [p.id for p in event.predictions()] == ["k-5", "k-6", "j-0"]
+    with pytest.raises(ValidationError, match="every request column"):
+        PredictionGroup.model_validate(
+            {**group, "requests": {**group["requests"], "first_row": [1]}}
+        )
+    with pytest.raises(ValidationError, match="index 0 or later"):
+        PredictionGroup.model_validate(
+            {**group, "requests": {**group["requests"], "first_row": [-1, 0]}}
+        )
 
 
 async def test_a_long_publishing_round_still_lets_responses_out(
