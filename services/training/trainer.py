@@ -26,6 +26,7 @@ from shared.contract import Contract
 from shared.datasets import DatasetCatalog
 from shared.events import utcnow
 from shared.features import build_pipeline, onnx_feeds, onnx_input_names
+from shared.float32_exact import make_float32_exact
 from shared.registry import ModelManifest, Parity, Registry, TamperedArtifactError
 
 from . import evaluation, fast_first
@@ -210,9 +211,12 @@ def prepare(
 def fit(
     contract: Contract, family: str, params: dict[str, Any], seed: int, prepared: Prepared
 ) -> Pipeline:
-    """Fit the contract's pipeline with one estimator on the training rows."""
+    """Fit the contract's pipeline with one estimator on the training rows, its constants
+    then made exact in float32 (:mod:`shared.float32_exact`: what the ONNX export computes)."""
     pipeline = build_pipeline(contract, make_estimator(contract.task, family, params, seed))
-    return pipeline.fit(prepared.data.x_train, prepared.y_train)
+    pipeline.fit(prepared.data.x_train, prepared.y_train)
+    make_float32_exact(pipeline)
+    return pipeline
 
 
 @dataclass
