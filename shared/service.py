@@ -94,7 +94,8 @@ async def serve(name: str, settings: S, build: Builder[S], log: Any) -> int:
             await component.start()
             started.append(component)
         if not runtime.stopping.is_set():
-            log.info(READY_EVENT, metrics_port=metrics.port, **runtime.info)
+            loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
+            log.info(READY_EVENT, metrics_port=metrics.port, event_loop=loop_kind, **runtime.info)
             await runtime.stopping.wait()
     except Exception as exc:
         log.error("service.failed", error=repr(exc), exc_info=exc)
@@ -130,4 +131,14 @@ def run_service(name: str, settings: S, build: Builder[S]) -> int:
         log.error("service.bad_contract", error=str(err))
         print(f"error: {err}", file=sys.stderr)
         return BAD_CONTRACT_EXIT
-    return asyncio.run(serve(name, settings, build, log))
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        return runner.run(serve(name, settings, build, log))
+
+
+def loop_factory(settings: ServiceSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop constructor ``settings.event_loop`` names (None: asyncio's default)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None

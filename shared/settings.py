@@ -79,6 +79,9 @@ class ServiceSettings(BaseSettings):
     """JSON lines (default) or a readable console format."""
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "FLYWHEEL_LOG_LEVEL"))
     """Log level name."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The asyncio event loop implementation: the standard library's, or uvloop's (libuv;
+    serving's default, see :class:`services.serving.settings.ServingSettings`)."""
     deploy_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("deploy_key", "FLYWHEEL_DEPLOY_KEY")
     )

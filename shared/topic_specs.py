@@ -155,8 +155,9 @@ DESIGN_NOTES: tuple[tuple[str, str], ...] = (
         "Design: the prediction stream and the label join",
         """
 **Requests grouped per partition.** Serving publishes its answered requests in rounds
-(every `FLYWHEEL_SERVING_PRODUCER_LINGER_MS`); a round's requests whose keys map to the
-same partition and that share model version, role and shadow travel as one
+(every `FLYWHEEL_SERVING_PRODUCER_LINGER_MS`, or as soon as `EVENT_BATCH_ROWS` rows
+wait); a round's requests whose keys map to the same partition and that share model
+version, role and shadow travel as one
 `predictions` message (`PredictionGroup`, `schema_version` 3, at most 32 requests and
 512 rows, under 1 MiB): the requests' keys, client request ids, answer times, latencies
 and row counts as columns, and all their rows column by column (`inputs` feature ->

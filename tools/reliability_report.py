@@ -159,11 +159,12 @@ Reading the figures:
   prediction exactly once after a monitoring kill, one trigger gives one model version
   after a training kill, and no request fails across a dozen hot swaps.
 - **The one loss by design**: serving publishes prediction events off the response path
-  (a bounded buffer, drained every `PRODUCER_LINGER_MS`), so a SIGKILL loses the events
-  of rows answered in its last moments (`missing_last_2s_before_kill`); every row
-  answered earlier or after the restart has its event, and none is duplicated. A
-  SIGTERM drains the buffer first. Requests fail only while serving is down
-  (`failed_requests`, all between the kill and the restarted process being ready).
+  (a bounded buffer, drained every `PRODUCER_LINGER_MS` or sooner under load), so a
+  SIGKILL loses the events of rows answered in its last moments
+  (`missing_last_2s_before_kill`); every row answered earlier or after the restart has
+  its event, and none is duplicated. A SIGTERM drains the buffer first. Requests fail
+  only while serving is down (`failed_requests`, all between the kill and the restarted
+  process being ready).
 - **Memory**: RSS is compared from the second sample (after one wave warmed the
   allocators) to the last; the bound asserted is 40 MiB while each soak pushes several
   times its bounded state through (the dedup window and the label join stay at their

@@ -62,7 +62,11 @@ class PredictionPublisher:
         block_s: the longest a request waits for room in a full buffer; after it its
             events are dropped (counted, logged).
         linger_s: how long a round waits for more rows before sending (fewer, larger
-            sends under load; never on the response path).
+            sends; never on the response path). A round starts sooner once
+            ``batch_rows`` rows are waiting: under load the work comes in even rounds
+            instead of a burst of full rounds every ``linger_s`` (which held responses
+            back: p99 at 16 clients x 64 rows 1.7x the minimal server's with a 100 ms
+            linger, 1.1-1.25x with rounds started at ``batch_rows``).
         dropped: called with (model, rows) for every drop (metrics).
         published: called with (model, rows) once Kafka acknowledged them.
         waited: called with (model, seconds) for every request that waited for room.
@@ -98,7 +102,9 @@ class PredictionPublisher:
         self.retry_s = retry_s
         self._buffer: deque[Answered] = deque()
         self._rows = 0
+        self._queued = 0  # rows in the buffer, not yet in a round
         self._wake = asyncio.Event()
+        self._full = asyncio.Event()
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -133,8 +139,11 @@ class PredictionPublisher:
             return
         self._buffer.append(item)
         self._rows += item.rows
+        self._queued += item.rows
         if not self._wake.is_set():
             self._wake.set()
+        if self._queued >= self.batch_rows and not self._full.is_set():
+            self._full.set()
 
     async def start(self) -> None:
         """Start the publishing task."""
@@ -145,6 +154,7 @@ class PredictionPublisher:
         as dropped."""
         self._closing = True
         self._wake.set()
+        self._full.set()
         self._room.set()
         if self._task is None:
             return
@@ -158,6 +168,7 @@ class PredictionPublisher:
             self.log.warning("predictions.dropped", model=model, rows=rows, reason="stopping")
         self._buffer.clear()
         self._rows = 0
+        self._queued = 0
 
     async def _run(self) -> None:
         while True:
@@ -167,18 +178,23 @@ class PredictionPublisher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.linger_s > 0 and self._rows < self.batch_rows and not self._closing:
-                await asyncio.sleep(self.linger_s)
+            if self.linger_s > 0 and self._queued < self.batch_rows and not self._closing:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.linger_s):
+                        await self._full.wait()  # set by submit at batch_rows
             batch: list[Answered] = []
             rows = 0
             while self._buffer and rows < self.batch_rows:
                 item = self._buffer.popleft()
                 batch.append(item)
                 rows += item.rows
+            self._queued -= rows
             try:
                 await self._publish(batch)
             except asyncio.CancelledError:
                 self._buffer.extendleft(reversed(batch))  # stop() counts them as dropped
+                self._queued += rows
                 raise
             self._rows -= rows
             self._room.set()

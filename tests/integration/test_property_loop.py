@@ -63,7 +63,7 @@ from shared import topics
 from shared.contract import Contract, load_contract
 from shared.datasets import DatasetCatalog
 from shared.events import DatasetValidated, Deployment, Event, Feedback, PredictionGroup
-from shared.features import to_frame
+from shared.features import as_served, to_frame
 from shared.registry import ModelManifest, Registry
 from shared.store import ArtifactStore
 
@@ -597,8 +597,12 @@ def run_loop(s: Scenario, folder: Path) -> None:
     picked = sorted(rng.choice(s.rows, min(SERVED_ROWS, s.rows), replace=False))
     rows = {name: [values[i] for i in picked] for name, values in gen.columns.items()}
     truth = [gen.labels[i] for i in picked]
+    # Serving takes float32 inputs: sklearn sees the same values (as the parity gate does),
+    # so a float64 value that rounds across a split threshold does not count as a miss.
     expected = sklearn_predictions(
-        contract, registered_pipeline(contract, store, manifest), to_frame(contract, rows)
+        contract,
+        registered_pipeline(contract, store, manifest),
+        as_served(contract, to_frame(contract, rows)),
     )
 
     with Serving(contract, store) as serving:

@@ -729,6 +729,46 @@ def test_a_split_requests_rows_keep_their_ids_in_the_schema() -> None:
         )
 
 
+async def test_a_round_starts_once_batch_rows_wait_not_only_after_the_linger(
+    contract: Contract, models: dict[str, Any], registry: Registry
+) -> None:
+    # Under load rounds come as the rows do, not as a burst every linger: a full round's
+    # rows start it at once (here the linger is an hour).
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    model = LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+    feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:2])])
+    outputs = model.predict(feeds)
+    rounds: list[list[str]] = []
+    sent = asyncio.Event()
+
+    async def send(messages: list[Message]) -> None:
+        rounds.append([t for m in messages for t in m.traces])
+        sent.set()
+
+    publisher = PredictionPublisher(
+        send,
+        buffer_rows=1000,
+        batch_rows=4 * n,
+        linger_s=3600.0,
+        dropped=lambda m, k: None,
+        published=lambda m, k: None,
+        log=LOG,
+    )
+    await publisher.start()
+    for i in range(3):
+        await publisher.submit(
+            Answered(model, "champion", f"r{i}", f"k{i}", feeds, outputs, n, None, 1.0, 0.0)
+        )
+    await asyncio.sleep(0)  # the publisher runs: three requests are under a round's rows
+    assert rounds == []
+    await publisher.submit(
+        Answered(model, "champion", "r3", "k3", feeds, outputs, n, None, 1.0, 0.0)
+    )
+    await asyncio.wait_for(sent.wait(), 10)
+    assert rounds == [["r0", "r1", "r2", "r3"]]
+    await publisher.stop()
+
+
 async def test_a_long_publishing_round_still_lets_responses_out(
     contract: Contract, models: dict[str, Any], registry: Registry
 ) -> None:
