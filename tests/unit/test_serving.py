@@ -590,43 +590,68 @@ def test_a_round_is_one_message_per_partition_and_model_and_every_row_decodes(
             assert got.inputs["AGEP"] == pytest.approx(float(item.feeds["AGEP"][r, 0]))
 
 
+class Collected:
+    """A :class:`PredictionPublisher` whose sends, drops and publications are recorded.
+
+    Args:
+        partition_of: the key -> partition map (None: one partition).
+        settings: the publisher's other settings (buffer and round rows default to 1000).
+    """
+
+    def __init__(self, partition_of: Any = None, **settings: Any) -> None:
+        self.sent: list[Message] = []
+        self.dropped: dict[str, int] = {}
+        self.published: dict[str, int] = {}
+        self.signal = asyncio.Event()
+
+        async def send(messages: list[Message]) -> None:
+            self.sent.extend(messages)
+            self.signal.set()
+
+        async def partitions() -> Any:
+            return partition_of
+
+        self.publisher = PredictionPublisher(
+            send,
+            partitions=partitions if partition_of is not None else None,
+            buffer_rows=settings.pop("buffer_rows", 1000),
+            batch_rows=settings.pop("batch_rows", 1000),
+            dropped=lambda m, k: self.dropped.__setitem__(m, self.dropped.get(m, 0) + k),
+            published=lambda m, k: self.published.__setitem__(m, self.published.get(m, 0) + k),
+            log=LOG,
+            **settings,
+        )
+
+    async def drain(self, *items: Answered) -> None:
+        """Submit ``items``, then publish them all and stop."""
+        for item in items:
+            await self.publisher.submit(item)
+        await self.publisher.start()
+        await self.publisher.stop()
+
+
+def version_one(contract: Contract, models: dict[str, Any], registry: Registry) -> LoadedModel:
+    """Version 1 (``onnx1``) registered and loaded, at most 64 rows a request."""
+    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
+    return LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+
+
 async def test_a_group_larger_than_kafka_takes_is_split(
     contract: Contract, models: dict[str, Any], registry: Registry, monkeypatch: Any
 ) -> None:
-    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
-    model = LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+    model = version_one(contract, models, registry)
     feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:8])])
-    one = len(
-        encode(
-            [
-                Answered(
-                    model, "champion", "r", "k0", feeds, model.predict(feeds), n, None, 1.0, 0.0
-                )
-            ],
-            0.0,
-        )
-    )
+    outputs = model.predict(feeds)
+    one = len(encode([Answered(model, "champion", "r", "k0", feeds, outputs, n, None, 1, 0)], 0))
     monkeypatch.setattr(events, "MAX_MESSAGE_BYTES", 3 * one)
-    sent: list[Message] = []
-
-    async def send(messages: list[Message]) -> None:
-        sent.extend(messages)
-
-    publisher = PredictionPublisher(
-        send,
-        buffer_rows=1000,
-        batch_rows=1000,
-        dropped=lambda m, n: None,
-        published=lambda m, n: None,
-        log=LOG,
-    )
-    for i in range(10):
-        answered = Answered(
-            model, "champion", f"r{i}", f"k{i}", feeds, model.predict(feeds), n, None, 1.0, 0.0
+    collected = Collected()
+    await collected.drain(
+        *(
+            Answered(model, "champion", f"r{i}", f"k{i}", feeds, outputs, n, None, 1.0, 0.0)
+            for i in range(10)
         )
-        await publisher.submit(answered)
-    await publisher.start()
-    await publisher.stop()
+    )
+    sent = collected.sent
     assert all(len(m.value) <= 3 * one for m in sent)
     assert len(sent) >= 4
     ids = [p.id for m in sent for p in decode_predictions(m.value)]
@@ -639,8 +664,7 @@ async def test_a_request_larger_than_kafka_takes_travels_in_parts(
     # One request whose event is over a record's limit goes out as row parts, each under
     # it, on the request key's partition; the ids continue across parts and decode to the
     # request's rows. A row alone over the limit is dropped and counted, never retried.
-    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
-    model = LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+    model = version_one(contract, models, registry)
     feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:15])])
     outputs = model.predict(feeds)
     big = Answered(model, "champion", "r", "kbig", feeds, outputs, n, model, 1.0, 0.0)
@@ -648,28 +672,9 @@ async def test_a_request_larger_than_kafka_takes_travels_in_parts(
     limit = len(encode([big], 0.0)) // 3
     assert limit > one_row
     monkeypatch.setattr(events, "MAX_MESSAGE_BYTES", limit)
-    sent: list[Message] = []
-    dropped: dict[str, int] = {}
-    published: dict[str, int] = {}
-
-    async def send(messages: list[Message]) -> None:
-        sent.extend(messages)
-
-    async def partitions() -> Any:
-        return lambda key: len(key) % 3
-
-    publisher = PredictionPublisher(
-        send,
-        partitions=partitions,
-        buffer_rows=1000,
-        batch_rows=1000,
-        dropped=lambda m, k: dropped.__setitem__(m, dropped.get(m, 0) + k),
-        published=lambda m, k: published.__setitem__(m, published.get(m, 0) + k),
-        log=LOG,
-    )
-    await publisher.submit(big)
-    await publisher.start()
-    await publisher.stop()
+    collected = Collected(partition_of=lambda key: len(key) % 3)
+    await collected.drain(big)
+    sent = collected.sent
     assert len(sent) >= 3
     assert all(len(m.value) <= limit for m in sent)
     assert {(m.key, m.partition, m.traces) for m in sent} == {(b"kbig", 1, ("r",))}
@@ -677,24 +682,13 @@ async def test_a_request_larger_than_kafka_takes_travels_in_parts(
     assert [p.id for p in decoded] == [f"kbig-{i}" for i in range(n)]
     assert [p.outputs["label"] for p in decoded] == outputs["label"].tolist()
     assert [p.shadow["outputs"]["label"] for p in decoded if p.shadow] == outputs["label"].tolist()
-    assert published == {MODEL: n}
-    assert dropped == {}
+    assert (collected.published, collected.dropped) == ({MODEL: n}, {})
 
     # Under a limit no single row fits: every row dropped and counted, nothing sent.
     monkeypatch.setattr(events, "MAX_MESSAGE_BYTES", one_row // 2)
-    sent.clear()
-    publisher = PredictionPublisher(
-        send,
-        buffer_rows=1000,
-        batch_rows=1000,
-        dropped=lambda m, k: dropped.__setitem__(m, dropped.get(m, 0) + k),
-        published=lambda m, k: published.__setitem__(m, published.get(m, 0) + k),
-        log=LOG,
-    )
-    await publisher.submit(big)
-    await publisher.start()
-    await publisher.stop()
-    assert (sent, dropped, publisher.pending_rows) == ([], {MODEL: n}, 0)
+    refused = Collected()
+    await refused.drain(big)
+    assert (refused.sent, refused.dropped, refused.publisher.pending_rows) == ([], {MODEL: n}, 0)
 
 
 def test_a_split_requests_rows_keep_their_ids_in_the_schema() -> None:
@@ -734,38 +728,23 @@ async def test_a_round_starts_once_batch_rows_wait_not_only_after_the_linger(
 ) -> None:
     # Under load rounds come as the rows do, not as a burst every linger: a full round's
     # rows start it at once (here the linger is an hour).
-    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
-    model = LoadedModel(manifest, models["onnx1"], InputSpec(contract, 64), 1)
+    model = version_one(contract, models, registry)
     feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:2])])
     outputs = model.predict(feeds)
-    rounds: list[list[str]] = []
-    sent = asyncio.Event()
-
-    async def send(messages: list[Message]) -> None:
-        rounds.append([t for m in messages for t in m.traces])
-        sent.set()
-
-    publisher = PredictionPublisher(
-        send,
-        buffer_rows=1000,
-        batch_rows=4 * n,
-        linger_s=3600.0,
-        dropped=lambda m, k: None,
-        published=lambda m, k: None,
-        log=LOG,
-    )
+    collected = Collected(batch_rows=4 * n, linger_s=3600.0)
+    publisher = collected.publisher
     await publisher.start()
     for i in range(3):
         await publisher.submit(
             Answered(model, "champion", f"r{i}", f"k{i}", feeds, outputs, n, None, 1.0, 0.0)
         )
     await asyncio.sleep(0)  # the publisher runs: three requests are under a round's rows
-    assert rounds == []
+    assert collected.sent == []
     await publisher.submit(
         Answered(model, "champion", "r3", "k3", feeds, outputs, n, None, 1.0, 0.0)
     )
-    await asyncio.wait_for(sent.wait(), 10)
-    assert rounds == [["r0", "r1", "r2", "r3"]]
+    await asyncio.wait_for(collected.signal.wait(), 10)
+    assert [m.traces for m in collected.sent] == [("r0", "r1", "r2", "r3")]
     await publisher.stop()
 
 
@@ -774,28 +753,12 @@ async def test_a_long_publishing_round_still_lets_responses_out(
 ) -> None:
     # Encoding is on the event loop: the publisher yields at least every YIELD_S, so a
     # response never waits for a whole round of (here slow, shadowed) encodings.
-    manifest = register_model(registry, contract, models["onnx1"], dataset_version="d1")
-    spec = InputSpec(contract, 64)
-    model = LoadedModel(manifest, models["onnx1"], spec, 1)
-    feeds, n = spec.feeds([matrix_tensor(contract, models["rows"][:4])])
+    model = version_one(contract, models, registry)
+    feeds, n = model.spec.feeds([matrix_tensor(contract, models["rows"][:4])])
     outputs = model.predict(feeds)
-    sent: list[Message] = []
-
-    async def send(messages: list[Message]) -> None:
-        sent.extend(messages)
-
-    async def partitions() -> Any:
-        return lambda key: int(key[1:])  # every request on a partition of its own
-
-    publisher = PredictionPublisher(
-        send,
-        partitions=partitions,
-        buffer_rows=1000,
-        batch_rows=1000,
-        dropped=lambda m, n: None,
-        published=lambda m, n: None,
-        log=LOG,
-    )
+    # every request on a partition of its own
+    collected = Collected(partition_of=lambda key: int(key[1:]))
+    sent, publisher = collected.sent, collected.publisher
     for i in range(40):  # the shadow model runs in each encoding: each takes a while
         answered = Answered(model, "champion", f"r{i}", f"k{i}", feeds, outputs, n, model, 1.0, 0.0)
         await publisher.submit(answered)
