@@ -200,10 +200,13 @@ def _triggers(core: MonitoringCore, parts: Sequence[Part], clocks: Clocks) -> No
             trigger = live.get(kind)
             if trigger is None:
                 continue  # "deployed"
-            if trigger.observations == 0 and not (moved and kind in ("promote", "rollback")):
+            # A promote/rollback streak and cool-down belong to the champion and challenger
+            # they were saved with: a new arrangement starts clean (as on_deployment does).
+            stale = moved and kind in ("promote", "rollback")
+            if trigger.observations == 0 and not stale:
                 trigger.streak = int(saved["streak"])
                 trigger.observations = int(saved["observations"])
-            if saved["last_fired"] is not None:
+            if saved["last_fired"] is not None and not stale:
                 fired = clocks.to_monotonic(float(saved["last_fired"]))
                 if trigger.last_fired is None or fired > trigger.last_fired:
                     trigger.last_fired = fired

@@ -222,3 +222,42 @@ def test_a_partitioned_window_keeps_the_newest_rows_over_restored_partitions() -
     assert list(w) == ["r2", "r4"]
     w.restore(1, older + odd)
     assert list(w) == ["r2", "r3", "r4", "r5"]  # the stale row fell out: newest 4 kept
+
+
+def test_a_promote_cooldown_saved_before_a_new_deployment_is_not_restored(
+    tmp_path: Path, contract: Contract, car_loan: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    # Saved while v1 was champion, restored once v2 is: v2's promote/rollback decisions
+    # owe nothing to v1's cool-down (on_deployment clears it; a restart must not bring it
+    # back). The drift cool-down belongs to the model and comes through.
+    store = ArtifactStore(f"file://{tmp_path}")
+    reference, _ = car_loan
+    seed_version(store, contract, reference.iloc[:5000], 1)
+    before, _ = _core(store, contract, Clock(1000.0))
+    for trigger in before.models["car_loan"].triggers().values():
+        trigger.last_fired = 990.0
+    snapshots = PartitionSnapshots(store, "g", clock=before.clock)
+    offsets = _checkpoint(snapshots, before, 10)
+
+    seed_version(store, contract, reference.iloc[5000:10000], 2)  # the new champion
+    after, _ = _core(store, contract, Clock(1000.0))
+    assert after.models["car_loan"].champion == 2
+    _restore(PartitionSnapshots(store, "g", clock=after.clock), after, offsets)
+    fired = {kind: t.last_fired for kind, t in after.models["car_loan"].triggers().items()}
+    assert fired["promote"] is None
+    assert fired["rollback"] is None
+    assert fired["drift"] == pytest.approx(990.0, abs=1.0)
+    assert fired["quality"] == pytest.approx(990.0, abs=1.0)
+
+    # Restored under the arrangement it was saved with, every cool-down comes back.
+    same, _ = _core(store, contract, Clock(1000.0))
+    later = PartitionSnapshots(store, "g", clock=same.clock)
+    for trigger in same.models["car_loan"].triggers().values():
+        trigger.last_fired = 995.0
+    offsets = _checkpoint(later, same, 20)
+    again, _ = _core(store, contract, Clock(1000.0))
+    _restore(PartitionSnapshots(store, "g", clock=again.clock), again, offsets)
+    assert all(
+        t.last_fired == pytest.approx(995.0, abs=1.0)
+        for t in again.models["car_loan"].triggers().values()
+    )
