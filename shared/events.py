@@ -8,6 +8,7 @@ are kept exactly as documented in the README and tolerate extra fields.
 from __future__ import annotations
 
 import uuid
+from abc import abstractmethod
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -325,8 +326,9 @@ class _AnsweredRows(Event):
     shadow: ShadowRows | None = None
     """The shadow model's answers to the same rows, if one ran."""
 
+    @abstractmethod
     def _row_count(self) -> int:
-        raise NotImplementedError
+        """How many rows every column must hold (the subclass's own row counts)."""
 
     @model_validator(mode="after")
     def _columns_have_every_row(self) -> _AnsweredRows:
