@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from shared.store import ArtifactStore
 from tests.unit.test_training_data import add_dataset, toy_contract, toy_table
 
 FAST = TrainConfig(search_budget_s=0.5, cv_folds=2, importance_rows=300, importance_repeats=1)
+MINIMUM_SEARCH = dataclasses.replace(FAST, search_budget_s=1e-6)
+"""Only the minimum search (one candidate per family and their ensemble): deterministic."""
 
 
 class Recorder:
@@ -460,11 +463,19 @@ async def test_manual_strategy_waits_for_a_person(tmp_path: Path) -> None:
     assert first.history == again.history == [1]
 
 
-async def test_deployment_requests_move_the_aliases(store: ArtifactStore) -> None:
+async def test_deployment_requests_move_the_aliases(tmp_path: Path) -> None:
+    # Both runs search the minimum only, so v2 is v1 again however fast the machine is
+    # (a time-boxed search tries more or fewer grid points and may pick another model).
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    version = add_dataset(store, "toy", [toy_table(2000)])
     registry = Registry(store)
-    core, _, metrics = make_core(store, toy_contract())
+    core, _, metrics = make_core(store, toy_contract(**SEARCH_ONLY), MINIMUM_SEARCH)
+    core.submit_validated(validated(version.id, 2000, 2000), lambda: None)
+    assert (await core.run("toy")).outcome == "promoted"
     core.submit_request(RetrainRequest(model="toy", reason="second"), lambda: None)
     await core.run("toy")
+    first, second = (registry.get("toy", v).metrics for v in (1, 2))
+    assert first == second
 
     async def send(action: str, version: int, **kw: Any) -> str:
         event = DeploymentRequest(
