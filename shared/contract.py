@@ -156,15 +156,19 @@ class PromotionPolicy(_Strict):
     (for ``mae``/``rmse``: the growth of the group's error as a share of the champion's)."""
     parity_atol: float = Field(1e-4, gt=0)
     """Absolute part of the sklearn/onnxruntime parity tolerance: every output (class
-    probability or regression value) must satisfy ``|a - b| <= atol + rtol * |b|``
-    (``b`` the sklearn value). ``parity_tolerance``, its former name, is still read.
+    probability or regression value) must satisfy ``|a - b| <= atol + rtol * max(|b|,
+    scale)`` (``b`` the sklearn value; ``scale`` 0 for probabilities, for a regressor the
+    root mean square of its holdout predictions). ``parity_tolerance``, its former name,
+    is still read.
     1e-4 by default: the graph's constants (a scaler's means, say) are float32 too, so a
     feature far from zero with a small spread (a year, a latitude) moves probabilities by
     ~1e-5 on its own; skl2onnx's own tests compare float32 outputs to 4-5 decimals."""
     parity_rtol: float = Field(1e-5, ge=0)
     """Relative part of the parity tolerance: ONNX Runtime computes in float32, whose
     rounding grows with the value (a regression output in the millions is off by
-    ~0.1), so an absolute bound alone refuses models of large labels."""
+    ~0.1), so an absolute bound alone refuses models of large labels. It is taken of at
+    least the predictions' root mean square: a small prediction of a model of large
+    labels is a sum of large terms and carries their rounding."""
 
     @model_validator(mode="before")
     @classmethod

@@ -50,7 +50,12 @@ class Parity(BaseModel):
     """The absolute tolerance ``atol``."""
     rtol: float = 0.0
     """The relative tolerance: every output passes when ``|onnx - sklearn| <= tolerance +
-    rtol * |sklearn|`` (0 in versions registered before it existed)."""
+    rtol * max(|sklearn|, scale)`` (0 in versions registered before it existed)."""
+    scale: float = 0.0
+    """The magnitude ``rtol`` is taken of at least: for a regressor the root mean square
+    of sklearn's predictions on the holdout (float32 rounding follows the size of the
+    terms a prediction sums, the labels' size, even where they cancel near zero); 0 for a
+    classifier and in versions registered before it existed."""
     worst_row: dict[str, Any] | None = None
     """The holdout row nearest to (or furthest beyond) that bound: ``index`` (its
     position in the holdout), ``sklearn`` and ``onnx`` (the values compared; for a

@@ -40,7 +40,8 @@ def evaluate_gates(
             detail=(
                 f"labels agree on {parity.label_agreement:.4%} of {parity.rows} holdout rows; "
                 f"max |sklearn - onnxruntime| = {parity.max_abs_diff:.3g}, bound "
-                f"{parity.tolerance:g} + {parity.rtol:g} x |sklearn|{_worst_row(parity)}"
+                f"{parity.tolerance:g} + {parity.rtol:g} x {_relative_to(parity)}"
+                f"{_worst_row(parity)}"
             ),
         )
     }
@@ -86,6 +87,12 @@ def evaluate_gates(
         )
         gates["group_regression"] = Gate(passed=bool(passed), detail=detail)
     return gates
+
+
+def _relative_to(parity: Parity) -> str:
+    if parity.scale:
+        return f"max(|sklearn|, {parity.scale:.4g} (RMS of the predictions))"
+    return "|sklearn|"
 
 
 def _worst_row(parity: Parity) -> str:

@@ -64,7 +64,7 @@ from shared.contract import Contract, load_contract
 from shared.datasets import DatasetCatalog
 from shared.events import DatasetValidated, Deployment, Event, Feedback, PredictionGroup
 from shared.features import as_served, to_frame
-from shared.registry import ModelManifest, Registry
+from shared.registry import ModelManifest, Parity, Registry
 from shared.store import ArtifactStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -440,11 +440,26 @@ def ingest_validate_train(gen: Generated, store: ArtifactStore) -> tuple[ModelMa
     assert champion is not None, (run, _gates(registry, contract.name))
     if run.outcome == "promoted":
         assert champion == 2
-    else:  # the searched model lost to the fast candidate on the holdout
-        assert registry.get(contract.name, 2).gates["beats_champion"].passed is False
+    else:  # the searched model lost to the fast candidate (or a fairness gate held it)
+        gates = registry.get(contract.name, 2).gates
+        failed = {name for name, gate in gates.items() if not gate.passed}
+        # A float32 export of an honest model always meets the parity bound.
+        assert failed, _gates(registry, contract.name)
+        assert "parity" not in failed, _gates(registry, contract.name)
     manifest = registry.verify(contract.name, champion)
     assert manifest.parity.passed
     return manifest, recorder
+
+
+def assert_within(got: np.ndarray, want: np.ndarray, parity: Parity) -> None:
+    """``got`` equals ``want`` within the version's registered parity bound."""
+    bound = parity.tolerance + parity.rtol * np.maximum(np.abs(want), parity.scale)
+    diff = np.abs(np.asarray(got, np.float64) - want)
+    worst = int(np.argmax(diff / bound))
+    assert np.all(diff <= bound), (
+        f"{int(np.sum(diff > bound))} of {diff.size} values beyond the parity bound; "
+        f"worst: {got.flat[worst]} vs {want.flat[worst]} (bound {bound.flat[worst]:.3g})"
+    )
 
 
 def _gates(registry: Registry, model: str) -> Any:
@@ -617,9 +632,8 @@ def run_loop(s: Scenario, folder: Path) -> None:
         client.close()
         n = len(picked)
         # Equal within the parity bound the version was registered with (float32 ONNX):
-        # |served - sklearn| <= atol + rtol * |sklearn|.
-        policy = contract.promotion
-        bound = {"rtol": policy.parity_rtol, "atol": policy.parity_atol}
+        # |served - sklearn| <= atol + rtol * max(|sklearn|, scale).
+        parity = manifest.parity
         row_of = {}
         for answer in answers:
             ids = _text(answer.as_numpy("prediction_id"))
@@ -628,12 +642,12 @@ def run_loop(s: Scenario, folder: Path) -> None:
             if contract.task == "regression":
                 served = answer.as_numpy("prediction").astype(np.float64).ravel()
                 want = expected.labels.astype(np.float64).ravel()
-                np.testing.assert_allclose(served, want, **bound)
+                assert_within(served, want, parity)
             else:
                 assert expected.proba is not None
                 assert _text(answer.as_numpy("label")) == _text(expected.labels)
                 proba = answer.as_numpy("probabilities")
-                np.testing.assert_allclose(proba, expected.proba, **bound)
+                assert_within(proba, expected.proba, parity)
                 classes = [str(c) for c in contract.label.classes or []]
                 argmax = [classes[j] for j in np.argmax(proba, axis=1)]
                 assert argmax == _text(answer.as_numpy("label"))
@@ -720,3 +734,41 @@ def test_many_generated_datasets_go_round_the_loop(
     kind: str, data: st.DataObject, scratch: Any
 ) -> None:
     run_loop(data.draw(scenarios(kind, max_rows=5000)), scratch())
+
+
+FOUND = {
+    "centred labels of 1e4": Scenario(
+        kind="regression",
+        classes=None,
+        label_scale=10000.0,
+        columns=[
+            Column("petal.width", "category", False, ["setosa", "Iris-virginica"], False),
+            Column("0", "category", False, [0, 1, 2, 3, 4]),
+            Column("9", "int", True, None, scale=3.0),
+            Column("1", "bool", False, None, scale=2.0),
+            Column("0000", "float", True, None),
+            Column("000", "bool", False, None, scale=2.0),
+            Column("00", "float", True, None),
+        ],
+        label="dew point",
+        id="sea-level_pressure",
+        time="sepal length (cm)",
+        time_form="iso-naive",
+        int_ids=False,
+        bools_as_ints=False,
+        rows=3514,
+        seed=158718,
+        group="petal.width",
+    ),
+}
+"""Examples the slow variant found, kept as they were drawn. Centred labels of 1e4: the
+linear model's prediction -138.853 came out of ONNX Runtime as -138.855, 1.5x a parity
+bound taken of the prediction's own size (the terms it sums are of the labels' size), so
+both versions were refused and nothing served."""
+
+
+@pytest.mark.parametrize("name", FOUND)
+@given(data=st.data())  # run_loop notes what it checks, as hypothesis examples do
+@settings(BOUNDED, max_examples=1)
+def test_found_examples_go_round_the_loop(name: str, data: st.DataObject, scratch: Any) -> None:
+    run_loop(FOUND[name], scratch())

@@ -73,8 +73,11 @@ def task_contract(label: dict[str, Any], task: str = "classification") -> Contra
     )
 
 
-def task_table(contract: Contract, scale: float = 1.0, seed: int = 0) -> pa.Table:
-    """Learnable rows: classes by score bands (contract order), or a scaled regression."""
+def task_table(
+    contract: Contract, scale: float = 1.0, seed: int = 0, offset: float = 10.0
+) -> pa.Table:
+    """Learnable rows: classes by score bands (contract order), or a scaled regression
+    (labels ``scale * (offset + score)``, the score about standard normal)."""
     rng = np.random.default_rng(seed)
     x, z = rng.normal(0, 1, ROWS), rng.normal(0, 1, ROWS)
     c, g = rng.choice(["a", "b", "c"], ROWS), rng.choice(["u", "v"], ROWS)
@@ -84,7 +87,7 @@ def task_table(contract: Contract, scale: float = 1.0, seed: int = 0) -> pa.Tabl
         cuts = np.quantile(score, np.linspace(0, 1, len(classes) + 1)[1:-1])
         label: Any = [classes[i] for i in np.searchsorted(cuts, score)]
     else:
-        label = scale * (10 + score)
+        label = scale * (offset + score)
     return pa.table({"id": np.arange(ROWS), "x": x, "z": z, "c": c, "g": g, "y": label})
 
 
@@ -308,6 +311,27 @@ def test_parity_is_relative_and_absolute_and_names_the_worst_row() -> None:
     assert loose.worst_row is not None
     assert loose.worst_row["index"] == 2
     assert (loose.max_abs_diff, loose.rtol) == (45.0, 1e-4)
+
+
+def test_a_small_prediction_of_a_large_label_model_has_the_labels_rounding() -> None:
+    # -138.853 from a linear model of labels about 1e4 (a sum of terms of that size):
+    # float32 leaves it 0.002 off, beyond a bound of its own size (0.0015).
+    contract = task_contract({"name": "y"}, task="regression")
+    want = Predictions(np.array([-1.2e4, 9.0e3, -138.853, 1.5e4]), None)
+    got = Predictions(want.labels + np.array([0.001, -0.0008, -0.002, 0.0015]), None)
+    parity = compare(contract, want, got, 1e-4, 1e-5)
+    assert parity.passed, parity.worst_row
+    assert parity.scale == pytest.approx(float(np.sqrt(np.mean(want.labels**2))))
+    assert parity.worst_row is not None
+    assert parity.worst_row["bound"] == pytest.approx(1e-4 + 1e-5 * parity.scale)
+    # Still a bound: an error that is no rounding of numbers this size fails.
+    off = Predictions(want.labels + np.array([0.0, 0.0, 0.5, 0.0]), None)
+    assert not compare(contract, want, off, 1e-4, 1e-5).passed
+    # Probabilities are held value by value: no scale.
+    classifier = task_contract({"name": "y", "classes": ["a", "b"]})
+    proba = np.array([[0.3, 0.7]])
+    same = Predictions(np.array(["b"]), proba)
+    assert compare(classifier, same, same, 1e-4, 1e-5).scale == 0.0
 
 
 def test_a_classifier_label_disagreement_is_the_worst_row() -> None:
