@@ -18,6 +18,7 @@ IMG = ROOT / "docs" / "img"
 SERVERS = (
     "flywheel",
     "minimal",
+    "grpc_floor",
     "mlserver",
     "mlserver_rest",
     "mlserver_tuned",
@@ -239,7 +240,10 @@ def _serving(entry: dict[str, Any], made: set[str]) -> list[str]:
         "ONNX Runtime. MLServer tuned is a custom ONNX runtime with the numpy codec, "
         f"`parallel_workers` in {r.get('mlserver_workers_tried')} (rows `_w0`..), and "
         "`mlserver_tuned` is the fastest of them per load. KServe is its Python model server "
-        "over gRPC; Triton is `tritonserver` from `nvidia-pytriton` with its Python backend.",
+        "over gRPC; Triton is `tritonserver` from `nvidia-pytriton` with its Python backend. "
+        "`grpc_floor` is the minimal server answering each request size with one "
+        "precomputed response (no decoding, no model): grpc.aio's and the client's own "
+        "per-request cost, the most any Python server on grpc.aio can reach.",
         "",
     ]
     rows: list[list[Any]] = []
@@ -716,6 +720,9 @@ def _goals(modules: dict[str, Any]) -> list[str]:
     for load in LOADS:
         value = summary.get(f"p50_ratio_vs_minimal_{load}")
         rows.append([f"serving p50 vs minimal server ({load})", "(shown)", value, "-"])
+    for load in LOADS:
+        value = summary.get(f"throughput_ratio_vs_grpc_floor_{load}")
+        rows.append([f"serving req/s vs gRPC floor, no model ({load})", "(shown)", value, "-"])
     for peer, label in PEERS.items():
         row = serving.get(peer, {})
         for load in LOADS:
@@ -731,6 +738,9 @@ def _goals(modules: dict[str, Any]) -> list[str]:
                     if value < 1
                     else "no"
                 )
+                floor = summary.get(f"throughput_ratio_grpc_floor_vs_{peer}_{load}")
+                if floor is not None:
+                    met += f" (the gRPC floor itself is {_fmt(floor)}x)"
             rows.append([f"serving req/s vs {label} ({load})", ">= 1.5x", value, met])
     value = res("ingestion").get("ratio_ingestion_to_raw")
     rows.append(["ingestion rate vs raw consumer", ">= 0.5x", value, _ok(value, 0.5, True)])

@@ -5,7 +5,12 @@ The baseline the serving benchmark compares Flywheel with: it decodes the raw 2-
 as strings), runs ORT and returns raw ``label`` and ``probabilities``. No validation
 beyond what a crash needs, no metrics, no events, no routing.
 
-``python -m bench.minimal_server MODEL.onnx CONTRACT.yaml PORT``
+With ``--floor`` it is the gRPC floor instead: the same server answering every request
+with the response it computed for the first request of that size (no decoding, no
+model run), so what it costs is grpc.aio's own per-request work and the client's. No
+Python OIP v2 server on grpc.aio can be faster; the report compares the peers with it.
+
+``python -m bench.minimal_server MODEL.onnx CONTRACT.yaml PORT [--floor]``
 """
 
 from __future__ import annotations
@@ -58,12 +63,26 @@ class MinimalServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def serve(onnx_path: str, contract_path: str, port: int) -> None:
-    """Serve until cancelled."""
+class FloorServicer(MinimalServicer):
+    """Answers each request size with one response computed once: grpc.aio's floor."""
+
+    def __init__(self, onnx_path: str, contract_path: str):
+        super().__init__(onnx_path, contract_path)
+        self.answers: dict[int, pb.ModelInferResponse] = {}
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        size = len(request.raw_input_contents[0])
+        answer = self.answers.get(size)
+        if answer is None:
+            answer = self.answers[size] = await super().ModelInfer(request, context)
+        return answer
+
+
+async def serve(onnx_path: str, contract_path: str, port: int, floor: bool = False) -> None:
+    """Serve until cancelled (``floor``: the gRPC floor, see the module docstring)."""
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        MinimalServicer(onnx_path, contract_path), server
-    )
+    servicer = (FloorServicer if floor else MinimalServicer)(onnx_path, contract_path)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)
@@ -71,4 +90,4 @@ async def serve(onnx_path: str, contract_path: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--floor" in sys.argv[4:]))

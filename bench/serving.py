@@ -9,6 +9,11 @@ hits all of them alike. The servers:
 - ``flywheel``: the serving service as a real process with every feature on (prediction
   events to an embedded Kafka broker, metrics, tagging);
 - ``minimal``: bench/minimal_server.py, grpc.aio + ORT and nothing else (the limit);
+- ``grpc_floor``: the same server answering each request size with one precomputed
+  response (no decoding, no model): grpc.aio's and the client's own per-request cost,
+  the most any Python server on grpc.aio reaches. ``grpc_floor_vs_<peer>`` in the
+  summary is its ratio to each peer: where a goal ratio is above it, no grpc.aio server
+  can meet that goal on this machine;
 - ``mlserver``: MLServer 1.7 as shipped: its sklearn runtime on the fitted pipeline
   (pickle), pandas codec, one tensor per feature; ``mlserver_rest`` the same over REST;
 - ``mlserver_tuned_w0/1/2``: MLServer with a custom runtime (bench/peers/mlserver_onnx.py)
@@ -298,7 +303,7 @@ def _free_port() -> int:
     return free_port()
 
 
-def start_minimal(fx: Fixture) -> tuple[subprocess.Popen[str], str]:
+def start_minimal(fx: Fixture, floor: bool = False) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -308,13 +313,14 @@ def start_minimal(fx: Fixture) -> tuple[subprocess.Popen[str], str]:
             str(fx.onnx_path),
             str(ROOT / "contracts" / f"{MODEL}.yaml"),
             str(port),
+            *(["--floor"] if floor else []),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     address = f"127.0.0.1:{port}"
-    _wait(lambda: _ready(address), 60, "minimal server")
+    _wait(lambda: _ready(address), 60, "gRPC floor server" if floor else "minimal server")
     return proc, address
 
 
@@ -530,6 +536,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     results["mlserver_workers_tried"] = list(MLSERVER_WORKERS)
     with EmbeddedBroker(_free_port(), log=work / "broker.log") as broker:
         minimal, minimal_address = start_minimal(fx)
+        floor, floor_address = start_minimal(fx, floor=True)
         flywheel, flywheel_address = start_flywheel(fx, broker.bootstrap, 0.0)
         batching, batching_address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS)
         peers, peer_procs = start_peers(fx, results)
@@ -537,6 +544,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             servers: dict[str, tuple[str, Inputs]] = {
                 "flywheel": (flywheel_address, fx.matrix_inputs),
                 "minimal": (minimal_address, fx.matrix_inputs),
+                "grpc_floor": (floor_address, fx.matrix_inputs),
                 **peers,
             }
             for name in servers:
@@ -572,6 +580,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             for proc in peer_procs:
                 _stop(proc)
             _stop(minimal)
+            _stop(floor)
             flywheel.terminate()
             batching.terminate()
     results["mlserver_tuned"] = best_tuned(results)
@@ -627,6 +636,17 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                 out[f"throughput_ratio_vs_{peer}_{name}"] = round(
                     fw[name]["req_per_s"] / row[name]["req_per_s"], 2
                 )
+                floor = results.get("grpc_floor", {}).get(name)
+                if isinstance(floor, dict):
+                    out[f"throughput_ratio_grpc_floor_vs_{peer}_{name}"] = round(
+                        floor["req_per_s"] / row[name]["req_per_s"], 2
+                    )
+    floor = results.get("grpc_floor", {})
+    for name, _, _ in LOADS:
+        if isinstance(floor.get(name), dict):
+            out[f"throughput_ratio_vs_grpc_floor_{name}"] = round(
+                fw[name]["req_per_s"] / floor[name]["req_per_s"], 2
+            )
     return out
 
 
@@ -637,7 +657,7 @@ def main() -> None:
     print(
         f"{'server':<10} {'load':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10} err"
     )
-    servers = ["flywheel", "minimal", "mlserver", "mlserver_rest"]
+    servers = ["flywheel", "minimal", "grpc_floor", "mlserver", "mlserver_rest"]
     servers += [f"mlserver_tuned_w{w}" for w in MLSERVER_WORKERS] + ["kserve", "triton"]
     for server in servers:
         for load, r in results.get(server, {}).items():
