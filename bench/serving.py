@@ -7,7 +7,9 @@ a short slice in turn, round after round (``compare``), so the shared machine's 
 hits all of them alike. The servers:
 
 - ``flywheel``: the serving service as a real process with every feature on (prediction
-  events to an embedded Kafka broker, metrics, tagging);
+  events to an embedded Kafka broker, metrics, tagging), on grpc.aio (the default);
+- ``flywheel_native``: the same with ``FLYWHEEL_SERVING_GRPC_SERVER=native``
+  (pygrpc-native's server: HTTP/2 and per-call work in Rust threads outside the GIL);
 - ``minimal``: bench/minimal_server.py, grpc.aio + ORT and nothing else (the limit);
 - ``grpc_floor``: the same server answering each request size with one precomputed
   response (no decoding, no model): grpc.aio's and the client's own per-request cost,
@@ -324,7 +326,9 @@ def start_minimal(fx: Fixture, floor: bool = False) -> tuple[subprocess.Popen[st
     return proc, address
 
 
-def start_flywheel(fx: Fixture, broker: str, delay_ms: float) -> tuple[Any, str]:
+def start_flywheel(
+    fx: Fixture, broker: str, delay_ms: float, grpc_server: str = "grpcio"
+) -> tuple[Any, str]:
     from shared.procs import ServiceProcess
 
     env = {
@@ -336,6 +340,7 @@ def start_flywheel(fx: Fixture, broker: str, delay_ms: float) -> tuple[Any, str]
         "FLYWHEEL_SERVING_METRICS_PORT": "0",
         "FLYWHEEL_SERVING_BATCH_MAX_DELAY_MS": str(delay_ms),
         "FLYWHEEL_SERVING_MAX_BATCH_SIZE": "4096",
+        "FLYWHEEL_SERVING_GRPC_SERVER": grpc_server,
     }
     proc = ServiceProcess("serving", env=env)
     proc.start()
@@ -538,11 +543,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         minimal, minimal_address = start_minimal(fx)
         floor, floor_address = start_minimal(fx, floor=True)
         flywheel, flywheel_address = start_flywheel(fx, broker.bootstrap, 0.0)
+        native, native_address = start_flywheel(fx, broker.bootstrap, 0.0, "native")
         batching, batching_address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS)
         peers, peer_procs = start_peers(fx, results)
         try:
             servers: dict[str, tuple[str, Inputs]] = {
                 "flywheel": (flywheel_address, fx.matrix_inputs),
+                "flywheel_native": (native_address, fx.matrix_inputs),
                 "minimal": (minimal_address, fx.matrix_inputs),
                 "grpc_floor": (floor_address, fx.matrix_inputs),
                 **peers,
@@ -567,6 +574,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             for name, c, b in LOADS:
                 results["flywheel_protocols"][name] = compare(protocols, c, b, seconds)
             results["flywheel_events"] = flywheel_events(flywheel)
+            results["flywheel_native_events"] = flywheel_events(native)
             modes = {
                 "batching_off": (flywheel_address, fx.matrix_inputs),
                 "batching_on": (batching_address, fx.matrix_inputs),
@@ -582,6 +590,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             _stop(minimal)
             _stop(floor)
             flywheel.terminate()
+            native.terminate()
             batching.terminate()
     results["mlserver_tuned"] = best_tuned(results)
     results["summary"] = summary(results)
@@ -641,6 +650,25 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                     out[f"throughput_ratio_grpc_floor_vs_{peer}_{name}"] = round(
                         floor["req_per_s"] / row[name]["req_per_s"], 2
                     )
+    native = results.get("flywheel_native", {})
+    for name, _, _ in LOADS:
+        if not isinstance(native.get(name), dict):
+            continue
+        out[f"native_throughput_ratio_vs_minimal_{name}"] = round(
+            native[name]["req_per_s"] / mini[name]["req_per_s"], 2
+        )
+        out[f"native_p99_ratio_vs_minimal_{name}"] = round(
+            native[name]["p99_ms"] / mini[name]["p99_ms"], 2
+        )
+        out[f"native_throughput_ratio_vs_grpcio_{name}"] = round(
+            native[name]["req_per_s"] / fw[name]["req_per_s"], 2
+        )
+        for peer in PEER_ROWS:
+            row = results.get(peer, {})
+            if isinstance(row.get(name), dict) and row[name]["req_per_s"]:
+                out[f"native_throughput_ratio_vs_{peer}_{name}"] = round(
+                    native[name]["req_per_s"] / row[name]["req_per_s"], 2
+                )
     floor = results.get("grpc_floor", {})
     for name, _, _ in LOADS:
         if isinstance(floor.get(name), dict):
@@ -657,7 +685,7 @@ def main() -> None:
     print(
         f"{'server':<10} {'load':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'rows/s':>10} err"
     )
-    servers = ["flywheel", "minimal", "grpc_floor", "mlserver", "mlserver_rest"]
+    servers = ["flywheel", "flywheel_native", "minimal", "grpc_floor", "mlserver", "mlserver_rest"]
     servers += [f"mlserver_tuned_w{w}" for w in MLSERVER_WORKERS] + ["kserve", "triton"]
     for server in servers:
         for load, r in results.get(server, {}).items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -22,6 +22,13 @@ class ServingSettings(ServiceSettings):
     than the standard library's (+4-9% requests per second at batch 1, +2-3% at batch 64,
     beside the same server on asyncio in one benchmark run). ``asyncio`` is the fallback
     where uvloop is not installed (Windows)."""
+    grpc_server: Literal["grpcio", "native"] = "grpcio"
+    """The gRPC server implementation. ``grpcio``: grpc.aio, every feature. ``native``:
+    pygrpc-native's grpc.aio-compatible server, whose HTTP/2 and per-call work runs in
+    Rust threads outside the GIL (the same servicers, interceptors and status codes;
+    ModelStreamInfer and reflection go to a grpc.aio server behind it); 1.1x to 2x
+    grpc.aio's requests per second on the same handler (docs/benchmarks.md). It has no
+    TLS: with ``tls_cert_file`` set it refuses to start."""
     grpc_host: str = "0.0.0.0"
     """Interface the OIP v2 gRPC server listens on."""
     grpc_port: int = Field(8001, ge=0, le=65535)
@@ -75,3 +82,12 @@ class ServingSettings(ServiceSettings):
     <token>``; liveness, readiness and health stay open."""
     server_name: str = "flywheel"
     """Name reported by ServerMetadata."""
+
+    @model_validator(mode="after")
+    def _native_has_no_tls(self) -> ServingSettings:
+        if self.grpc_server == "native" and (self.tls_cert_file or self.tls_key_file):
+            raise ValueError(
+                "grpc_server 'native' (pygrpc-native) has no TLS: use grpc_server 'grpcio' "
+                "with tls_cert_file, or terminate TLS in front of the native server"
+            )
+        return self

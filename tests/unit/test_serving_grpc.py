@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -131,9 +132,13 @@ def _valid_request(contract: Contract) -> pb.ModelInferRequest:
     return request
 
 
-@pytest.fixture(scope="module")
-def server(store: str, contract: Contract) -> Iterator[ServerThread]:
-    with ServerThread(store, contract, _settings()) as running:
+@pytest.fixture(scope="module", params=["grpcio", "native"])
+def server(
+    request: pytest.FixtureRequest, store: str, contract: Contract
+) -> Iterator[ServerThread]:
+    """The server on each gRPC implementation (``grpc_server``): every test using it runs
+    on both."""
+    with ServerThread(store, contract, _settings(grpc_server=request.param)) as running:
         yield running
 
 
@@ -412,3 +417,55 @@ def test_readiness_follows_the_lifecycle_on_every_signal(store: str, contract: C
         running.call(running.server.set_ready(False))
         assert signals() == (False, not_serving, 503, False, 503)
         assert stub.ModelInfer(_valid_request(contract)).model_version == "1"
+
+
+def test_the_native_server_keeps_auth_streaming_reflection_and_health(
+    store: str, contract: Contract
+) -> None:
+    # Unary calls go through pygrpc-native's Rust front; ModelStreamInfer (bidirectional)
+    # and reflection through the grpc.aio server behind it: tokens hold on both paths.
+    settings = _settings(grpc_server="native", auth_tokens=TOKEN)
+    with (
+        ServerThread(store, contract, settings) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.server.port}") as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest()).live  # open without a token
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        request = _valid_request(contract)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        auth = [("authorization", f"Bearer {TOKEN}")]
+        answer = stub.ModelInfer(request, metadata=auth)
+        assert answer.model_version == "1"
+        assert answer.parameters["data_version"].string_param == "d1"
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.ModelStreamInfer(iter([request])))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        streamed = list(stub.ModelStreamInfer(iter([request, request]), metadata=auth))
+        assert [s.infer_response.model_version for s in streamed] == ["1", "1"]
+        assert running.metrics.auth_failures._value.get() == 2
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        listed = next(
+            reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
+        names = {service.name for service in listed.list_services_response.service}
+        assert "inference.GRPCInferenceService" in names
+        # A bad request is INVALID_ARGUMENT with its message, as on grpc.aio.
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), metadata=auth)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "nope" in (err.value.details() or "")
+
+
+def test_the_native_server_refuses_tls_at_start_up(certs: Path) -> None:
+    with pytest.raises(ValueError, match="has no TLS"):
+        _settings(
+            grpc_server="native",
+            tls_cert_file=str(certs / "cert.pem"),
+            tls_key_file=str(certs / "key.pem"),
+        )

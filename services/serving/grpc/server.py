@@ -48,6 +48,21 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+def make_server(
+    kind: str, interceptors: list[Any], options: list[tuple[str, Any]]
+) -> grpc.aio.Server:
+    """A grpc.aio server, or pygrpc-native's drop-in one (``kind`` ``native``): same
+    servicers, interceptors and options; its unary and server-streaming calls are served
+    by Rust threads outside the GIL, the rest by a grpc.aio server behind it."""
+    if kind == "native":
+        # The submodule itself: pygrpc_native's lazy ``aio`` attribute recurses in 0.5.0.
+        import pygrpc_native.aio as native_aio
+
+        server: grpc.aio.Server = native_aio.server(interceptors=interceptors, options=options)
+        return server
+    return grpc.aio.server(interceptors=interceptors, options=options)
+
+
 class GrpcServer:
     """Serves the data plane over gRPC; ``port`` holds the bound port after start.
 
@@ -76,9 +91,10 @@ class GrpcServer:
         if tokens:
             metric = self.dataplane.metrics.auth_failures
             interceptors.append(TokenAuthInterceptor(tokens, metric.inc))
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
+        server = make_server(
+            self.settings.grpc_server,
+            interceptors,
+            [
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
@@ -105,7 +121,11 @@ class GrpcServer:
         self._server = server
         self._health = health_servicer
         self.log.info(
-            "grpc.listening", port=self.port, tls=creds is not None, token_auth=bool(tokens)
+            "grpc.listening",
+            port=self.port,
+            tls=creds is not None,
+            token_auth=bool(tokens),
+            implementation=self.settings.grpc_server,
         )
         if ready:
             await self.set_ready(True)
