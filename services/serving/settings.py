@@ -29,6 +29,11 @@ class ServingSettings(ServiceSettings):
     ModelStreamInfer and reflection go to a grpc.aio server behind it); 1.1x to 2x
     grpc.aio's requests per second on the same handler (docs/benchmarks.md). It has no
     TLS: with ``tls_cert_file`` set it refuses to start."""
+    grpc_native_io_threads: int | None = Field(None, ge=1)
+    """Rust I/O threads of the ``native`` gRPC server. None: half the cores, at least one
+    (one on the 2-core bench, where it served 4-5% more requests per second at batch 1
+    than pygrpc-native's default of two, in two interleaved A/B runs; even under
+    concurrency), leaving the other cores to the event loop and ONNX Runtime."""
     grpc_host: str = "0.0.0.0"
     """Interface the OIP v2 gRPC server listens on."""
     grpc_port: int = Field(8001, ge=0, le=65535)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,19 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 def make_server(
-    kind: str, interceptors: list[Any], options: list[tuple[str, Any]]
+    settings: ServingSettings, interceptors: list[Any], options: list[tuple[str, Any]]
 ) -> grpc.aio.Server:
-    """A grpc.aio server, or pygrpc-native's drop-in one (``kind`` ``native``): same
-    servicers, interceptors and options; its unary and server-streaming calls are served
-    by Rust threads outside the GIL, the rest by a grpc.aio server behind it."""
-    if kind == "native":
+    """A grpc.aio server, or pygrpc-native's drop-in one (``grpc_server`` ``native``):
+    same servicers, interceptors and options; its unary and server-streaming calls are
+    served by Rust threads outside the GIL, the rest by a grpc.aio server behind it."""
+    if settings.grpc_server == "native":
         # The submodule itself: pygrpc_native's lazy ``aio`` attribute recurses in 0.5.0.
         import pygrpc_native.aio as native_aio
 
-        server: grpc.aio.Server = native_aio.server(interceptors=interceptors, options=options)
+        threads = settings.grpc_native_io_threads or max(1, (os.cpu_count() or 2) // 2)
+        server: grpc.aio.Server = native_aio.Server(
+            interceptors=interceptors, options=options, io_threads=threads
+        )
         return server
     return grpc.aio.server(interceptors=interceptors, options=options)
 
@@ -92,7 +96,7 @@ class GrpcServer:
             metric = self.dataplane.metrics.auth_failures
             interceptors.append(TokenAuthInterceptor(tokens, metric.inc))
         server = make_server(
-            self.settings.grpc_server,
+            self.settings,
             interceptors,
             [
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
