@@ -612,16 +612,29 @@ def best_tuned(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _ratios(ours: dict[str, Any], theirs: dict[str, Any], field: str) -> list[tuple[str, float]]:
+    """(load, ours / theirs of ``field``) at each load both measured (a row may hold an
+    ``error`` instead), two decimals."""
+    return [
+        (name, round(ours[name][field] / theirs[name][field], 2))
+        for name, _, _ in LOADS
+        if isinstance(ours.get(name), dict)
+        and isinstance(theirs.get(name), dict)
+        and theirs[name][field]
+    ]
+
+
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The ratios the goals read: Flywheel vs the minimal server (p50, p99, req/s) and
     vs each peer (req/s)."""
     out: dict[str, Any] = {}
-    fw, mini = results["flywheel"], results["minimal"]
-    for name, _, _ in LOADS:
-        out[f"p50_ratio_vs_minimal_{name}"] = round(fw[name]["p50_ms"] / mini[name]["p50_ms"], 2)
-        out[f"throughput_ratio_vs_minimal_{name}"] = round(
-            fw[name]["req_per_s"] / mini[name]["req_per_s"], 2
-        )
+
+    def ratios(key: str, ours: str, theirs: str, field: str = "req_per_s") -> None:
+        for name, value in _ratios(results.get(ours, {}), results.get(theirs, {}), field):
+            out[f"{key}_{name}"] = value
+
+    ratios("p50_ratio_vs_minimal", "flywheel", "minimal", "p50_ms")
+    ratios("throughput_ratio_vs_minimal", "flywheel", "minimal")
     protocols = results.get("flywheel_protocols", {})
     for name, _, _ in LOADS:
         if name in protocols:
@@ -636,45 +649,16 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             out[f"throughput_ratio_rest_json_vs_mlserver_rest_{name}"] = round(
                 protocols[name]["rest_json"]["req_per_s"] / ml_rest[name]["req_per_s"], 2
             )
-    for name, _, _ in LOADS:
-        out[f"p99_ratio_vs_minimal_{name}"] = round(fw[name]["p99_ms"] / mini[name]["p99_ms"], 2)
+    ratios("p99_ratio_vs_minimal", "flywheel", "minimal", "p99_ms")
     for peer in PEER_ROWS:
-        row = results.get(peer, {})
-        for name, _, _ in LOADS:
-            if isinstance(row.get(name), dict) and row[name]["req_per_s"]:
-                out[f"throughput_ratio_vs_{peer}_{name}"] = round(
-                    fw[name]["req_per_s"] / row[name]["req_per_s"], 2
-                )
-                floor = results.get("grpc_floor", {}).get(name)
-                if isinstance(floor, dict):
-                    out[f"throughput_ratio_grpc_floor_vs_{peer}_{name}"] = round(
-                        floor["req_per_s"] / row[name]["req_per_s"], 2
-                    )
-    native = results.get("flywheel_native", {})
-    for name, _, _ in LOADS:
-        if not isinstance(native.get(name), dict):
-            continue
-        out[f"native_throughput_ratio_vs_minimal_{name}"] = round(
-            native[name]["req_per_s"] / mini[name]["req_per_s"], 2
-        )
-        out[f"native_p99_ratio_vs_minimal_{name}"] = round(
-            native[name]["p99_ms"] / mini[name]["p99_ms"], 2
-        )
-        out[f"native_throughput_ratio_vs_grpcio_{name}"] = round(
-            native[name]["req_per_s"] / fw[name]["req_per_s"], 2
-        )
-        for peer in PEER_ROWS:
-            row = results.get(peer, {})
-            if isinstance(row.get(name), dict) and row[name]["req_per_s"]:
-                out[f"native_throughput_ratio_vs_{peer}_{name}"] = round(
-                    native[name]["req_per_s"] / row[name]["req_per_s"], 2
-                )
-    floor = results.get("grpc_floor", {})
-    for name, _, _ in LOADS:
-        if isinstance(floor.get(name), dict):
-            out[f"throughput_ratio_vs_grpc_floor_{name}"] = round(
-                fw[name]["req_per_s"] / floor[name]["req_per_s"], 2
-            )
+        ratios(f"throughput_ratio_vs_{peer}", "flywheel", peer)
+        ratios(f"throughput_ratio_grpc_floor_vs_{peer}", "grpc_floor", peer)
+    ratios("native_throughput_ratio_vs_minimal", "flywheel_native", "minimal")
+    ratios("native_p99_ratio_vs_minimal", "flywheel_native", "minimal", "p99_ms")
+    ratios("native_throughput_ratio_vs_grpcio", "flywheel_native", "flywheel")
+    for peer in PEER_ROWS:
+        ratios(f"native_throughput_ratio_vs_{peer}", "flywheel_native", peer)
+    ratios("throughput_ratio_vs_grpc_floor", "flywheel", "grpc_floor")
     return out
 
 

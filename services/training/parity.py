@@ -45,6 +45,12 @@ def magnitude(contract: Contract, expected: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0
 
 
+def bound(expected: np.ndarray, atol: float, rtol: float, scale: float) -> np.ndarray:
+    """Each value's parity bound, ``atol + rtol * max(|expected|, scale)``."""
+    bounds: np.ndarray = atol + rtol * np.maximum(np.abs(expected), scale)
+    return bounds
+
+
 def compare(
     contract: Contract,
     expected: Predictions,
@@ -74,8 +80,8 @@ def compare(
         agree = np.asarray(expected.labels == actual.labels, dtype=bool).reshape(-1)
     diff = np.abs(got - want)
     scale = magnitude(contract, want)
-    bound = atol + rtol * np.maximum(np.abs(want), scale)
-    ratio = diff / bound
+    bounds = bound(want, atol, rtol, scale)
+    ratio = diff / bounds
     within = bool(np.all(ratio <= 1.0)) if diff.size else True
     worst: dict[str, Any] | None = None
     if diff.size:
@@ -86,7 +92,7 @@ def compare(
             "index": row,
             "sklearn": float(want[row, col]),
             "onnx": float(got[row, col]),
-            "bound": float(bound[row, col]),
+            "bound": float(bounds[row, col]),
             "ratio": float(ratio[row, col]),
         }
         if contract.task == "classification":

@@ -56,6 +56,7 @@ from services.serving.settings import ServingSettings
 from services.training.core import TrainingCore
 from services.training.evaluation import sklearn_predictions
 from services.training.metrics import TrainingMetrics
+from services.training.parity import bound
 from services.training.trainer import TrainConfig, fit, prepare
 from services.validation.core import Validator
 from services.validation.metrics import ValidationMetrics
@@ -453,12 +454,12 @@ def ingest_validate_train(gen: Generated, store: ArtifactStore) -> tuple[ModelMa
 
 def assert_within(got: np.ndarray, want: np.ndarray, parity: Parity) -> None:
     """``got`` equals ``want`` within the version's registered parity bound."""
-    bound = parity.tolerance + parity.rtol * np.maximum(np.abs(want), parity.scale)
+    bounds = bound(want, parity.tolerance, parity.rtol, parity.scale)
     diff = np.abs(np.asarray(got, np.float64) - want)
-    worst = int(np.argmax(diff / bound))
-    assert np.all(diff <= bound), (
-        f"{int(np.sum(diff > bound))} of {diff.size} values beyond the parity bound; "
-        f"worst: {got.flat[worst]} vs {want.flat[worst]} (bound {bound.flat[worst]:.3g})"
+    worst = int(np.argmax(diff / bounds))
+    assert np.all(diff <= bounds), (
+        f"{int(np.sum(diff > bounds))} of {diff.size} values beyond the parity bound; "
+        f"worst: {got.flat[worst]} vs {want.flat[worst]} (bound {bounds.flat[worst]:.3g})"
     )
 
 

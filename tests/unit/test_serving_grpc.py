@@ -455,7 +455,7 @@ def test_the_native_server_keeps_auth_streaming_reflection_and_health(
         )
         names = {service.name for service in listed.list_services_response.service}
         assert "inference.GRPCInferenceService" in names
-        # A bad request is INVALID_ARGUMENT with its message, as on grpc.aio.
+        # An unknown model is NOT_FOUND with its message, as on grpc.aio.
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), metadata=auth)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -73,11 +73,8 @@ def task_contract(label: dict[str, Any], task: str = "classification") -> Contra
     )
 
 
-def task_table(
-    contract: Contract, scale: float = 1.0, seed: int = 0, offset: float = 10.0
-) -> pa.Table:
-    """Learnable rows: classes by score bands (contract order), or a scaled regression
-    (labels ``scale * (offset + score)``, the score about standard normal)."""
+def task_table(contract: Contract, scale: float = 1.0, seed: int = 0) -> pa.Table:
+    """Learnable rows: classes by score bands (contract order), or a scaled regression."""
     rng = np.random.default_rng(seed)
     x, z = rng.normal(0, 1, ROWS), rng.normal(0, 1, ROWS)
     c, g = rng.choice(["a", "b", "c"], ROWS), rng.choice(["u", "v"], ROWS)
@@ -87,7 +84,7 @@ def task_table(
         cuts = np.quantile(score, np.linspace(0, 1, len(classes) + 1)[1:-1])
         label: Any = [classes[i] for i in np.searchsorted(cuts, score)]
     else:
-        label = scale * (offset + score)
+        label = scale * (10 + score)
     return pa.table({"id": np.arange(ROWS), "x": x, "z": z, "c": c, "g": g, "y": label})
 
 
