@@ -173,7 +173,8 @@ def test_served_drift_raises_the_metric_and_its_retrain_request_trains_v2_tracea
     assert request.requested_by == "monitoring"
     assert request.evidence["trigger"] == "drift"
     assert request.evidence["data_version"] == manifest.dataset_version
-    drifted = set(request.evidence["windows"][-1]["drifted"])
+    deciding = request.evidence["windows"][-1]["drifted"]
+    drifted = set(deciding)
     assert {"car_value", "loan_length"} <= drifted
 
     psi = {
@@ -182,7 +183,11 @@ def test_served_drift_raises_the_metric_and_its_retrain_request_trains_v2_tracea
         if labels["stat"] == "psi" and labels["version"] == "1"
     }
     assert psi["car_value"] > 0.2
-    assert psi["loan_length"] > 0.2
+    # The gauge holds the newest window's score, which may be a later window than the
+    # one that decided (the last 2,000 rows drift less on loan_length: PSI 0.109 seen);
+    # the request quotes the deciding window's scores.
+    assert deciding["car_value"]["psi"] > 0.2
+    assert deciding["loan_length"]["psi"] > 0.2
     assert psi["debt_to_income_ratio"] < 0.1  # not drifted in the data
     actions = {
         labels["action"]: value
