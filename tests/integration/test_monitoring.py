@@ -184,8 +184,8 @@ def test_served_drift_raises_the_metric_and_its_retrain_request_trains_v2_tracea
     }
     assert psi["car_value"] > 0.2
     # The gauge holds the newest window's score, which may be a later window than the
-    # one that decided (the last 2,000 rows drift less on loan_length: PSI 0.109 seen);
-    # the request quotes the deciding window's scores.
+    # one that decided (CI once read 0.109 for loan_length there); the request quotes the
+    # deciding window's scores.
     assert deciding["car_value"]["psi"] > 0.2
     assert deciding["loan_length"]["psi"] > 0.2
     assert psi["debt_to_income_ratio"] < 0.1  # not drifted in the data
