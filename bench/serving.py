@@ -6,10 +6,12 @@ batch 1, 16 concurrent batch 1, 16 concurrent batch 64. At each load every serve
 a short slice in turn, round after round (``compare``), so the shared machine's drift
 hits all of them alike. The servers:
 
-- ``flywheel``: the serving service as a real process with every feature on (prediction
-  events to an embedded Kafka broker, metrics, tagging), on grpc.aio (the default);
-- ``flywheel_native``: the same with ``FLYWHEEL_SERVING_GRPC_SERVER=native``
-  (pygrpc-native's server: HTTP/2 and per-call work in Rust threads outside the GIL);
+- ``flywheel_native``: the serving service as a real process with every feature on
+  (prediction events to an embedded Kafka broker, metrics, tagging) on its default gRPC
+  server, pygrpc-native's (``FLYWHEEL_SERVING_GRPC_SERVER=native``: HTTP/2 and per-call
+  work in Rust threads outside the GIL);
+- ``flywheel``: the same on grpc.aio (``FLYWHEEL_SERVING_GRPC_SERVER=grpcio``, the server
+  that runs when TLS is configured);
 - ``minimal``: bench/minimal_server.py, grpc.aio + ORT and nothing else (the limit);
 - ``grpc_floor``: the same server answering each request size with one precomputed
   response (no decoding, no model): grpc.aio's and the client's own per-request cost,
@@ -27,7 +29,7 @@ hits all of them alike. The servers:
 
 Every peer takes the same one FP32 matrix except MLServer as shipped (its sklearn
 runtime needs the columns). Then Flywheel's REST beside its gRPC, and adaptive batching
-off and on at concurrency 1, 4, 16 and 64.
+off and on at concurrency 1, 4, 16 and 64, both on the default (native) server.
 
 Each peer is installed by the benchmark into its own venv under ``bench/`` on first use
 (never a project dependency); a peer that cannot start keeps its row with the error.
@@ -326,9 +328,7 @@ def start_minimal(fx: Fixture, floor: bool = False) -> tuple[subprocess.Popen[st
     return proc, address
 
 
-def start_flywheel(
-    fx: Fixture, broker: str, delay_ms: float, grpc_server: str = "grpcio"
-) -> tuple[Any, str]:
+def start_flywheel(fx: Fixture, broker: str, delay_ms: float, grpc_server: str) -> tuple[Any, str]:
     from shared.procs import ServiceProcess
 
     env = {
@@ -542,9 +542,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     with EmbeddedBroker(_free_port(), log=work / "broker.log") as broker:
         minimal, minimal_address = start_minimal(fx)
         floor, floor_address = start_minimal(fx, floor=True)
-        flywheel, flywheel_address = start_flywheel(fx, broker.bootstrap, 0.0)
+        flywheel, flywheel_address = start_flywheel(fx, broker.bootstrap, 0.0, "grpcio")
         native, native_address = start_flywheel(fx, broker.bootstrap, 0.0, "native")
-        batching, batching_address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS)
+        batching, batching_address = start_flywheel(fx, broker.bootstrap, BATCH_DELAY_MS, "native")
         peers, peer_procs = start_peers(fx, results)
         try:
             servers: dict[str, tuple[str, Inputs]] = {
@@ -563,10 +563,11 @@ def run(quick: bool = False) -> dict[str, Any]:
             for proc in peer_procs:  # the rest measures Flywheel alone
                 _stop(proc)
             peer_procs = []
-            # REST beside gRPC on the same Flywheel process, interleaved likewise.
-            rest = f"http://{flywheel.ready_info['http_address']}"
+            # REST beside gRPC on the same (default-server) Flywheel process, interleaved
+            # likewise.
+            rest = f"http://{native.ready_info['http_address']}"
             protocols: dict[str, tuple[str, Inputs]] = {
-                "grpc": (flywheel_address, fx.matrix_inputs),
+                "grpc": (native_address, fx.matrix_inputs),
                 "rest_binary": (rest, fx.rest_inputs),
                 "rest_json": (rest, fx.rest_json_inputs),
             }
@@ -576,7 +577,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             results["flywheel_events"] = flywheel_events(flywheel)
             results["flywheel_native_events"] = flywheel_events(native)
             modes = {
-                "batching_off": (flywheel_address, fx.matrix_inputs),
+                "batching_off": (native_address, fx.matrix_inputs),
                 "batching_on": (batching_address, fx.matrix_inputs),
             }
             results["batching_off"], results["batching_on"] = {}, {}
@@ -653,12 +654,15 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     for peer in PEER_ROWS:
         ratios(f"throughput_ratio_vs_{peer}", "flywheel", peer)
         ratios(f"throughput_ratio_grpc_floor_vs_{peer}", "grpc_floor", peer)
+    ratios("throughput_ratio_vs_grpc_floor", "flywheel", "grpc_floor")
+    # The same ratios of the native server (the default), under a "native_" prefix.
+    ratios("native_p50_ratio_vs_minimal", "flywheel_native", "minimal", "p50_ms")
     ratios("native_throughput_ratio_vs_minimal", "flywheel_native", "minimal")
     ratios("native_p99_ratio_vs_minimal", "flywheel_native", "minimal", "p99_ms")
     ratios("native_throughput_ratio_vs_grpcio", "flywheel_native", "flywheel")
     for peer in PEER_ROWS:
         ratios(f"native_throughput_ratio_vs_{peer}", "flywheel_native", peer)
-    ratios("throughput_ratio_vs_grpc_floor", "flywheel", "grpc_floor")
+    ratios("native_throughput_ratio_vs_grpc_floor", "flywheel_native", "grpc_floor")
     return out
 
 

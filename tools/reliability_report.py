@@ -111,7 +111,7 @@ figures the tests print. Every figure below is asserted by its test, not only pr
   with NaN, raw contents of any length, requested outputs) against an in-process server
   through a real stub; every answer must be OK or INVALID_ARGUMENT / NOT_FOUND with a
   message, never INTERNAL, and the server keeps answering. Batch size is capped by
-  `FLYWHEEL_SERVING_MAX_BATCH_SIZE`, message size by grpcio's limits.
+  `FLYWHEEL_SERVING_MAX_BATCH_SIZE`, message size by the gRPC server's 64 MiB limit (both servers).
 
 ## Security (in `make test` unless noted)
 

@@ -167,6 +167,7 @@ class Endpoints:
         await self.grpc.set_ready(True)
         self.runtime.info["grpc_address"] = self._address(self.settings.grpc_host, self.grpc.port)
         self.runtime.info["http_address"] = self._address(self.settings.http_host, self.rest.port)
+        self.runtime.info["grpc_server"] = self.settings.grpc_implementation
         self.runtime.info["models"] = {
             name: [s.model.version for s in slot.versions()]
             for name, slot in self.grpc.dataplane.repository.slots.items()

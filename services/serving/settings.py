@@ -22,13 +22,14 @@ class ServingSettings(ServiceSettings):
     than the standard library's (+4-9% requests per second at batch 1, +2-3% at batch 64,
     beside the same server on asyncio in one benchmark run). ``asyncio`` is the fallback
     where uvloop is not installed (Windows)."""
-    grpc_server: Literal["grpcio", "native"] = "grpcio"
-    """The gRPC server implementation. ``grpcio``: grpc.aio, every feature. ``native``:
-    pygrpc-native's grpc.aio-compatible server, whose HTTP/2 and per-call work runs in
-    Rust threads outside the GIL (the same servicers, interceptors and status codes;
-    ModelStreamInfer and reflection go to a grpc.aio server behind it); 1.1x to 2x
-    grpc.aio's requests per second on the same handler (docs/benchmarks.md). It has no
-    TLS: with ``tls_cert_file`` set it refuses to start."""
+    grpc_server: Literal["auto", "native", "grpcio"] = "auto"
+    """The gRPC server implementation. ``native``: pygrpc-native's grpc.aio-compatible
+    server, whose HTTP/2 and per-call work runs in Rust threads outside the GIL (the same
+    servicers, interceptors and status codes; ModelStreamInfer and reflection go to a
+    grpc.aio server behind it); 1.2x to 1.5x grpc.aio's requests per second with every
+    feature on (docs/benchmarks.md). It has no TLS: set explicitly with ``tls_cert_file``
+    it refuses to start. ``grpcio``: grpc.aio, with TLS. ``auto`` (default): ``native``,
+    or ``grpcio`` when TLS is configured (:attr:`grpc_implementation` says which)."""
     grpc_native_io_threads: int | None = Field(None, ge=1)
     """Rust I/O threads of the ``native`` gRPC server. None: half the cores, at least one
     (one on the 2-core bench, where it served 4-5% more requests per second at batch 1
@@ -88,11 +89,23 @@ class ServingSettings(ServiceSettings):
     server_name: str = "flywheel"
     """Name reported by ServerMetadata."""
 
+    @property
+    def grpc_implementation(self) -> Literal["native", "grpcio"]:
+        """The gRPC server that runs: ``grpc_server`` with ``auto`` resolved (grpcio when
+        TLS is configured, since only grpc.aio serves it; else native)."""
+        if self.grpc_server != "auto":
+            return self.grpc_server
+        return "grpcio" if self._tls_configured else "native"
+
+    @property
+    def _tls_configured(self) -> bool:
+        return bool(self.tls_cert_file or self.tls_key_file)
+
     @model_validator(mode="after")
     def _native_has_no_tls(self) -> ServingSettings:
-        if self.grpc_server == "native" and (self.tls_cert_file or self.tls_key_file):
+        if self.grpc_server == "native" and self._tls_configured:
             raise ValueError(
-                "grpc_server 'native' (pygrpc-native) has no TLS: use grpc_server 'grpcio' "
-                "with tls_cert_file, or terminate TLS in front of the native server"
+                "grpc_server 'native' (pygrpc-native) has no TLS: use grpc_server 'auto' or "
+                "'grpcio' with tls_cert_file, or terminate TLS in front of the native server"
             )
         return self

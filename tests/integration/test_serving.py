@@ -128,6 +128,7 @@ def test_infer_matches_the_registered_model_and_publishes_events(
     register(store_uri, census, 1)
     proc = start_service("serving")
     assert proc.ready_info["event_loop"] == "uvloop"  # serving's default loop
+    assert proc.ready_info["grpc_server"] == "native"  # the default: auto, no TLS
     client = triton.InferenceServerClient(proc.ready_info["grpc_address"])
     assert client.is_server_live()
     assert client.is_server_ready()

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from services.serving.dataplane import DataPlane
 from services.serving.events import PredictionPublisher
 from services.serving.grpc.codec import ResponseEncoder
-from services.serving.grpc.server import GrpcServer
+from services.serving.grpc.server import GrpcServer, make_server
 from services.serving.metrics import ServingMetrics
 from services.serving.repository import ModelRepository
 from services.serving.rest.server import RestServer
@@ -469,3 +469,20 @@ def test_the_native_server_refuses_tls_at_start_up(certs: Path) -> None:
             tls_cert_file=str(certs / "cert.pem"),
             tls_key_file=str(certs / "key.pem"),
         )
+
+
+def test_auto_runs_the_native_server_and_grpcio_where_tls_is_set(certs: Path) -> None:
+    import pygrpc_native.aio as native_aio
+
+    tls = {"tls_cert_file": str(certs / "cert.pem"), "tls_key_file": str(certs / "key.pem")}
+    plain = _settings()
+    assert plain.grpc_server == "auto"
+    assert plain.grpc_implementation == "native"
+    assert isinstance(make_server(plain, [], []), native_aio.Server)
+    secure = _settings(**tls)
+    assert secure.grpc_implementation == "grpcio"
+    assert not isinstance(make_server(secure, [], []), native_aio.Server)
+    assert _settings(grpc_server="grpcio").grpc_implementation == "grpcio"
+    assert _settings(grpc_server="native", grpc_native_io_threads=3).grpc_implementation == (
+        "native"
+    )

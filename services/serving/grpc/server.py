@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import grpc
+import joblib
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -52,14 +52,17 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 def make_server(
     settings: ServingSettings, interceptors: list[Any], options: list[tuple[str, Any]]
 ) -> grpc.aio.Server:
-    """A grpc.aio server, or pygrpc-native's drop-in one (``grpc_server`` ``native``):
-    same servicers, interceptors and options; its unary and server-streaming calls are
-    served by Rust threads outside the GIL, the rest by a grpc.aio server behind it."""
-    if settings.grpc_server == "native":
+    """pygrpc-native's grpc.aio-compatible server (``grpc_implementation`` ``native``) or
+    a grpc.aio one: same servicers, interceptors and options. On the native one, unary and
+    server-streaming calls are served by Rust threads outside the GIL, the rest by a
+    grpc.aio server behind it."""
+    if settings.grpc_implementation == "native":
         # The submodule itself: pygrpc_native's lazy ``aio`` attribute recurses in 0.5.0.
         import pygrpc_native.aio as native_aio
 
-        threads = settings.grpc_native_io_threads or max(1, (os.cpu_count() or 2) // 2)
+        # joblib counts the CPUs this process may use (affinity, a container's cgroup
+        # quota), not the host's cores as os.cpu_count() does.
+        threads = settings.grpc_native_io_threads or max(1, joblib.cpu_count() // 2)
         server: grpc.aio.Server = native_aio.Server(
             interceptors=interceptors, options=options, io_threads=threads
         )
@@ -129,7 +132,7 @@ class GrpcServer:
             port=self.port,
             tls=creds is not None,
             token_auth=bool(tokens),
-            implementation=self.settings.grpc_server,
+            implementation=self.settings.grpc_implementation,
         )
         if ready:
             await self.set_ready(True)
