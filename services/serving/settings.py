@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+
+NATIVE_PLATFORMS = "Linux x86_64 and aarch64 (glibc 2.28 or newer) and macOS arm64"
+"""Where pygrpc-native ships wheels (pyproject installs it there only)."""
+
+
+def native_installed() -> bool:
+    """Whether pygrpc-native can be imported here."""
+    return importlib.util.find_spec("pygrpc_native") is not None
 
 
 class ServingSettings(ServiceSettings):
@@ -29,7 +38,8 @@ class ServingSettings(ServiceSettings):
     grpc.aio server behind it); 1.2x to 1.5x grpc.aio's requests per second with every
     feature on (docs/benchmarks.md). It has no TLS: set explicitly with ``tls_cert_file``
     it refuses to start. ``grpcio``: grpc.aio, with TLS. ``auto`` (default): ``native``,
-    or ``grpcio`` when TLS is configured (:attr:`grpc_implementation` says which)."""
+    or ``grpcio`` when TLS is configured or pygrpc-native is not installed (it has wheels
+    for :data:`NATIVE_PLATFORMS` only); :attr:`grpc_implementation` says which."""
     grpc_native_io_threads: int | None = Field(None, ge=1)
     """Rust I/O threads of the ``native`` gRPC server. None: half the cores, at least one
     (one on the 2-core bench, where it served 4-5% more requests per second at batch 1
@@ -92,10 +102,11 @@ class ServingSettings(ServiceSettings):
     @property
     def grpc_implementation(self) -> Literal["native", "grpcio"]:
         """The gRPC server that runs: ``grpc_server`` with ``auto`` resolved (grpcio when
-        TLS is configured, since only grpc.aio serves it; else native)."""
+        TLS is configured, since only grpc.aio serves it, or where pygrpc-native is not
+        installed; else native)."""
         if self.grpc_server != "auto":
             return self.grpc_server
-        return "grpcio" if self._tls_configured else "native"
+        return "native" if not self._tls_configured and native_installed() else "grpcio"
 
     @property
     def _tls_configured(self) -> bool:
@@ -107,5 +118,10 @@ class ServingSettings(ServiceSettings):
             raise ValueError(
                 "grpc_server 'native' (pygrpc-native) has no TLS: use grpc_server 'auto' or "
                 "'grpcio' with tls_cert_file, or terminate TLS in front of the native server"
+            )
+        if self.grpc_server == "native" and not native_installed():
+            raise ValueError(
+                "grpc_server 'native' needs pygrpc-native, which installs on "
+                f"{NATIVE_PLATFORMS} only: use grpc_server 'auto' or 'grpcio' here"
             )
         return self

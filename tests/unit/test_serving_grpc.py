@@ -486,3 +486,14 @@ def test_auto_runs_the_native_server_and_grpcio_where_tls_is_set(certs: Path) ->
     assert _settings(grpc_server="native", grpc_native_io_threads=3).grpc_implementation == (
         "native"
     )
+
+
+def test_auto_falls_back_to_grpcio_where_pygrpc_native_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.serving import settings as serving_settings
+
+    monkeypatch.setattr(serving_settings, "native_installed", lambda: False)
+    assert _settings().grpc_implementation == "grpcio"
+    with pytest.raises(ValueError, match="needs pygrpc-native"):
+        _settings(grpc_server="native")
