@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from services.serving.dataplane import DataPlane
 from services.serving.events import PredictionPublisher
 from services.serving.grpc.codec import ResponseEncoder
-from services.serving.grpc.server import GrpcServer, make_server
+from services.serving.grpc.server import MAX_MESSAGE_BYTES, GrpcServer, make_server
 from services.serving.metrics import ServingMetrics
 from services.serving.repository import ModelRepository
 from services.serving.rest.server import RestServer
@@ -273,6 +273,19 @@ def test_malformed_requests_never_crash_the_server(
         assert server.metrics.errors.labels(label, "INTERNAL")._value.get() == 0
 
 
+def test_a_request_over_the_message_limit_is_refused_and_the_server_goes_on(
+    stub: pb_grpc.GRPCInferenceServiceStub, contract: Contract
+) -> None:
+    # The gRPC server's own limit (MAX_MESSAGE_BYTES), on either implementation: the
+    # client hears RESOURCE_EXHAUSTED and the next request is answered.
+    request = _valid_request(contract)
+    request.raw_input_contents[0] = bytes(MAX_MESSAGE_BYTES + 1)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.ModelInfer(_valid_request(contract)).model_version == "1"
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("certs")
@@ -471,7 +484,8 @@ def test_the_native_server_refuses_tls_at_start_up(certs: Path) -> None:
         )
 
 
-def test_auto_runs_the_native_server_and_grpcio_where_tls_is_set(certs: Path) -> None:
+async def test_auto_runs_the_native_server_and_grpcio_where_tls_is_set(certs: Path) -> None:
+    # In a running loop: grpc.aio's server takes the current one.
     import pygrpc_native.aio as native_aio
 
     tls = {"tls_cert_file": str(certs / "cert.pem"), "tls_key_file": str(certs / "key.pem")}
