@@ -35,7 +35,7 @@ class ServingSettings(ServiceSettings):
     """The gRPC server implementation. ``native``: pygrpc-native's grpc.aio-compatible
     server, whose HTTP/2 and per-call work runs in Rust threads outside the GIL (the same
     servicers, interceptors and status codes; ModelStreamInfer and reflection go to a
-    grpc.aio server behind it); 1.2x to 1.5x grpc.aio's requests per second with every
+    grpc.aio server behind it); 1.2x to 1.6x grpc.aio's requests per second with every
     feature on (docs/benchmarks.md). It has no TLS: set explicitly with ``tls_cert_file``
     it refuses to start. ``grpcio``: grpc.aio, with TLS. ``auto`` (default): ``native``,
     or ``grpcio`` when TLS is configured or pygrpc-native is not installed (it has wheels
