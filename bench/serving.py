@@ -634,8 +634,17 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         for name, value in _ratios(results.get(ours, {}), results.get(theirs, {}), field):
             out[f"{key}_{name}"] = value
 
-    ratios("p50_ratio_vs_minimal", "flywheel", "minimal", "p50_ms")
-    ratios("throughput_ratio_vs_minimal", "flywheel", "minimal")
+    # grpcio's ratios, and the same of the native server (the default) under "native_".
+    for prefix, server in (("", "flywheel"), ("native_", "flywheel_native")):
+        ratios(f"{prefix}p50_ratio_vs_minimal", server, "minimal", "p50_ms")
+        ratios(f"{prefix}p99_ratio_vs_minimal", server, "minimal", "p99_ms")
+        ratios(f"{prefix}throughput_ratio_vs_minimal", server, "minimal")
+        ratios(f"{prefix}throughput_ratio_vs_grpc_floor", server, "grpc_floor")
+        for peer in PEER_ROWS:
+            ratios(f"{prefix}throughput_ratio_vs_{peer}", server, peer)
+    ratios("native_throughput_ratio_vs_grpcio", "flywheel_native", "flywheel")
+    for peer in PEER_ROWS:
+        ratios(f"throughput_ratio_grpc_floor_vs_{peer}", "grpc_floor", peer)
     protocols = results.get("flywheel_protocols", {})
     for name, _, _ in LOADS:
         if name in protocols:
@@ -650,19 +659,6 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             out[f"throughput_ratio_rest_json_vs_mlserver_rest_{name}"] = round(
                 protocols[name]["rest_json"]["req_per_s"] / ml_rest[name]["req_per_s"], 2
             )
-    ratios("p99_ratio_vs_minimal", "flywheel", "minimal", "p99_ms")
-    for peer in PEER_ROWS:
-        ratios(f"throughput_ratio_vs_{peer}", "flywheel", peer)
-        ratios(f"throughput_ratio_grpc_floor_vs_{peer}", "grpc_floor", peer)
-    ratios("throughput_ratio_vs_grpc_floor", "flywheel", "grpc_floor")
-    # The same ratios of the native server (the default), under a "native_" prefix.
-    ratios("native_p50_ratio_vs_minimal", "flywheel_native", "minimal", "p50_ms")
-    ratios("native_throughput_ratio_vs_minimal", "flywheel_native", "minimal")
-    ratios("native_p99_ratio_vs_minimal", "flywheel_native", "minimal", "p99_ms")
-    ratios("native_throughput_ratio_vs_grpcio", "flywheel_native", "flywheel")
-    for peer in PEER_ROWS:
-        ratios(f"native_throughput_ratio_vs_{peer}", "flywheel_native", peer)
-    ratios("native_throughput_ratio_vs_grpc_floor", "flywheel_native", "grpc_floor")
     return out
 
 

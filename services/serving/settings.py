@@ -41,7 +41,8 @@ class ServingSettings(ServiceSettings):
     or ``grpcio`` when TLS is configured or pygrpc-native is not installed (it has wheels
     for :data:`NATIVE_PLATFORMS` only); :attr:`grpc_implementation` says which."""
     grpc_native_io_threads: int | None = Field(None, ge=1)
-    """Rust I/O threads of the ``native`` gRPC server. None: half the cores, at least one
+    """Rust I/O threads of the ``native`` gRPC server. None: half the CPUs this process may
+    use (affinity and a container's CPU quota counted), at least one
     (one on the 2-core bench, where it served 4-5% more requests per second at batch 1
     than pygrpc-native's default of two, in two interleaved A/B runs; even under
     concurrency), leaving the other cores to the event loop and ONNX Runtime."""
@@ -106,15 +107,17 @@ class ServingSettings(ServiceSettings):
         installed; else native)."""
         if self.grpc_server != "auto":
             return self.grpc_server
-        return "native" if not self._tls_configured and native_installed() else "grpcio"
+        return "native" if not self.tls_configured and native_installed() else "grpcio"
 
     @property
-    def _tls_configured(self) -> bool:
+    def tls_configured(self) -> bool:
+        """Whether TLS is asked for (a certificate or a key file set; the servers refuse
+        one without the other)."""
         return bool(self.tls_cert_file or self.tls_key_file)
 
     @model_validator(mode="after")
     def _native_has_no_tls(self) -> ServingSettings:
-        if self.grpc_server == "native" and self._tls_configured:
+        if self.grpc_server == "native" and self.tls_configured:
             raise ValueError(
                 "grpc_server 'native' (pygrpc-native) has no TLS: use grpc_server 'auto' or "
                 "'grpcio' with tls_cert_file, or terminate TLS in front of the native server"

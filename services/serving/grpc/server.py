@@ -25,7 +25,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 def server_credentials(settings: ServingSettings) -> grpc.ServerCredentials | None:
     """TLS credentials from the settings (mTLS with a client CA), or None for plaintext."""
-    if not settings.tls_cert_file and not settings.tls_key_file:
+    if not settings.tls_configured:
         return None
     if not (settings.tls_cert_file and settings.tls_key_file):
         raise ValueError("TLS needs both tls_cert_file and tls_key_file")

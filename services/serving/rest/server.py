@@ -46,7 +46,7 @@ def _error(status: int, message: str) -> web.Response:
 
 def ssl_context(settings: ServingSettings) -> ssl.SSLContext | None:
     """TLS from the same settings as gRPC (client certificates required with a client CA)."""
-    if not settings.tls_cert_file and not settings.tls_key_file:
+    if not settings.tls_configured:
         return None
     if not (settings.tls_cert_file and settings.tls_key_file):
         raise ValueError("TLS needs both tls_cert_file and tls_key_file")
