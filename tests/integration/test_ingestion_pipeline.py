@@ -262,8 +262,12 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     def some_batches_logged() -> bool:
         return len(store.list(f"ingestion/{CENSUS.name}/batches")) >= 2
 
-    while not some_batches_logged():  # poll while the publisher runs on this loop
-        assert not publishing.done() or some_batches_logged(), "no batch before the end"
+    # Poll while the publisher runs on this loop. The kill must come before ingestion has
+    # taken every event, which the restarted process's accepted count proves below; the
+    # publisher itself may finish first on a loaded machine (it only writes to the broker).
+    deadline = time.monotonic() + 60
+    while not some_batches_logged():
+        assert time.monotonic() < deadline, "no two batches logged in 60 s"
         await asyncio.sleep(0.02)
     ingestion.kill()
     killed_at = len(store.list(f"ingestion/{CENSUS.name}/batches"))
